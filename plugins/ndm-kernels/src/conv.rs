@@ -1,0 +1,420 @@
+//! conv2d as im2col + GEMM, with input, weight and bias gradients as their own kernels.
+//!
+//! Each batch item is one GEMM: `y_b[Cout, P] = W[Cout, K] * col_b[K, P]` with
+//! `K = Cin * kh * kw` and `P = Ho * Wo`. The gradients reuse the same shapes:
+//! `dcol_b = W^T * dy_b` scattered back by col2im, and `dW = sum_b dy_b * col_b^T`.
+//! Work is split over batch items with rayon; each worker owns one `col` buffer.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use crate::float::{dispatch_float, slice, Float};
+use crate::gemm::{matmul, Trans};
+use crate::profile::timed;
+
+/// Sizes of one convolution (no groups, no dilation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ConvGeom {
+    pub b: usize,
+    pub cin: usize,
+    pub h: usize,
+    pub w: usize,
+    pub cout: usize,
+    pub kh: usize,
+    pub kw: usize,
+    pub stride: usize,
+    pub pad: usize,
+    pub ho: usize,
+    pub wo: usize,
+}
+
+impl ConvGeom {
+    /// Checks `x: [B, Cin, H, W]` against `w: [Cout, Cin, kh, kw]` and derives the output size.
+    pub fn new(x: &[usize], w: &[usize], stride: usize, pad: usize) -> Result<Self> {
+        let (&[b, cin, h, wd], &[cout, wcin, kh, kw]) = (x, w) else {
+            candle_core::bail!(
+                "conv2d: expected x [B, C, H, W] and w [Cout, Cin, kh, kw], got {x:?} and {w:?}"
+            )
+        };
+        if cin != wcin {
+            candle_core::bail!("conv2d: input has {cin} channels but the weight expects {wcin}");
+        }
+        if stride == 0 {
+            candle_core::bail!("conv2d: stride must be at least 1");
+        }
+        if h + 2 * pad < kh || wd + 2 * pad < kw {
+            candle_core::bail!(
+                "conv2d: kernel {kh}x{kw} larger than padded input {h}x{wd} (padding {pad})"
+            );
+        }
+        let ho = (h + 2 * pad - kh) / stride + 1;
+        let wo = (wd + 2 * pad - kw) / stride + 1;
+        Ok(Self {
+            b,
+            cin,
+            h,
+            w: wd,
+            cout,
+            kh,
+            kw,
+            stride,
+            pad,
+            ho,
+            wo,
+        })
+    }
+    fn k(&self) -> usize {
+        self.cin * self.kh * self.kw
+    }
+    fn p(&self) -> usize {
+        self.ho * self.wo
+    }
+    fn in_len(&self) -> usize {
+        self.cin * self.h * self.w
+    }
+    /// A 1x1, stride-1, unpadded conv needs no im2col: the image is already `col`.
+    fn is_pointwise(&self) -> bool {
+        self.kh == 1 && self.kw == 1 && self.stride == 1 && self.pad == 0
+    }
+    /// Valid output columns `[lo, hi)` for kernel column offset `kj` (input column stays in range).
+    fn ox_range(&self, kj: usize) -> (usize, usize) {
+        let (s, p) = (self.stride, self.pad);
+        // ix = ox*s + kj - p must satisfy 0 <= ix < w.
+        let lo = if kj >= p { 0 } else { (p - kj).div_ceil(s) };
+        let hi = if self.w + p > kj {
+            ((self.w + p - kj - 1) / s + 1).min(self.wo)
+        } else {
+            0
+        };
+        (lo.min(hi), hi)
+    }
+    fn oy_range(&self, ki: usize) -> (usize, usize) {
+        let (s, p) = (self.stride, self.pad);
+        let lo = if ki >= p { 0 } else { (p - ki).div_ceil(s) };
+        let hi = if self.h + p > ki {
+            ((self.h + p - ki - 1) / s + 1).min(self.ho)
+        } else {
+            0
+        };
+        (lo.min(hi), hi)
+    }
+}
+
+/// Unfolds one image `[Cin, H, W]` into `col[K, P]`.
+fn im2col<T: Float>(g: &ConvGeom, x: &[T], col: &mut [T]) {
+    let (p, s) = (g.p(), g.stride);
+    for ci in 0..g.cin {
+        let plane = &x[ci * g.h * g.w..(ci + 1) * g.h * g.w];
+        for ki in 0..g.kh {
+            let (oy0, oy1) = g.oy_range(ki);
+            for kj in 0..g.kw {
+                let row = (ci * g.kh + ki) * g.kw + kj;
+                let dst = &mut col[row * p..(row + 1) * p];
+                let (ox0, ox1) = g.ox_range(kj);
+                for oy in 0..g.ho {
+                    let d = &mut dst[oy * g.wo..(oy + 1) * g.wo];
+                    if oy < oy0 || oy >= oy1 || ox0 >= ox1 {
+                        d.fill(T::zero());
+                        continue;
+                    }
+                    let iy = oy * s + ki - g.pad;
+                    let src = &plane[iy * g.w..(iy + 1) * g.w];
+                    d[..ox0].fill(T::zero());
+                    d[ox1..].fill(T::zero());
+                    let ix0 = ox0 * s + kj - g.pad;
+                    if s == 1 {
+                        d[ox0..ox1].copy_from_slice(&src[ix0..ix0 + (ox1 - ox0)]);
+                    } else {
+                        for (o, v) in d[ox0..ox1].iter_mut().zip(src[ix0..].iter().step_by(s)) {
+                            *o = *v;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Folds `col[K, P]` back into one image gradient `[Cin, H, W]` (which must start zeroed).
+fn col2im<T: Float>(g: &ConvGeom, col: &[T], dx: &mut [T]) {
+    let (p, s) = (g.p(), g.stride);
+    for ci in 0..g.cin {
+        let plane = &mut dx[ci * g.h * g.w..(ci + 1) * g.h * g.w];
+        for ki in 0..g.kh {
+            let (oy0, oy1) = g.oy_range(ki);
+            for kj in 0..g.kw {
+                let row = (ci * g.kh + ki) * g.kw + kj;
+                let src = &col[row * p..(row + 1) * p];
+                let (ox0, ox1) = g.ox_range(kj);
+                if ox0 >= ox1 {
+                    continue;
+                }
+                let ix0 = ox0 * s + kj - g.pad;
+                for oy in oy0..oy1 {
+                    let iy = oy * s + ki - g.pad;
+                    let d = &mut plane[iy * g.w..(iy + 1) * g.w];
+                    let c = &src[oy * g.wo + ox0..oy * g.wo + ox1];
+                    if s == 1 {
+                        for (o, v) in d[ix0..ix0 + c.len()].iter_mut().zip(c) {
+                            *o += *v;
+                        }
+                    } else {
+                        for (o, v) in d[ix0..].iter_mut().step_by(s).zip(c) {
+                            *o += *v;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn conv_fwd<T: Float>(g: &ConvGeom, x: &[T], w: &[T], bias: &[T]) -> Vec<T> {
+    let (k, p, cout) = (g.k(), g.p(), g.cout);
+    let mut y = vec![T::zero(); g.b * cout * p];
+    let pointwise = g.is_pointwise();
+    y.par_chunks_mut((cout * p).max(1))
+        .zip(x.par_chunks(g.in_len().max(1)))
+        .for_each_init(
+            || {
+                if pointwise {
+                    Vec::new()
+                } else {
+                    vec![T::zero(); k * p]
+                }
+            },
+            |col, (yb, xb)| {
+                let colv: &[T] = if pointwise {
+                    xb
+                } else {
+                    im2col(g, xb, col);
+                    col
+                };
+                for (co, row) in yb.chunks_mut(p.max(1)).enumerate() {
+                    row.fill(bias[co]);
+                }
+                matmul(cout, p, k, w, Trans::N, colv, Trans::N, yb, true);
+            },
+        );
+    y
+}
+
+fn conv_bwd_input<T: Float>(g: &ConvGeom, dy: &[T], w: &[T]) -> Vec<T> {
+    let (k, p, cout) = (g.k(), g.p(), g.cout);
+    let mut dx = vec![T::zero(); g.b * g.in_len()];
+    let pointwise = g.is_pointwise();
+    dx.par_chunks_mut(g.in_len().max(1))
+        .zip(dy.par_chunks((cout * p).max(1)))
+        .for_each_init(
+            || {
+                if pointwise {
+                    Vec::new()
+                } else {
+                    vec![T::zero(); k * p]
+                }
+            },
+            |col, (dxb, dyb)| {
+                if pointwise {
+                    matmul(k, p, cout, w, Trans::T, dyb, Trans::N, dxb, false);
+                } else {
+                    matmul(k, p, cout, w, Trans::T, dyb, Trans::N, col, false);
+                    col2im(g, col, dxb);
+                }
+            },
+        );
+    dx
+}
+
+fn conv_bwd_weight<T: Float>(g: &ConvGeom, x: &[T], dy: &[T]) -> Vec<T> {
+    let (k, p, cout) = (g.k(), g.p(), g.cout);
+    let chunks = rayon::current_num_threads().clamp(1, g.b.max(1));
+    let per = g.b.div_ceil(chunks);
+    let pointwise = g.is_pointwise();
+    let partials: Vec<Vec<T>> = (0..chunks)
+        .into_par_iter()
+        .map(|c| {
+            let mut acc = vec![T::zero(); cout * k];
+            let mut col = if pointwise {
+                Vec::new()
+            } else {
+                vec![T::zero(); k * p]
+            };
+            for bi in c * per..((c + 1) * per).min(g.b) {
+                let xb = &x[bi * g.in_len()..(bi + 1) * g.in_len()];
+                let dyb = &dy[bi * cout * p..(bi + 1) * cout * p];
+                let colv: &[T] = if pointwise {
+                    xb
+                } else {
+                    im2col(g, xb, &mut col);
+                    &col
+                };
+                matmul(cout, k, p, dyb, Trans::N, colv, Trans::T, &mut acc, true);
+            }
+            acc
+        })
+        .collect();
+    let mut it = partials.into_iter();
+    let mut dw = it.next().unwrap_or_else(|| vec![T::zero(); cout * k]);
+    for part in it {
+        for (a, b) in dw.iter_mut().zip(part) {
+            *a += b;
+        }
+    }
+    dw
+}
+
+fn conv_bwd_bias<T: Float>(g: &ConvGeom, dy: &[T]) -> Vec<T> {
+    let p = g.p();
+    (0..g.cout)
+        .into_par_iter()
+        .map(|c| {
+            let mut s = 0f64;
+            for bi in 0..g.b {
+                let o = (bi * g.cout + c) * p;
+                s += dy[o..o + p].iter().map(|v| v.to_acc()).sum::<f64>();
+            }
+            T::from_acc(s)
+        })
+        .collect()
+}
+
+/// Forward op: `(x, w, bias) -> y`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Conv2d {
+    pub stride: usize,
+    pub pad: usize,
+}
+
+impl CustomOp3 for Conv2d {
+    fn name(&self) -> &'static str {
+        "ndm-conv2d"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = ConvGeom::new(l1.dims(), l2.dims(), self.stride, self.pad)?;
+        if l3.dims() != [g.cout] {
+            candle_core::bail!("conv2d: bias must be [{}], got {:?}", g.cout, l3.dims());
+        }
+        let shape = Shape::from((g.b, g.cout, g.ho, g.wo));
+        dispatch_float!(s1, "conv2d", |T| {
+            let x = slice::<T>(s1, l1, "conv2d")?;
+            let w = slice::<T>(s2, l2, "conv2d")?;
+            let b = slice::<T>(s3, l3, "conv2d")?;
+            let y = timed("conv2d fwd", || conv_fwd(&g, x, w, b));
+            Ok((T::into_storage(y), shape))
+        })
+    }
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let g = ConvGeom::new(x.dims(), w.dims(), self.stride, self.pad)?;
+        let dy = dy.contiguous()?;
+        let dx = if x.track_op() {
+            Some(dy.apply_op2_no_bwd(w, &Conv2dBwdInput { g })?)
+        } else {
+            None
+        };
+        let dw = if w.track_op() {
+            Some(
+                x.apply_op2_no_bwd(&dy, &Conv2dBwdWeight { g })?
+                    .reshape(w.shape())?,
+            )
+        } else {
+            None
+        };
+        let db = if b.track_op() {
+            Some(dy.apply_op1_no_bwd(&Conv2dBwdBias { g })?)
+        } else {
+            None
+        };
+        Ok((dx, dw, db))
+    }
+}
+
+/// `(dy, w) -> dx`.
+#[derive(Debug, Clone, Copy)]
+struct Conv2dBwdInput {
+    g: ConvGeom,
+}
+
+impl CustomOp2 for Conv2dBwdInput {
+    fn name(&self) -> &'static str {
+        "ndm-conv2d-bwd-input"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = &self.g;
+        let shape = Shape::from((g.b, g.cin, g.h, g.w));
+        dispatch_float!(s1, "conv2d backward", |T| {
+            let dy = slice::<T>(s1, l1, "conv2d backward")?;
+            let w = slice::<T>(s2, l2, "conv2d backward")?;
+            let dx = timed("conv2d bwd input", || conv_bwd_input(g, dy, w));
+            Ok((T::into_storage(dx), shape))
+        })
+    }
+}
+
+/// `(x, dy) -> dw` (flattened `[Cout, K]`, reshaped by the caller).
+#[derive(Debug, Clone, Copy)]
+struct Conv2dBwdWeight {
+    g: ConvGeom,
+}
+
+impl CustomOp2 for Conv2dBwdWeight {
+    fn name(&self) -> &'static str {
+        "ndm-conv2d-bwd-weight"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = &self.g;
+        let shape = Shape::from((g.cout, g.k()));
+        dispatch_float!(s1, "conv2d backward", |T| {
+            let x = slice::<T>(s1, l1, "conv2d backward")?;
+            let dy = slice::<T>(s2, l2, "conv2d backward")?;
+            let dw = timed("conv2d bwd weight", || conv_bwd_weight(g, x, dy));
+            Ok((T::into_storage(dw), shape))
+        })
+    }
+}
+
+/// `dy -> dbias`.
+#[derive(Debug, Clone, Copy)]
+struct Conv2dBwdBias {
+    g: ConvGeom,
+}
+
+impl CustomOp1 for Conv2dBwdBias {
+    fn name(&self) -> &'static str {
+        "ndm-conv2d-bwd-bias"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        let g = &self.g;
+        dispatch_float!(s, "conv2d backward", |T| {
+            let dy = slice::<T>(s, l, "conv2d backward")?;
+            let db = timed("conv2d bwd bias", || conv_bwd_bias(g, dy));
+            Ok((T::into_storage(db), Shape::from(g.cout)))
+        })
+    }
+}

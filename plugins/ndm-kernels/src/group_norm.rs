@@ -1,0 +1,279 @@
+//! GroupNorm, optionally fused with the SiLU that follows it, with a one-kernel backward.
+//!
+//! For `x: [B, C, *]` the elements of group `g` of item `b` are one contiguous run of
+//! `C/G * S` values (S = spatial size), so the work is a parallel loop over `B * G` runs.
+//! Statistics are accumulated in f64. The backward recomputes the statistics from `x`
+//! (two cheap passes) instead of storing them, and returns `dx`, `dgamma`, `dbeta` packed
+//! in one flat tensor that the caller splits with views.
+
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use crate::float::{dispatch_float, slice, Float};
+use crate::profile::timed;
+
+/// Sizes of one group norm.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct GnGeom {
+    pub b: usize,
+    pub c: usize,
+    pub s: usize,
+    pub groups: usize,
+}
+
+impl GnGeom {
+    pub fn new(dims: &[usize], groups: usize) -> Result<Self> {
+        if dims.len() < 3 {
+            candle_core::bail!(
+                "group_norm: input must be [B, C, ...] with rank >= 3, got {dims:?}"
+            );
+        }
+        let (b, c) = (dims[0], dims[1]);
+        if groups == 0 || c % groups != 0 {
+            candle_core::bail!("group_norm: {groups} groups do not divide {c} channels evenly");
+        }
+        Ok(Self {
+            b,
+            c,
+            s: dims[2..].iter().product(),
+            groups,
+        })
+    }
+    fn cpg(&self) -> usize {
+        self.c / self.groups
+    }
+    fn run(&self) -> usize {
+        (self.cpg() * self.s).max(1)
+    }
+    fn numel(&self) -> usize {
+        self.b * self.c * self.s
+    }
+}
+
+/// Mean and 1/sqrt(var + eps) of one run, in f64.
+fn stats<T: Float>(x: &[T], eps: f64) -> (f64, f64) {
+    let n = x.len().max(1) as f64;
+    let mean = x.iter().map(|v| v.to_acc()).sum::<f64>() / n;
+    let var = x
+        .iter()
+        .map(|v| {
+            let d = v.to_acc() - mean;
+            d * d
+        })
+        .sum::<f64>()
+        / n;
+    (mean, 1.0 / (var + eps).sqrt())
+}
+
+fn sigmoid<T: Float>(z: T) -> T {
+    T::one() / (T::one() + (-z).exp())
+}
+
+fn gn_fwd<T: Float>(g: &GnGeom, x: &[T], gamma: &[T], beta: &[T], eps: f64, silu: bool) -> Vec<T> {
+    let (run, s, cpg) = (g.run(), g.s, g.cpg());
+    let mut y = vec![T::zero(); g.numel()];
+    y.par_chunks_mut(run)
+        .zip(x.par_chunks(run))
+        .enumerate()
+        .for_each(|(i, (yr, xr))| {
+            let (mean, rstd) = stats(xr, eps);
+            let c0 = (i % g.groups) * cpg;
+            for j in 0..cpg {
+                // y = x * a + b with a = rstd * gamma, b = beta - mean * a.
+                let a = rstd * gamma[c0 + j].to_acc();
+                let (a, bb) = (
+                    T::from_acc(a),
+                    T::from_acc(beta[c0 + j].to_acc() - mean * a),
+                );
+                let (yo, xi) = (&mut yr[j * s..(j + 1) * s], &xr[j * s..(j + 1) * s]);
+                if silu {
+                    for (o, v) in yo.iter_mut().zip(xi) {
+                        let z = *v * a + bb;
+                        *o = z * sigmoid(z);
+                    }
+                } else {
+                    for (o, v) in yo.iter_mut().zip(xi) {
+                        *o = *v * a + bb;
+                    }
+                }
+            }
+        });
+    y
+}
+
+/// Returns `[dx (numel), dgamma (C), dbeta (C)]`.
+fn gn_bwd<T: Float>(g: &GnGeom, x: &[T], gb: &[T], dy: &[T], eps: f64, silu: bool) -> Vec<T> {
+    let (run, s, cpg, c) = (g.run(), g.s, g.cpg(), g.c);
+    let (gamma, beta) = gb.split_at(c);
+    let mut out = vec![T::zero(); g.numel() + 2 * c];
+    let (dx, dgb) = out.split_at_mut(g.numel());
+    // Per-run partial sums of dgamma and dbeta: [B*G][cpg][2], reduced over the batch below.
+    let mut partial = vec![0f64; g.b * g.groups * cpg * 2];
+    dx.par_chunks_mut(run)
+        .zip(x.par_chunks(run))
+        .zip(dy.par_chunks(run))
+        .zip(partial.par_chunks_mut(cpg * 2))
+        .enumerate()
+        .for_each(|(i, (((dxr, xr), dyr), pr))| {
+            let (mean, rstd) = stats(xr, eps);
+            let c0 = (i % g.groups) * cpg;
+            let (mut s1, mut s2) = (0f64, 0f64);
+            let (mean_t, rstd_t) = (T::from_acc(mean), T::from_acc(rstd));
+            // Pass 1: dz (gradient at the norm's affine output), reductions; keep dz*gamma in dx.
+            for j in 0..cpg {
+                let (ga, be) = (gamma[c0 + j], beta[c0 + j]);
+                let (mut dgam, mut dbet) = (0f64, 0f64);
+                let (xi, dyi, dxo) = (
+                    &xr[j * s..(j + 1) * s],
+                    &dyr[j * s..(j + 1) * s],
+                    &mut dxr[j * s..(j + 1) * s],
+                );
+                for ((o, v), d) in dxo.iter_mut().zip(xi).zip(dyi) {
+                    let xhat = (*v - mean_t) * rstd_t;
+                    let dz = if silu {
+                        let z = xhat * ga + be;
+                        let sg = sigmoid(z);
+                        *d * sg * (T::one() + z * (T::one() - sg))
+                    } else {
+                        *d
+                    };
+                    let (dzf, xh) = (dz.to_acc(), xhat.to_acc());
+                    dgam += dzf * xh;
+                    dbet += dzf;
+                    *o = dz * ga;
+                }
+                pr[2 * j] = dgam;
+                pr[2 * j + 1] = dbet;
+                let gaf = ga.to_acc();
+                s1 += dbet * gaf;
+                s2 += dgam * gaf;
+            }
+            // Pass 2: dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)).
+            let n = run as f64;
+            let (m1, m2) = (T::from_acc(s1 / n), T::from_acc(s2 / n));
+            for (o, v) in dxr.iter_mut().zip(xr) {
+                let xhat = (*v - mean_t) * rstd_t;
+                *o = rstd_t * (*o - m1 - xhat * m2);
+            }
+        });
+    let (dgamma, dbeta) = dgb.split_at_mut(c);
+    for ch in 0..c {
+        let (gi, j) = (ch / cpg, ch % cpg);
+        let (mut a, mut bsum) = (0f64, 0f64);
+        for bi in 0..g.b {
+            let base = ((bi * g.groups + gi) * cpg + j) * 2;
+            a += partial[base];
+            bsum += partial[base + 1];
+        }
+        dgamma[ch] = T::from_acc(a);
+        dbeta[ch] = T::from_acc(bsum);
+    }
+    out
+}
+
+/// Forward op: `(x, gamma, beta) -> y` (with SiLU applied when `silu`).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct GroupNorm {
+    pub groups: usize,
+    pub eps: f64,
+    pub silu: bool,
+}
+
+impl GroupNorm {
+    fn label(&self, fwd: bool) -> &'static str {
+        match (self.silu, fwd) {
+            (true, true) => "group_norm+silu fwd",
+            (true, false) => "group_norm+silu bwd",
+            (false, true) => "group_norm fwd",
+            (false, false) => "group_norm bwd",
+        }
+    }
+}
+
+fn check_affine(g: &GnGeom, gamma: &[usize], beta: &[usize]) -> Result<()> {
+    if gamma != [g.c] || beta != [g.c] {
+        candle_core::bail!(
+            "group_norm: gamma and beta must be [{}], got {gamma:?} and {beta:?}",
+            g.c
+        );
+    }
+    Ok(())
+}
+
+impl CustomOp3 for GroupNorm {
+    fn name(&self) -> &'static str {
+        "ndm-group-norm"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = GnGeom::new(l1.dims(), self.groups)?;
+        check_affine(&g, l2.dims(), l3.dims())?;
+        dispatch_float!(s1, "group_norm", |T| {
+            let x = slice::<T>(s1, l1, "group_norm")?;
+            let gamma = slice::<T>(s2, l2, "group_norm")?;
+            let beta = slice::<T>(s3, l3, "group_norm")?;
+            let y = timed(self.label(true), || {
+                gn_fwd(&g, x, gamma, beta, self.eps, self.silu)
+            });
+            Ok((T::into_storage(y), l1.shape().clone()))
+        })
+    }
+    fn bwd(
+        &self,
+        x: &Tensor,
+        gamma: &Tensor,
+        beta: &Tensor,
+        _res: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let g = GnGeom::new(x.dims(), self.groups)?;
+        let gb = Tensor::cat(&[gamma, beta], 0)?;
+        let packed = x.apply_op3_no_bwd(&gb, &dy.contiguous()?, &GroupNormBwd { op: *self, g })?;
+        let n = g.numel();
+        let dx = packed.narrow(0, 0, n)?.reshape(x.shape())?;
+        let dgamma = packed.narrow(0, n, g.c)?;
+        let dbeta = packed.narrow(0, n + g.c, g.c)?;
+        Ok((Some(dx), Some(dgamma), Some(dbeta)))
+    }
+}
+
+/// `(x, [gamma; beta], dy) -> [dx, dgamma, dbeta]` flattened.
+#[derive(Debug, Clone, Copy)]
+struct GroupNormBwd {
+    op: GroupNorm,
+    g: GnGeom,
+}
+
+impl CustomOp3 for GroupNormBwd {
+    fn name(&self) -> &'static str {
+        "ndm-group-norm-bwd"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let g = &self.g;
+        dispatch_float!(s1, "group_norm backward", |T| {
+            let x = slice::<T>(s1, l1, "group_norm backward")?;
+            let gb = slice::<T>(s2, l2, "group_norm backward")?;
+            let dy = slice::<T>(s3, l3, "group_norm backward")?;
+            let out = timed(self.op.label(false), || {
+                gn_bwd(g, x, gb, dy, self.op.eps, self.op.silu)
+            });
+            let len = out.len();
+            Ok((T::into_storage(out), Shape::from(len)))
+        })
+    }
+}

@@ -1,0 +1,59 @@
+//! A 2D convolution layer (square kernel, bias) dispatching through [`KernelBackend`].
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{Init, VarBuilder};
+
+use crate::ops::KernelBackend;
+
+/// `Conv2d` with weight `[Cout, Cin, k, k]` (variable `weight`) and bias `[Cout]` (`bias`).
+#[derive(Debug, Clone)]
+pub struct Conv2d {
+    weight: Tensor,
+    bias: Tensor,
+    stride: usize,
+    padding: usize,
+    backend: KernelBackend,
+}
+
+impl Conv2d {
+    /// Kaiming-uniform initialised, as candle_nn's conv2d.
+    pub fn new(
+        vb: VarBuilder,
+        cin: usize,
+        cout: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+        backend: KernelBackend,
+    ) -> Result<Self> {
+        let bound = 1.0 / ((cin * kernel * kernel) as f64).sqrt();
+        let init = Init::Uniform {
+            lo: -bound,
+            up: bound,
+        };
+        let weight = vb.get_with_hints((cout, cin, kernel, kernel), "weight", init)?;
+        let bias = vb.get_with_hints(cout, "bias", init)?;
+        Ok(Self {
+            weight,
+            bias,
+            stride,
+            padding,
+            backend,
+        })
+    }
+
+    pub fn weight(&self) -> &Tensor {
+        &self.weight
+    }
+
+    pub fn backend(&self) -> KernelBackend {
+        self.backend
+    }
+}
+
+impl Module for Conv2d {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.backend
+            .conv2d(x, &self.weight, Some(&self.bias), self.stride, self.padding)
+    }
+}

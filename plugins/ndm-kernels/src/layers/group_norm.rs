@@ -1,0 +1,56 @@
+//! GroupNorm, optionally followed by a fused SiLU, dispatching through [`KernelBackend`].
+
+use candle_core::{Module, Result, Tensor};
+use candle_nn::{Init, VarBuilder};
+
+use crate::ops::KernelBackend;
+
+/// GroupNorm with per-channel affine `weight` (init 1) and `bias` (init 0).
+#[derive(Debug, Clone)]
+pub struct GroupNorm {
+    gamma: Tensor,
+    beta: Tensor,
+    groups: usize,
+    eps: f64,
+    silu: bool,
+    backend: KernelBackend,
+}
+
+impl GroupNorm {
+    /// Errors when `groups` does not divide `channels`.
+    pub fn new(
+        vb: VarBuilder,
+        channels: usize,
+        groups: usize,
+        silu: bool,
+        backend: KernelBackend,
+    ) -> Result<Self> {
+        if groups == 0 || channels % groups != 0 {
+            candle_core::bail!(
+                "GroupNorm: {groups} groups do not divide {channels} channels evenly"
+            );
+        }
+        let gamma = vb.get_with_hints(channels, "weight", Init::Const(1.0))?;
+        let beta = vb.get_with_hints(channels, "bias", Init::Const(0.0))?;
+        Ok(Self {
+            gamma,
+            beta,
+            groups,
+            eps: 1e-5,
+            silu,
+            backend,
+        })
+    }
+}
+
+impl Module for GroupNorm {
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if self.silu {
+            self.backend
+                .group_norm_silu(x, self.groups, &self.gamma, &self.beta, self.eps)
+        } else {
+            self.backend
+                .group_norm(x, self.groups, &self.gamma, &self.beta, self.eps)
+        }
+    }
+}

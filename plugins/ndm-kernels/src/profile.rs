@@ -1,0 +1,45 @@
+//! An opt-in, process-wide timer for the kernels (used by the benchmark's per-op table).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+static ENABLED: AtomicBool = AtomicBool::new(false);
+static TABLE: Mutex<BTreeMap<&'static str, (Duration, u64)>> = Mutex::new(BTreeMap::new());
+
+/// Turns kernel timing on or off (off by default; when off a timer costs one atomic load).
+pub fn set_enabled(on: bool) {
+    ENABLED.store(on, Ordering::Relaxed);
+}
+
+/// Clears the accumulated timings.
+pub fn reset() {
+    if let Ok(mut t) = TABLE.lock() {
+        t.clear();
+    }
+}
+
+/// The accumulated (total time, calls) per kernel name, sorted by name.
+pub fn snapshot() -> Vec<(&'static str, Duration, u64)> {
+    TABLE
+        .lock()
+        .map(|t| t.iter().map(|(k, (d, n))| (*k, *d, *n)).collect())
+        .unwrap_or_default()
+}
+
+/// Times the closure under `name` when profiling is enabled.
+pub(crate) fn timed<R>(name: &'static str, f: impl FnOnce() -> R) -> R {
+    if !ENABLED.load(Ordering::Relaxed) {
+        return f();
+    }
+    let start = Instant::now();
+    let r = f();
+    let dt = start.elapsed();
+    if let Ok(mut t) = TABLE.lock() {
+        let e = t.entry(name).or_insert((Duration::ZERO, 0));
+        e.0 += dt;
+        e.1 += 1;
+    }
+    r
+}
