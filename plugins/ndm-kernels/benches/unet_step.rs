@@ -1,1 +1,213 @@
-fn main() {}
+//! The reference U-Net's training step, built from candle's native ops and from this crate's
+//! fused kernels, timed in one process with identical seeded weights and data.
+//!
+//! `cargo bench -p ndm-kernels --bench unet_step`
+//! Environment: `NDM_BENCH_ITERS` (timed steps per build, default 5), `NDM_BENCH_ONLY`
+//! (`native` or `fused`: run one build only, for peak-memory measurements),
+//! `NDM_BENCH_CONFIGS` (`mnist`, `cifar` or both, default both).
+
+use std::time::Instant;
+
+use candle_core::{DType, Device, Result, Tensor};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
+use ndm_kernels::profile;
+use ndm_kernels::rng::{seed_varmap, SplitMix64};
+use ndm_kernels::unet::{UNet, UNetConfig};
+use ndm_kernels::KernelBackend;
+
+struct Case {
+    key: &'static str,
+    label: &'static str,
+    batch: usize,
+    channels: usize,
+    size: usize,
+}
+
+struct Model {
+    net: UNet,
+    opt: AdamW,
+}
+
+/// One diffusion training batch: x_t, t and the noise to predict.
+struct Batch {
+    xt: Tensor,
+    t: Tensor,
+    noise: Tensor,
+}
+
+fn batch(case: &Case, seed: u64) -> Result<Batch> {
+    let dev = Device::Cpu;
+    let mut rng = SplitMix64::new(seed);
+    let dims = (case.batch, case.channels, case.size, case.size);
+    let n = case.batch * case.channels * case.size * case.size;
+    let x0: Vec<f32> = (0..n).map(|_| rng.uniform() as f32 * 2.0 - 1.0).collect();
+    let noise: Vec<f32> = (0..n).map(|_| rng.normal() as f32).collect();
+    let t: Vec<f32> = (0..case.batch).map(|_| rng.uniform() as f32).collect();
+    let per = n / case.batch;
+    let xt: Vec<f32> = (0..n)
+        .map(|i| {
+            // Cosine schedule: alpha_bar = cos^2(pi t / 2).
+            let a = (std::f32::consts::FRAC_PI_2 * t[i / per]).cos();
+            a * x0[i] + (1.0 - a * a).max(0.0).sqrt() * noise[i]
+        })
+        .collect();
+    Ok(Batch {
+        xt: Tensor::from_vec(xt, dims, &dev)?,
+        t: Tensor::from_vec(t, case.batch, &dev)?,
+        noise: Tensor::from_vec(noise, dims, &dev)?,
+    })
+}
+
+fn build(case: &Case, backend: KernelBackend) -> Result<Model> {
+    let cfg = UNetConfig {
+        in_channels: case.channels,
+        out_channels: case.channels,
+        ..UNetConfig::default()
+    };
+    let vm = VarMap::new();
+    let net = UNet::new(VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu), &cfg, backend)?;
+    seed_varmap(&vm, 1234)?;
+    let opt = AdamW::new(vm.all_vars(), ParamsAdamW { lr: 1e-3, ..Default::default() })?;
+    Ok(Model { net, opt })
+}
+
+/// (forward incl. loss, backward, AdamW) seconds and the loss.
+fn step(m: &mut Model, b: &Batch) -> Result<([f64; 3], f32)> {
+    let t0 = Instant::now();
+    let pred = m.net.forward(&b.xt, &b.t)?;
+    let loss = (pred - &b.noise)?.sqr()?.mean_all()?;
+    let lv = loss.to_scalar::<f32>()?;
+    let t1 = Instant::now();
+    let grads = loss.backward()?;
+    let t2 = Instant::now();
+    m.opt.step(&grads)?;
+    let t3 = Instant::now();
+    drop(grads);
+    let s = |a: Instant, b: Instant| (b - a).as_secs_f64();
+    Ok(([s(t0, t1), s(t1, t2), s(t2, t3)], lv))
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n == 0 {
+        f64::NAN
+    } else if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        0.5 * (v[n / 2 - 1] + v[n / 2])
+    }
+}
+
+/// Medians of forward, backward, AdamW and the full step (ms).
+fn medians(samples: &[[f64; 3]]) -> [f64; 4] {
+    let mut out = [0.0; 4];
+    for (k, o) in out.iter_mut().enumerate().take(3) {
+        let mut col: Vec<f64> = samples.iter().map(|s| s[k] * 1e3).collect();
+        *o = median(&mut col);
+    }
+    let mut full: Vec<f64> = samples.iter().map(|s| (s[0] + s[1] + s[2]) * 1e3).collect();
+    out[3] = median(&mut full);
+    out
+}
+
+fn run_case(case: &Case, iters: usize, only: Option<&str>) -> Result<()> {
+    let data = batch(case, 99)?;
+    let want = |k: &str| only.is_none_or(|o| o == k);
+    let mut native = if want("native") { Some(build(case, KernelBackend::Native)?) } else { None };
+    let mut fused = if want("fused") { Some(build(case, KernelBackend::Fused)?) } else { None };
+    println!("\n### {} (batch {}, {}x{}x{})\n", case.label, case.batch, case.channels, case.size, case.size);
+    // Warm-up step; also the loss check (identical weights and data, before any update).
+    let ln = native.as_mut().map(|m| step(m, &data)).transpose()?.map(|r| r.1);
+    let lf = fused.as_mut().map(|m| step(m, &data)).transpose()?.map(|r| r.1);
+    if let (Some(a), Some(b)) = (ln, lf) {
+        let ok = (a - b).abs() <= 1e-4 * (1.0 + a.abs());
+        println!("loss check: native {a:.6}, fused {b:.6}, |diff| {:.2e} -> {}", (a - b).abs(), if ok { "OK" } else { "MISMATCH" });
+    }
+    let (mut sn, mut sf) = (Vec::new(), Vec::new());
+    let (mut last_n, mut last_f) = (None, None);
+    for _ in 0..iters {
+        if let Some(m) = native.as_mut() {
+            let (s, l) = step(m, &data)?;
+            sn.push(s);
+            last_n = Some(l);
+        }
+        if let Some(m) = fused.as_mut() {
+            let (s, l) = step(m, &data)?;
+            sf.push(s);
+            last_f = Some(l);
+        }
+    }
+    if let (Some(a), Some(b)) = (last_n, last_f) {
+        println!("loss after {} AdamW steps: native {a:.6}, fused {b:.6}, |diff| {:.2e}", iters + 1, (a - b).abs());
+    }
+    println!("\n| {} (median of {iters}, ms) | native candle | fused | speed-up |", case.key);
+    println!("|---|---:|---:|---:|");
+    let (mn, mf) = (medians(&sn), medians(&sf));
+    for (k, name) in ["forward (incl. loss)", "backward", "AdamW", "full step"].iter().enumerate() {
+        let ratio = if sn.is_empty() || sf.is_empty() { f64::NAN } else { mn[k] / mf[k] };
+        println!("| {name} | {:.1} | {:.1} | {ratio:.1}x |", mn[k], mf[k]);
+    }
+    if let Some(m) = fused.as_mut() {
+        profile_table(case, m, &data, iters.max(3))?;
+    }
+    Ok(())
+}
+
+/// Per-op table of the fused step, averaged over `iters` profiled steps.
+fn profile_table(case: &Case, m: &mut Model, data: &Batch, iters: usize) -> Result<()> {
+    profile::reset();
+    profile::set_enabled(true);
+    let mut tot = [0.0f64; 3];
+    for _ in 0..iters {
+        let (s, _) = step(m, data)?;
+        for k in 0..3 {
+            tot[k] += s[k] * 1e3 / iters as f64;
+        }
+    }
+    profile::set_enabled(false);
+    let step_ms = tot.iter().sum::<f64>();
+    println!("\n| {} fused step, per op (mean of {iters}) | calls/step | ms/step | % of step |", case.key);
+    println!("|---|---:|---:|---:|");
+    let mut rows: Vec<(String, f64, f64)> = Vec::new();
+    let (mut kf, mut kb) = (0.0, 0.0);
+    for (name, d, n) in profile::snapshot() {
+        let ms = d.as_secs_f64() * 1e3 / iters as f64;
+        if name.ends_with("fwd") {
+            kf += ms;
+        } else {
+            kb += ms;
+        }
+        rows.push((name.to_string(), n as f64 / iters as f64, ms));
+    }
+    rows.push(("candle ops in forward (cat, adds, linear, time emb, MSE)".into(), f64::NAN, tot[0] - kf));
+    rows.push(("candle backward of those + grad accumulation".into(), f64::NAN, tot[1] - kb));
+    rows.push(("AdamW (candle_nn)".into(), f64::NAN, tot[2]));
+    rows.sort_by(|a, b| b.2.total_cmp(&a.2));
+    for (name, calls, ms) in rows {
+        let calls = if calls.is_nan() { "-".to_string() } else { format!("{calls:.0}") };
+        println!("| {name} | {calls} | {ms:.1} | {:.1}% |", 100.0 * ms / step_ms);
+    }
+    println!("| **total step** | | {step_ms:.1} | 100% |");
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let iters: usize = std::env::var("NDM_BENCH_ITERS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
+    let only = std::env::var("NDM_BENCH_ONLY").ok();
+    let configs = std::env::var("NDM_BENCH_CONFIGS").unwrap_or_else(|_| "mnist,cifar".into());
+    println!(
+        "U-Net training step, native candle vs ndm-kernels, {} rayon threads",
+        rayon::current_num_threads()
+    );
+    let cases = [
+        Case { key: "28x28x1 b64", label: "MNIST-shaped", batch: 64, channels: 1, size: 28 },
+        Case { key: "32x32x3 b32", label: "CIFAR-shaped", batch: 32, channels: 3, size: 32 },
+    ];
+    for (case, key) in cases.iter().zip(["mnist", "cifar"]) {
+        if configs.contains(key) {
+            run_case(case, iters, only.as_deref())?;
+        }
+    }
+    Ok(())
+}

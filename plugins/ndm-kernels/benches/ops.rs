@@ -1,0 +1,88 @@
+//! Single-op timings, native candle vs fused, forward and forward+backward (medians, ms).
+//!
+//! `cargo bench -p ndm-kernels --bench ops`
+
+use std::time::Instant;
+
+use candle_core::{Device, Result, Tensor, Var};
+use ndm_kernels::rng::SplitMix64;
+use ndm_kernels::KernelBackend::{self, Fused, Native};
+
+type OpFn = Box<dyn Fn(KernelBackend, &[Tensor]) -> Result<Tensor>>;
+
+fn randn(rng: &mut SplitMix64, dims: &[usize]) -> Result<Tensor> {
+    rng.randn(dims, &Device::Cpu)?.to_dtype(candle_core::DType::F32)
+}
+
+fn median_ms(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2] * 1e3
+}
+
+fn time(be: KernelBackend, f: &OpFn, ins: &[Var], iters: usize) -> Result<(f64, f64)> {
+    let ts: Vec<Tensor> = ins.iter().map(|v| v.as_tensor().clone()).collect();
+    let (mut fw, mut fb) = (Vec::new(), Vec::new());
+    for _ in 0..iters + 1 {
+        let t0 = Instant::now();
+        let y = f(be, &ts)?;
+        let t1 = Instant::now();
+        let g = y.sum_all()?.backward()?;
+        let t2 = Instant::now();
+        drop(g);
+        fw.push((t1 - t0).as_secs_f64());
+        fb.push((t2 - t0).as_secs_f64());
+    }
+    fw.remove(0);
+    fb.remove(0);
+    Ok((median_ms(fw), median_ms(fb)))
+}
+
+fn main() -> Result<()> {
+    let iters: usize = std::env::var("NDM_BENCH_ITERS").ok().and_then(|v| v.parse().ok()).unwrap_or(7);
+    let mut rng = SplitMix64::new(1);
+    let cases: Vec<(&str, Vec<Vec<usize>>, OpFn)> = vec![
+        (
+            "conv2d 3x3 64x32x28x28 -> 32",
+            vec![vec![64, 32, 28, 28], vec![32, 32, 3, 3], vec![32]],
+            Box::new(|be, t| be.conv2d(&t[0], &t[1], Some(&t[2]), 1, 1)),
+        ),
+        (
+            "conv2d 3x3 s2 64x32x28x28 -> 32",
+            vec![vec![64, 32, 28, 28], vec![32, 32, 3, 3], vec![32]],
+            Box::new(|be, t| be.conv2d(&t[0], &t[1], Some(&t[2]), 2, 1)),
+        ),
+        (
+            "conv2d 1x1 64x96x28x28 -> 32",
+            vec![vec![64, 96, 28, 28], vec![32, 96, 1, 1], vec![32]],
+            Box::new(|be, t| be.conv2d(&t[0], &t[1], Some(&t[2]), 1, 0)),
+        ),
+        (
+            "group_norm+silu 64x32x28x28 g8",
+            vec![vec![64, 32, 28, 28], vec![32], vec![32]],
+            Box::new(|be, t| be.group_norm_silu(&t[0], 8, &t[1], &t[2], 1e-5)),
+        ),
+        (
+            "group_norm 64x32x28x28 g8",
+            vec![vec![64, 32, 28, 28], vec![32], vec![32]],
+            Box::new(|be, t| be.group_norm(&t[0], 8, &t[1], &t[2], 1e-5)),
+        ),
+        ("silu 64x32x28x28", vec![vec![64, 32, 28, 28]], Box::new(|be, t| be.silu(&t[0]))),
+        (
+            "upsample2x 64x64x14x14",
+            vec![vec![64, 64, 14, 14]],
+            Box::new(|be, t| be.upsample_nearest2x(&t[0])),
+        ),
+    ];
+    println!("| op (f32, median of {iters}, ms) | native fwd | fused fwd | native fwd+bwd | fused fwd+bwd | speed-up fwd+bwd |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for (name, shapes, f) in cases {
+        let ins: Vec<Var> = shapes
+            .iter()
+            .map(|s| Var::from_tensor(&randn(&mut rng, s)?))
+            .collect::<Result<_>>()?;
+        let (nf, nb) = time(Native, &f, &ins, iters)?;
+        let (ff, fb) = time(Fused, &f, &ins, iters)?;
+        println!("| {name} | {nf:.1} | {ff:.1} | {nb:.1} | {fb:.1} | {:.1}x |", nb / fb);
+    }
+    Ok(())
+}
