@@ -11,7 +11,8 @@ use ndm_kernels::KernelBackend::{self, Fused, Native};
 type OpFn = Box<dyn Fn(KernelBackend, &[Tensor]) -> Result<Tensor>>;
 
 fn randn(rng: &mut SplitMix64, dims: &[usize]) -> Result<Tensor> {
-    rng.randn(dims, &Device::Cpu)?.to_dtype(candle_core::DType::F32)
+    rng.randn(dims, &Device::Cpu)?
+        .to_dtype(candle_core::DType::F32)
 }
 
 fn median_ms(mut v: Vec<f64>) -> f64 {
@@ -38,7 +39,10 @@ fn time(be: KernelBackend, f: &OpFn, ins: &[Var], iters: usize) -> Result<(f64, 
 }
 
 fn main() -> Result<()> {
-    let iters: usize = std::env::var("NDM_BENCH_ITERS").ok().and_then(|v| v.parse().ok()).unwrap_or(7);
+    let iters: usize = std::env::var("NDM_BENCH_ITERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(7);
     let mut rng = SplitMix64::new(1);
     let cases: Vec<(&str, Vec<Vec<usize>>, OpFn)> = vec![
         (
@@ -66,7 +70,11 @@ fn main() -> Result<()> {
             vec![vec![64, 32, 28, 28], vec![32], vec![32]],
             Box::new(|be, t| be.group_norm(&t[0], 8, &t[1], &t[2], 1e-5)),
         ),
-        ("silu 64x32x28x28", vec![vec![64, 32, 28, 28]], Box::new(|be, t| be.silu(&t[0]))),
+        (
+            "silu 64x32x28x28",
+            vec![vec![64, 32, 28, 28]],
+            Box::new(|be, t| be.silu(&t[0])),
+        ),
         (
             "upsample2x 64x64x14x14",
             vec![vec![64, 64, 14, 14]],
@@ -82,7 +90,10 @@ fn main() -> Result<()> {
             .collect::<Result<_>>()?;
         let (nf, nb) = time(Native, &f, &ins, iters)?;
         let (ff, fb) = time(Fused, &f, &ins, iters)?;
-        println!("| {name} | {nf:.1} | {ff:.1} | {nb:.1} | {fb:.1} | {:.1}x |", nb / fb);
+        println!(
+            "| {name} | {nf:.1} | {ff:.1} | {nb:.1} | {fb:.1} | {:.1}x |",
+            nb / fb
+        );
     }
     Ok(())
 }

@@ -65,9 +65,19 @@ fn build(case: &Case, backend: KernelBackend) -> Result<Model> {
         ..UNetConfig::default()
     };
     let vm = VarMap::new();
-    let net = UNet::new(VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu), &cfg, backend)?;
+    let net = UNet::new(
+        VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu),
+        &cfg,
+        backend,
+    )?;
     seed_varmap(&vm, 1234)?;
-    let opt = AdamW::new(vm.all_vars(), ParamsAdamW { lr: 1e-3, ..Default::default() })?;
+    let opt = AdamW::new(
+        vm.all_vars(),
+        ParamsAdamW {
+            lr: 1e-3,
+            ..Default::default()
+        },
+    )?;
     Ok(Model { net, opt })
 }
 
@@ -114,15 +124,38 @@ fn medians(samples: &[[f64; 3]]) -> [f64; 4] {
 fn run_case(case: &Case, iters: usize, only: Option<&str>) -> Result<()> {
     let data = batch(case, 99)?;
     let want = |k: &str| only.is_none_or(|o| o == k);
-    let mut native = if want("native") { Some(build(case, KernelBackend::Native)?) } else { None };
-    let mut fused = if want("fused") { Some(build(case, KernelBackend::Fused)?) } else { None };
-    println!("\n### {} (batch {}, {}x{}x{})\n", case.label, case.batch, case.channels, case.size, case.size);
+    let mut native = if want("native") {
+        Some(build(case, KernelBackend::Native)?)
+    } else {
+        None
+    };
+    let mut fused = if want("fused") {
+        Some(build(case, KernelBackend::Fused)?)
+    } else {
+        None
+    };
+    println!(
+        "\n### {} (batch {}, {}x{}x{})\n",
+        case.label, case.batch, case.channels, case.size, case.size
+    );
     // Warm-up step; also the loss check (identical weights and data, before any update).
-    let ln = native.as_mut().map(|m| step(m, &data)).transpose()?.map(|r| r.1);
-    let lf = fused.as_mut().map(|m| step(m, &data)).transpose()?.map(|r| r.1);
+    let ln = native
+        .as_mut()
+        .map(|m| step(m, &data))
+        .transpose()?
+        .map(|r| r.1);
+    let lf = fused
+        .as_mut()
+        .map(|m| step(m, &data))
+        .transpose()?
+        .map(|r| r.1);
     if let (Some(a), Some(b)) = (ln, lf) {
         let ok = (a - b).abs() <= 1e-4 * (1.0 + a.abs());
-        println!("loss check: native {a:.6}, fused {b:.6}, |diff| {:.2e} -> {}", (a - b).abs(), if ok { "OK" } else { "MISMATCH" });
+        println!(
+            "loss check: native {a:.6}, fused {b:.6}, |diff| {:.2e} -> {}",
+            (a - b).abs(),
+            if ok { "OK" } else { "MISMATCH" }
+        );
     }
     let (mut sn, mut sf) = (Vec::new(), Vec::new());
     let (mut last_n, mut last_f) = (None, None);
@@ -139,13 +172,27 @@ fn run_case(case: &Case, iters: usize, only: Option<&str>) -> Result<()> {
         }
     }
     if let (Some(a), Some(b)) = (last_n, last_f) {
-        println!("loss after {} AdamW steps: native {a:.6}, fused {b:.6}, |diff| {:.2e}", iters + 1, (a - b).abs());
+        println!(
+            "loss after {} AdamW steps: native {a:.6}, fused {b:.6}, |diff| {:.2e}",
+            iters + 1,
+            (a - b).abs()
+        );
     }
-    println!("\n| {} (median of {iters}, ms) | native candle | fused | speed-up |", case.key);
+    println!(
+        "\n| {} (median of {iters}, ms) | native candle | fused | speed-up |",
+        case.key
+    );
     println!("|---|---:|---:|---:|");
     let (mn, mf) = (medians(&sn), medians(&sf));
-    for (k, name) in ["forward (incl. loss)", "backward", "AdamW", "full step"].iter().enumerate() {
-        let ratio = if sn.is_empty() || sf.is_empty() { f64::NAN } else { mn[k] / mf[k] };
+    for (k, name) in ["forward (incl. loss)", "backward", "AdamW", "full step"]
+        .iter()
+        .enumerate()
+    {
+        let ratio = if sn.is_empty() || sf.is_empty() {
+            f64::NAN
+        } else {
+            mn[k] / mf[k]
+        };
         println!("| {name} | {:.1} | {:.1} | {ratio:.1}x |", mn[k], mf[k]);
     }
     if let Some(m) = fused.as_mut() {
@@ -167,7 +214,10 @@ fn profile_table(case: &Case, m: &mut Model, data: &Batch, iters: usize) -> Resu
     }
     profile::set_enabled(false);
     let step_ms = tot.iter().sum::<f64>();
-    println!("\n| {} fused step, per op (mean of {iters}) | calls/step | ms/step | % of step |", case.key);
+    println!(
+        "\n| {} fused step, per op (mean of {iters}) | calls/step | ms/step | % of step |",
+        case.key
+    );
     println!("|---|---:|---:|---:|");
     let mut rows: Vec<(String, f64, f64)> = Vec::new();
     let (mut kf, mut kb) = (0.0, 0.0);
@@ -180,20 +230,38 @@ fn profile_table(case: &Case, m: &mut Model, data: &Batch, iters: usize) -> Resu
         }
         rows.push((name.to_string(), n as f64 / iters as f64, ms));
     }
-    rows.push(("candle ops in forward (cat, adds, linear, time emb, MSE)".into(), f64::NAN, tot[0] - kf));
-    rows.push(("candle backward of those + grad accumulation".into(), f64::NAN, tot[1] - kb));
+    rows.push((
+        "candle ops in forward (cat, adds, linear, time emb, MSE)".into(),
+        f64::NAN,
+        tot[0] - kf,
+    ));
+    rows.push((
+        "candle backward of those + grad accumulation".into(),
+        f64::NAN,
+        tot[1] - kb,
+    ));
     rows.push(("AdamW (candle_nn)".into(), f64::NAN, tot[2]));
     rows.sort_by(|a, b| b.2.total_cmp(&a.2));
     for (name, calls, ms) in rows {
-        let calls = if calls.is_nan() { "-".to_string() } else { format!("{calls:.0}") };
-        println!("| {name} | {calls} | {ms:.1} | {:.1}% |", 100.0 * ms / step_ms);
+        let calls = if calls.is_nan() {
+            "-".to_string()
+        } else {
+            format!("{calls:.0}")
+        };
+        println!(
+            "| {name} | {calls} | {ms:.1} | {:.1}% |",
+            100.0 * ms / step_ms
+        );
     }
     println!("| **total step** | | {step_ms:.1} | 100% |");
     Ok(())
 }
 
 fn main() -> Result<()> {
-    let iters: usize = std::env::var("NDM_BENCH_ITERS").ok().and_then(|v| v.parse().ok()).unwrap_or(5);
+    let iters: usize = std::env::var("NDM_BENCH_ITERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5);
     let only = std::env::var("NDM_BENCH_ONLY").ok();
     let configs = std::env::var("NDM_BENCH_CONFIGS").unwrap_or_else(|_| "mnist,cifar".into());
     println!(
@@ -201,8 +269,20 @@ fn main() -> Result<()> {
         rayon::current_num_threads()
     );
     let cases = [
-        Case { key: "28x28x1 b64", label: "MNIST-shaped", batch: 64, channels: 1, size: 28 },
-        Case { key: "32x32x3 b32", label: "CIFAR-shaped", batch: 32, channels: 3, size: 32 },
+        Case {
+            key: "28x28x1 b64",
+            label: "MNIST-shaped",
+            batch: 64,
+            channels: 1,
+            size: 28,
+        },
+        Case {
+            key: "32x32x3 b32",
+            label: "CIFAR-shaped",
+            batch: 32,
+            channels: 3,
+            size: 32,
+        },
     ];
     for (case, key) in cases.iter().zip(["mnist", "cifar"]) {
         if configs.contains(key) {

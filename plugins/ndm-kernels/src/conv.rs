@@ -5,7 +5,7 @@
 //! `dcol_b = W^T * dy_b` scattered back by col2im, and `dW = sum_b dy_b * col_b^T`.
 //! Work is split over batch items with rayon; each worker owns one `col` buffer.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use crate::float::{dispatch_float, slice, Float};
@@ -169,7 +169,7 @@ fn col2im<T: Float>(g: &ConvGeom, col: &[T], dx: &mut [T]) {
     }
 }
 
-fn conv_fwd<T: Float>(g: &ConvGeom, x: &[T], w: &[T], bias: &[T]) -> Vec<T> {
+fn conv_fwd<T: Float>(g: &ConvGeom, x: &[T], w: &[T], bias: Option<&[T]>) -> Vec<T> {
     let (k, p, cout) = (g.k(), g.p(), g.cout);
     let mut y = vec![T::zero(); g.b * cout * p];
     let pointwise = g.is_pointwise();
@@ -190,16 +190,62 @@ fn conv_fwd<T: Float>(g: &ConvGeom, x: &[T], w: &[T], bias: &[T]) -> Vec<T> {
                     im2col(g, xb, col);
                     col
                 };
-                for (co, row) in yb.chunks_mut(p.max(1)).enumerate() {
-                    row.fill(bias[co]);
+                if let Some(bias) = bias {
+                    for (co, row) in yb.chunks_mut(p.max(1)).enumerate() {
+                        row.fill(bias[co]);
+                    }
                 }
-                matmul(cout, p, k, w, Trans::N, colv, Trans::N, yb, true);
+                matmul(cout, p, k, w, Trans::N, colv, Trans::N, yb, bias.is_some());
             },
         );
     y
 }
 
+/// For a stride-1 conv with a square kernel and `pad < k`, the input gradient is itself a
+/// stride-1 conv of `dy` with the flipped, channel-transposed kernel and padding `k - 1 - pad`.
+/// That runs as im2col + one GEMM with the long `Cout * k * k` reduction instead of a GEMM with
+/// the short `Cout` reduction followed by a scatter-add (col2im).
+fn transposed_geom(g: &ConvGeom) -> Option<ConvGeom> {
+    if g.stride != 1 || g.kh != g.kw || g.pad >= g.kh || g.is_pointwise() {
+        return None;
+    }
+    let t = ConvGeom {
+        b: g.b,
+        cin: g.cout,
+        h: g.ho,
+        w: g.wo,
+        cout: g.cin,
+        kh: g.kh,
+        kw: g.kw,
+        stride: 1,
+        pad: g.kh - 1 - g.pad,
+        ho: g.h,
+        wo: g.w,
+    };
+    // ho + 2 pad' - k + 1 == h holds for stride 1; checked anyway.
+    (t.h + 2 * t.pad + 1 == t.ho + t.kh && t.w + 2 * t.pad + 1 == t.wo + t.kw).then_some(t)
+}
+
+/// `w [Cout, Cin, k, k]` -> `w' [Cin, Cout, k, k]` with both spatial axes reversed.
+fn flip_weight<T: Float>(g: &ConvGeom, w: &[T]) -> Vec<T> {
+    let kk = g.kh * g.kw;
+    let mut out = vec![T::zero(); w.len()];
+    for co in 0..g.cout {
+        for ci in 0..g.cin {
+            let src = &w[(co * g.cin + ci) * kk..(co * g.cin + ci + 1) * kk];
+            let dst = &mut out[(ci * g.cout + co) * kk..(ci * g.cout + co + 1) * kk];
+            for (d, v) in dst.iter_mut().zip(src.iter().rev()) {
+                *d = *v;
+            }
+        }
+    }
+    out
+}
+
 fn conv_bwd_input<T: Float>(g: &ConvGeom, dy: &[T], w: &[T]) -> Vec<T> {
+    if let Some(t) = transposed_geom(g) {
+        return conv_fwd(&t, dy, &flip_weight(g, w), None);
+    }
     let (k, p, cout) = (g.k(), g.p(), g.cout);
     let mut dx = vec![T::zero(); g.b * g.in_len()];
     let pointwise = g.is_pointwise();
@@ -225,15 +271,18 @@ fn conv_bwd_input<T: Float>(g: &ConvGeom, dy: &[T], w: &[T]) -> Vec<T> {
     dx
 }
 
-fn conv_bwd_weight<T: Float>(g: &ConvGeom, x: &[T], dy: &[T]) -> Vec<T> {
+/// Returns `[dW (Cout * K), dbias (Cout)]`: each worker accumulates `dy_b * col_b^T` for its
+/// share of the batch with the GEMM and the bias row sums (f64) while `dy_b` is in cache.
+fn conv_bwd_weight_bias<T: Float>(g: &ConvGeom, x: &[T], dy: &[T]) -> Vec<T> {
     let (k, p, cout) = (g.k(), g.p(), g.cout);
     let chunks = rayon::current_num_threads().clamp(1, g.b.max(1));
     let per = g.b.div_ceil(chunks);
     let pointwise = g.is_pointwise();
-    let partials: Vec<Vec<T>> = (0..chunks)
+    let partials: Vec<(Vec<T>, Vec<f64>)> = (0..chunks)
         .into_par_iter()
         .map(|c| {
             let mut acc = vec![T::zero(); cout * k];
+            let mut bacc = vec![0f64; cout];
             let mut col = if pointwise {
                 Vec::new()
             } else {
@@ -249,33 +298,27 @@ fn conv_bwd_weight<T: Float>(g: &ConvGeom, x: &[T], dy: &[T]) -> Vec<T> {
                     &col
                 };
                 matmul(cout, k, p, dyb, Trans::N, colv, Trans::T, &mut acc, true);
+                for (s, row) in bacc.iter_mut().zip(dyb.chunks(p.max(1))) {
+                    *s += row.iter().map(|v| v.to_acc()).sum::<f64>();
+                }
             }
-            acc
+            (acc, bacc)
         })
         .collect();
-    let mut it = partials.into_iter();
-    let mut dw = it.next().unwrap_or_else(|| vec![T::zero(); cout * k]);
-    for part in it {
+    let mut dw = vec![T::zero(); cout * k + cout];
+    let mut db = vec![0f64; cout];
+    for (part, bpart) in partials {
         for (a, b) in dw.iter_mut().zip(part) {
             *a += b;
         }
+        for (a, b) in db.iter_mut().zip(bpart) {
+            *a += b;
+        }
+    }
+    for (o, v) in dw[cout * k..].iter_mut().zip(db) {
+        *o = T::from_acc(v);
     }
     dw
-}
-
-fn conv_bwd_bias<T: Float>(g: &ConvGeom, dy: &[T]) -> Vec<T> {
-    let p = g.p();
-    (0..g.cout)
-        .into_par_iter()
-        .map(|c| {
-            let mut s = 0f64;
-            for bi in 0..g.b {
-                let o = (bi * g.cout + c) * p;
-                s += dy[o..o + p].iter().map(|v| v.to_acc()).sum::<f64>();
-            }
-            T::from_acc(s)
-        })
-        .collect()
 }
 
 /// Forward op: `(x, w, bias) -> y`.
@@ -307,7 +350,7 @@ impl CustomOp3 for Conv2d {
             let x = slice::<T>(s1, l1, "conv2d")?;
             let w = slice::<T>(s2, l2, "conv2d")?;
             let b = slice::<T>(s3, l3, "conv2d")?;
-            let y = timed("conv2d fwd", || conv_fwd(&g, x, w, b));
+            let y = timed("conv2d fwd", || conv_fwd(&g, x, w, Some(b)));
             Ok((T::into_storage(y), shape))
         })
     }
@@ -326,18 +369,15 @@ impl CustomOp3 for Conv2d {
         } else {
             None
         };
-        let dw = if w.track_op() {
-            Some(
-                x.apply_op2_no_bwd(&dy, &Conv2dBwdWeight { g })?
-                    .reshape(w.shape())?,
+        let (dw, db) = if w.track_op() || b.track_op() {
+            let packed = x.apply_op2_no_bwd(&dy, &Conv2dBwdWeight { g })?;
+            let nw = g.cout * g.k();
+            (
+                Some(packed.narrow(0, 0, nw)?.reshape(w.shape())?),
+                Some(packed.narrow(0, nw, g.cout)?),
             )
         } else {
-            None
-        };
-        let db = if b.track_op() {
-            Some(dy.apply_op1_no_bwd(&Conv2dBwdBias { g })?)
-        } else {
-            None
+            (None, None)
         };
         Ok((dx, dw, db))
     }
@@ -371,7 +411,7 @@ impl CustomOp2 for Conv2dBwdInput {
     }
 }
 
-/// `(x, dy) -> dw` (flattened `[Cout, K]`, reshaped by the caller).
+/// `(x, dy) -> [dw (Cout * K), dbias (Cout)]` flattened, split by the caller.
 #[derive(Debug, Clone, Copy)]
 struct Conv2dBwdWeight {
     g: ConvGeom,
@@ -389,32 +429,12 @@ impl CustomOp2 for Conv2dBwdWeight {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let g = &self.g;
-        let shape = Shape::from((g.cout, g.k()));
+        let shape = Shape::from(g.cout * g.k() + g.cout);
         dispatch_float!(s1, "conv2d backward", |T| {
             let x = slice::<T>(s1, l1, "conv2d backward")?;
             let dy = slice::<T>(s2, l2, "conv2d backward")?;
-            let dw = timed("conv2d bwd weight", || conv_bwd_weight(g, x, dy));
+            let dw = timed("conv2d bwd weight+bias", || conv_bwd_weight_bias(g, x, dy));
             Ok((T::into_storage(dw), shape))
-        })
-    }
-}
-
-/// `dy -> dbias`.
-#[derive(Debug, Clone, Copy)]
-struct Conv2dBwdBias {
-    g: ConvGeom,
-}
-
-impl CustomOp1 for Conv2dBwdBias {
-    fn name(&self) -> &'static str {
-        "ndm-conv2d-bwd-bias"
-    }
-    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let g = &self.g;
-        dispatch_float!(s, "conv2d backward", |T| {
-            let dy = slice::<T>(s, l, "conv2d backward")?;
-            let db = timed("conv2d bwd bias", || conv_bwd_bias(g, dy));
-            Ok((T::into_storage(db), Shape::from(g.cout)))
         })
     }
 }

@@ -16,9 +16,65 @@ pub trait Float: WithDType + num_traits::Float {
     fn into_storage(v: Vec<Self>) -> CpuStorage {
         <Self as WithDType>::to_cpu_storage_owned(v)
     }
+    /// `1 / (1 + exp(-self))`: exact `exp` for f64 (gradient checks), a vectorisable
+    /// polynomial `exp` (relative error ~2e-7) for f32.
+    fn sigmoid(self) -> Self;
 }
-impl Float for f32 {}
-impl Float for f64 {}
+
+impl Float for f32 {
+    #[inline(always)]
+    fn sigmoid(self) -> Self {
+        1.0 / (1.0 + fast_exp_f32(-self))
+    }
+}
+
+impl Float for f64 {
+    #[inline(always)]
+    fn sigmoid(self) -> Self {
+        1.0 / (1.0 + (-self).exp())
+    }
+}
+
+/// `exp(x)` for f32 without a libm call, so loops over it vectorise (also on baseline SSE2):
+/// round-to-nearest range reduction `x = n ln2 + r` (ln2 split in two parts),
+/// the classic degree-6 minimax polynomial for `exp(r)` on `|r| <= ln2/2`, and `2^n` built in
+/// the exponent bits. Inputs are clamped to [-87, 88] so `2^n` stays a normal number.
+#[inline(always)]
+pub(crate) fn fast_exp_f32(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_359_4;
+    const LN2_LO: f32 = -2.121_944_4e-4;
+    const ROUND: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer.
+    let x = if x < -87.0 { -87.0 } else { x };
+    let x = if x > 88.0 { 88.0 } else { x };
+    let t = x * LOG2E + ROUND;
+    let n = t - ROUND;
+    let k = t.to_bits().wrapping_sub(ROUND.to_bits()) as i32;
+    let r = x - n * LN2_HI - n * LN2_LO;
+    let mut p = 1.987_569_1e-4f32;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 1.666_666_5e-1;
+    p = p * r + 5.000_000_1e-1;
+    let e = p * r * r + r + 1.0;
+    e * f32::from_bits(((k + 127) as u32) << 23)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn fast_exp_is_accurate() {
+        let mut worst = 0f64;
+        // Inside the clamp range [-87, 88].
+        for i in -86_999..=87_999 {
+            let x = i as f32 * 1e-3;
+            let (a, b) = (super::fast_exp_f32(x) as f64, (x as f64).exp());
+            worst = worst.max(((a - b) / b).abs());
+        }
+        assert!(worst < 2e-7, "fast_exp_f32 relative error {worst:e}");
+    }
+}
 
 /// The contiguous slice a layout describes inside a CPU storage.
 ///

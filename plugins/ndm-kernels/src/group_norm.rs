@@ -2,9 +2,11 @@
 //!
 //! For `x: [B, C, *]` the elements of group `g` of item `b` are one contiguous run of
 //! `C/G * S` values (S = spatial size), so the work is a parallel loop over `B * G` runs.
-//! Statistics are accumulated in f64. The backward recomputes the statistics from `x`
-//! (two cheap passes) instead of storing them, and returns `dx`, `dgamma`, `dbeta` packed
-//! in one flat tensor that the caller splits with views.
+//! Statistics are accumulated in f64 and kept by the forward op (2 f64 per group and item) for
+//! its backward, which returns `dx`, `dgamma`, `dbeta` packed in one flat tensor that the
+//! caller splits with views.
+
+use std::sync::{Arc, Mutex};
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -50,33 +52,116 @@ impl GnGeom {
     }
 }
 
-/// Mean and 1/sqrt(var + eps) of one run, in f64.
+/// Lanes of the short element-type partial sums (lets the loops vectorise).
+const LANES: usize = 8;
+/// Elements summed in the element type before flushing into the f64 total.
+const FLUSH: usize = 256;
+
+/// `sum f(x_i)`: 8 lane partials in `T` over blocks of 256 elements, blocks summed in f64.
+fn lane_sum<T: Float>(x: &[T], f: impl Fn(T) -> T) -> f64 {
+    let mut total = 0f64;
+    for blk in x.chunks(FLUSH) {
+        let mut acc = [T::zero(); LANES];
+        let mut it = blk.chunks_exact(LANES);
+        for c in &mut it {
+            for l in 0..LANES {
+                acc[l] += f(c[l]);
+            }
+        }
+        let tail = it.remainder().iter().fold(T::zero(), |a, v| a + f(*v));
+        total += acc.iter().map(|v| v.to_acc()).sum::<f64>() + tail.to_acc();
+    }
+    total
+}
+
+/// Mean and 1/sqrt(var + eps) of one run (two passes, f64 totals).
 fn stats<T: Float>(x: &[T], eps: f64) -> (f64, f64) {
     let n = x.len().max(1) as f64;
-    let mean = x.iter().map(|v| v.to_acc()).sum::<f64>() / n;
-    let var = x
-        .iter()
-        .map(|v| {
-            let d = v.to_acc() - mean;
-            d * d
-        })
-        .sum::<f64>()
-        / n;
+    let mean = lane_sum(x, |v| v) / n;
+    let m = T::from_acc(mean);
+    let var = lane_sum(x, |v| (v - m) * (v - m)) / n;
     (mean, 1.0 / (var + eps).sqrt())
 }
 
-fn sigmoid<T: Float>(z: T) -> T {
-    T::one() / (T::one() + (-z).exp())
+/// Backward pass 1 over one channel plane: writes `dz * gamma` into `dxo` (dz: gradient at the
+/// affine output, through the SiLU when fused) and returns `(sum dz * xhat, sum dz)`.
+#[allow(clippy::too_many_arguments)]
+fn dz_plane<T: Float>(
+    xi: &[T],
+    dyi: &[T],
+    dxo: &mut [T],
+    mean: T,
+    rstd: T,
+    ga: T,
+    be: T,
+    silu: bool,
+) -> (f64, f64) {
+    let dz = |v: T, d: T| -> (T, T) {
+        let xhat = (v - mean) * rstd;
+        if silu {
+            let z = xhat * ga + be;
+            let sg = z.sigmoid();
+            (d * sg * (T::one() + z * (T::one() - sg)), xhat)
+        } else {
+            (d, xhat)
+        }
+    };
+    let (mut dgam, mut dbet) = (0f64, 0f64);
+    for ((xb, db), ob) in xi
+        .chunks(FLUSH)
+        .zip(dyi.chunks(FLUSH))
+        .zip(dxo.chunks_mut(FLUSH))
+    {
+        let (mut ag, mut ab) = ([T::zero(); LANES], [T::zero(); LANES]);
+        let mut xs = xb.chunks_exact(LANES);
+        let mut ds = db.chunks_exact(LANES);
+        let mut os = ob.chunks_exact_mut(LANES);
+        for ((xc, dc), oc) in (&mut xs).zip(&mut ds).zip(&mut os) {
+            for l in 0..LANES {
+                let (z, xh) = dz(xc[l], dc[l]);
+                ag[l] += z * xh;
+                ab[l] += z;
+                oc[l] = z * ga;
+            }
+        }
+        let (mut tg, mut tb) = (T::zero(), T::zero());
+        for ((v, d), o) in xs
+            .remainder()
+            .iter()
+            .zip(ds.remainder())
+            .zip(os.into_remainder())
+        {
+            let (z, xh) = dz(*v, *d);
+            tg += z * xh;
+            tb += z;
+            *o = z * ga;
+        }
+        dgam += ag.iter().map(|v| v.to_acc()).sum::<f64>() + tg.to_acc();
+        dbet += ab.iter().map(|v| v.to_acc()).sum::<f64>() + tb.to_acc();
+    }
+    (dgam, dbet)
 }
 
-fn gn_fwd<T: Float>(g: &GnGeom, x: &[T], gamma: &[T], beta: &[T], eps: f64, silu: bool) -> Vec<T> {
+/// Returns `y` and the `(mean, rstd)` of every run.
+fn gn_fwd<T: Float>(
+    g: &GnGeom,
+    x: &[T],
+    gamma: &[T],
+    beta: &[T],
+    eps: f64,
+    silu: bool,
+) -> (Vec<T>, Vec<f64>) {
     let (run, s, cpg) = (g.run(), g.s, g.cpg());
     let mut y = vec![T::zero(); g.numel()];
+    let mut st = vec![0f64; 2 * g.b * g.groups];
     y.par_chunks_mut(run)
         .zip(x.par_chunks(run))
+        .zip(st.par_chunks_mut(2))
         .enumerate()
-        .for_each(|(i, (yr, xr))| {
+        .for_each(|(i, ((yr, xr), sr))| {
             let (mean, rstd) = stats(xr, eps);
+            sr[0] = mean;
+            sr[1] = rstd;
             let c0 = (i % g.groups) * cpg;
             for j in 0..cpg {
                 // y = x * a + b with a = rstd * gamma, b = beta - mean * a.
@@ -89,7 +174,7 @@ fn gn_fwd<T: Float>(g: &GnGeom, x: &[T], gamma: &[T], beta: &[T], eps: f64, silu
                 if silu {
                     for (o, v) in yo.iter_mut().zip(xi) {
                         let z = *v * a + bb;
-                        *o = z * sigmoid(z);
+                        *o = z * z.sigmoid();
                     }
                 } else {
                     for (o, v) in yo.iter_mut().zip(xi) {
@@ -98,11 +183,20 @@ fn gn_fwd<T: Float>(g: &GnGeom, x: &[T], gamma: &[T], beta: &[T], eps: f64, silu
                 }
             }
         });
-    y
+    (y, st)
 }
 
 /// Returns `[dx (numel), dgamma (C), dbeta (C)]`.
-fn gn_bwd<T: Float>(g: &GnGeom, x: &[T], gb: &[T], dy: &[T], eps: f64, silu: bool) -> Vec<T> {
+/// `saved`: the forward's `(mean, rstd)` per run, recomputed when absent.
+fn gn_bwd<T: Float>(
+    g: &GnGeom,
+    x: &[T],
+    gb: &[T],
+    dy: &[T],
+    eps: f64,
+    silu: bool,
+    saved: Option<&[f64]>,
+) -> Vec<T> {
     let (run, s, cpg, c) = (g.run(), g.s, g.cpg(), g.c);
     let (gamma, beta) = gb.split_at(c);
     let mut out = vec![T::zero(); g.numel() + 2 * c];
@@ -115,33 +209,26 @@ fn gn_bwd<T: Float>(g: &GnGeom, x: &[T], gb: &[T], dy: &[T], eps: f64, silu: boo
         .zip(partial.par_chunks_mut(cpg * 2))
         .enumerate()
         .for_each(|(i, (((dxr, xr), dyr), pr))| {
-            let (mean, rstd) = stats(xr, eps);
+            let (mean, rstd) = match saved {
+                Some(st) => (st[2 * i], st[2 * i + 1]),
+                None => stats(xr, eps),
+            };
             let c0 = (i % g.groups) * cpg;
             let (mut s1, mut s2) = (0f64, 0f64);
             let (mean_t, rstd_t) = (T::from_acc(mean), T::from_acc(rstd));
             // Pass 1: dz (gradient at the norm's affine output), reductions; keep dz*gamma in dx.
             for j in 0..cpg {
                 let (ga, be) = (gamma[c0 + j], beta[c0 + j]);
-                let (mut dgam, mut dbet) = (0f64, 0f64);
-                let (xi, dyi, dxo) = (
+                let (dgam, dbet) = dz_plane(
                     &xr[j * s..(j + 1) * s],
                     &dyr[j * s..(j + 1) * s],
                     &mut dxr[j * s..(j + 1) * s],
+                    mean_t,
+                    rstd_t,
+                    ga,
+                    be,
+                    silu,
                 );
-                for ((o, v), d) in dxo.iter_mut().zip(xi).zip(dyi) {
-                    let xhat = (*v - mean_t) * rstd_t;
-                    let dz = if silu {
-                        let z = xhat * ga + be;
-                        let sg = sigmoid(z);
-                        *d * sg * (T::one() + z * (T::one() - sg))
-                    } else {
-                        *d
-                    };
-                    let (dzf, xh) = (dz.to_acc(), xhat.to_acc());
-                    dgam += dzf * xh;
-                    dbet += dzf;
-                    *o = dz * ga;
-                }
                 pr[2 * j] = dgam;
                 pr[2 * j + 1] = dbet;
                 let gaf = ga.to_acc();
@@ -172,11 +259,13 @@ fn gn_bwd<T: Float>(g: &GnGeom, x: &[T], gb: &[T], dy: &[T], eps: f64, silu: boo
 }
 
 /// Forward op: `(x, gamma, beta) -> y` (with SiLU applied when `silu`).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Default)]
 pub(crate) struct GroupNorm {
     pub groups: usize,
     pub eps: f64,
     pub silu: bool,
+    /// `(mean, rstd)` per run from the forward, for the backward.
+    pub saved: Arc<Mutex<Option<Vec<f64>>>>,
 }
 
 impl GroupNorm {
@@ -219,9 +308,12 @@ impl CustomOp3 for GroupNorm {
             let x = slice::<T>(s1, l1, "group_norm")?;
             let gamma = slice::<T>(s2, l2, "group_norm")?;
             let beta = slice::<T>(s3, l3, "group_norm")?;
-            let y = timed(self.label(true), || {
+            let (y, st) = timed(self.label(true), || {
                 gn_fwd(&g, x, gamma, beta, self.eps, self.silu)
             });
+            if let Ok(mut saved) = self.saved.lock() {
+                *saved = Some(st);
+            }
             Ok((T::into_storage(y), l1.shape().clone()))
         })
     }
@@ -235,7 +327,14 @@ impl CustomOp3 for GroupNorm {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let g = GnGeom::new(x.dims(), self.groups)?;
         let gb = Tensor::cat(&[gamma, beta], 0)?;
-        let packed = x.apply_op3_no_bwd(&gb, &dy.contiguous()?, &GroupNormBwd { op: *self, g })?;
+        let saved = self.saved.lock().ok().and_then(|s| s.clone());
+        let saved = saved.filter(|s| s.len() == 2 * g.b * g.groups);
+        let bwd = GroupNormBwd {
+            op: self.clone(),
+            g,
+            saved,
+        };
+        let packed = x.apply_op3_no_bwd(&gb, &dy.contiguous()?, &bwd)?;
         let n = g.numel();
         let dx = packed.narrow(0, 0, n)?.reshape(x.shape())?;
         let dgamma = packed.narrow(0, n, g.c)?;
@@ -245,10 +344,11 @@ impl CustomOp3 for GroupNorm {
 }
 
 /// `(x, [gamma; beta], dy) -> [dx, dgamma, dbeta]` flattened.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct GroupNormBwd {
     op: GroupNorm,
     g: GnGeom,
+    saved: Option<Vec<f64>>,
 }
 
 impl CustomOp3 for GroupNormBwd {
@@ -270,7 +370,15 @@ impl CustomOp3 for GroupNormBwd {
             let gb = slice::<T>(s2, l2, "group_norm backward")?;
             let dy = slice::<T>(s3, l3, "group_norm backward")?;
             let out = timed(self.op.label(false), || {
-                gn_bwd(g, x, gb, dy, self.op.eps, self.op.silu)
+                gn_bwd(
+                    g,
+                    x,
+                    gb,
+                    dy,
+                    self.op.eps,
+                    self.op.silu,
+                    self.saved.as_deref(),
+                )
             });
             let len = out.len();
             Ok((T::into_storage(out), Shape::from(len)))

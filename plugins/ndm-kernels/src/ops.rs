@@ -68,7 +68,12 @@ impl KernelBackend {
             candle_core::bail!("group_norm: {groups} groups do not divide {c} channels evenly");
         }
         if self.fused_for(x) {
-            let op = gn_kernel::GroupNorm { groups, eps, silu };
+            let op = gn_kernel::GroupNorm {
+                groups,
+                eps,
+                silu,
+                ..Default::default()
+            };
             return x
                 .contiguous()?
                 .apply_op3(&gamma.contiguous()?, &beta.contiguous()?, op);

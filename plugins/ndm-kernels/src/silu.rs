@@ -8,10 +8,6 @@ use crate::profile::timed;
 
 const BLOCK: usize = 1 << 14;
 
-fn sigmoid<T: Float>(z: T) -> T {
-    T::one() / (T::one() + (-z).exp())
-}
-
 /// Forward op: `x -> x * sigmoid(x)`.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Silu;
@@ -29,7 +25,7 @@ impl CustomOp1 for Silu {
                     .zip(x.par_chunks(BLOCK))
                     .for_each(|(yo, xi)| {
                         for (o, v) in yo.iter_mut().zip(xi) {
-                            *o = *v * sigmoid(*v);
+                            *o = *v * v.sigmoid();
                         }
                     });
                 y
@@ -73,7 +69,7 @@ impl CustomOp2 for SiluBwd {
                     .zip(x.par_chunks(BLOCK).zip(dy.par_chunks(BLOCK)))
                     .for_each(|(o, (xi, di))| {
                         for (o, (v, d)) in o.iter_mut().zip(xi.iter().zip(di)) {
-                            let sg = sigmoid(*v);
+                            let sg = v.sigmoid();
                             *o = *d * sg * (T::one() + *v * (T::one() - sg));
                         }
                     });

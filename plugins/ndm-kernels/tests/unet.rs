@@ -34,7 +34,11 @@ fn fused_and_native_unets_agree() {
     for dtype in [DType::F64, DType::F32] {
         let mut rng = SplitMix64::new(5);
         let x = randn(&mut rng, &[3, 2, 8, 8], dtype);
-        let t = rng.rand(3, 0.0, 1.0, &Device::Cpu).unwrap().to_dtype(dtype).unwrap();
+        let t = rng
+            .rand(3, 0.0, 1.0, &Device::Cpu)
+            .unwrap()
+            .to_dtype(dtype)
+            .unwrap();
         let target = randn(&mut rng, &[3, 2, 8, 8], dtype);
         let tol = if dtype == DType::F64 { 1e-10 } else { 1e-4 };
         let (vf, nf) = build(KernelBackend::Fused, dtype);
@@ -49,8 +53,12 @@ fn fused_and_native_unets_agree() {
         let (df, dn) = (vf.data().lock().unwrap(), vn.data().lock().unwrap());
         assert_eq!(df.len(), dn.len());
         for (name, var) in df.iter() {
-            let a = gf.get(var).unwrap_or_else(|| panic!("no fused grad for {name}"));
-            let b = gn.get(&dn[name]).unwrap_or_else(|| panic!("no native grad for {name}"));
+            let a = gf
+                .get(var)
+                .unwrap_or_else(|| panic!("no fused grad for {name}"));
+            let b = gn
+                .get(&dn[name])
+                .unwrap_or_else(|| panic!("no native grad for {name}"));
             assert_close(&format!("grad {name} {dtype:?}"), a, b, tol * 10.0);
         }
     }
@@ -60,14 +68,23 @@ fn fused_and_native_unets_agree() {
 fn fused_unet_trains_like_native() {
     let mut rng = SplitMix64::new(9);
     let x = randn(&mut rng, &[2, 2, 8, 8], DType::F32);
-    let t = rng.rand(2, 0.0, 1.0, &Device::Cpu).unwrap().to_dtype(DType::F32).unwrap();
+    let t = rng
+        .rand(2, 0.0, 1.0, &Device::Cpu)
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap();
     let mut losses = Vec::new();
     for be in [KernelBackend::Fused, KernelBackend::Native] {
         let (vm, net) = build(be, DType::F32);
         let mut opt = candle_nn::AdamW::new_lr(vm.all_vars(), 1e-2).unwrap();
         let mut l = Vec::new();
         for _ in 0..5 {
-            let loss = (net.forward(&x, &t).unwrap() - &x).unwrap().sqr().unwrap().mean_all().unwrap();
+            let loss = (net.forward(&x, &t).unwrap() - &x)
+                .unwrap()
+                .sqr()
+                .unwrap()
+                .mean_all()
+                .unwrap();
             opt.backward_step(&loss).unwrap();
             l.push(loss.to_scalar::<f32>().unwrap());
         }
@@ -76,7 +93,11 @@ fn fused_unet_trains_like_native() {
     for (a, b) in losses[0].iter().zip(&losses[1]) {
         assert!((a - b).abs() <= 1e-4 * (1.0 + b.abs()), "{:?}", losses);
     }
-    assert!(losses[0][4] < losses[0][0], "loss did not decrease: {:?}", losses[0]);
+    assert!(
+        losses[0][4] < losses[0][0],
+        "loss did not decrease: {:?}",
+        losses[0]
+    );
 }
 
 #[test]
