@@ -169,12 +169,15 @@ fn col2im<T: Float>(g: &ConvGeom, col: &[T], dx: &mut [T]) {
     }
 }
 
+/// `bias`: `[Cout]`, or `[B, Cout]` (one row per batch item) when its length is `B * Cout`.
 fn conv_fwd<T: Float>(g: &ConvGeom, x: &[T], w: &[T], bias: Option<&[T]>) -> Vec<T> {
+    let per_item = bias.is_some_and(|b| b.len() != g.cout);
     let (k, p, cout) = (g.k(), g.p(), g.cout);
     let mut y = vec![T::zero(); g.b * cout * p];
     let pointwise = g.is_pointwise();
     y.par_chunks_mut((cout * p).max(1))
         .zip(x.par_chunks(g.in_len().max(1)))
+        .enumerate()
         .for_each_init(
             || {
                 if pointwise {
@@ -183,7 +186,7 @@ fn conv_fwd<T: Float>(g: &ConvGeom, x: &[T], w: &[T], bias: Option<&[T]>) -> Vec
                     vec![T::zero(); k * p]
                 }
             },
-            |col, (yb, xb)| {
+            |col, (bi, (yb, xb))| {
                 let colv: &[T] = if pointwise {
                     xb
                 } else {
@@ -191,6 +194,7 @@ fn conv_fwd<T: Float>(g: &ConvGeom, x: &[T], w: &[T], bias: Option<&[T]>) -> Vec
                     col
                 };
                 if let Some(bias) = bias {
+                    let bias = if per_item { &bias[bi * cout..] } else { bias };
                     for (co, row) in yb.chunks_mut(p.max(1)).enumerate() {
                         row.fill(bias[co]);
                     }
@@ -271,9 +275,11 @@ fn conv_bwd_input<T: Float>(g: &ConvGeom, dy: &[T], w: &[T]) -> Vec<T> {
     dx
 }
 
-/// Returns `[dW (Cout * K), dbias (Cout)]`: each worker accumulates `dy_b * col_b^T` for its
+/// Returns `[dW (Cout * K), dbias]`: each worker accumulates `dy_b * col_b^T` for its
 /// share of the batch with the GEMM and the bias row sums (f64) while `dy_b` is in cache.
-fn conv_bwd_weight_bias<T: Float>(g: &ConvGeom, x: &[T], dy: &[T]) -> Vec<T> {
+/// `dbias` is `[Cout]`, or `[B, Cout]` (not reduced over the batch) when `per_item`.
+fn conv_bwd_weight_bias<T: Float>(g: &ConvGeom, x: &[T], dy: &[T], per_item: bool) -> Vec<T> {
+    let nb = if per_item { g.b * g.cout } else { g.cout };
     let (k, p, cout) = (g.k(), g.p(), g.cout);
     let chunks = rayon::current_num_threads().clamp(1, g.b.max(1));
     let per = g.b.div_ceil(chunks);
@@ -282,7 +288,7 @@ fn conv_bwd_weight_bias<T: Float>(g: &ConvGeom, x: &[T], dy: &[T]) -> Vec<T> {
         .into_par_iter()
         .map(|c| {
             let mut acc = vec![T::zero(); cout * k];
-            let mut bacc = vec![0f64; cout];
+            let mut bacc = vec![0f64; nb];
             let mut col = if pointwise {
                 Vec::new()
             } else {
@@ -298,15 +304,16 @@ fn conv_bwd_weight_bias<T: Float>(g: &ConvGeom, x: &[T], dy: &[T]) -> Vec<T> {
                     &col
                 };
                 matmul(cout, k, p, dyb, Trans::N, colv, Trans::T, &mut acc, true);
-                for (s, row) in bacc.iter_mut().zip(dyb.chunks(p.max(1))) {
+                let off = if per_item { bi * cout } else { 0 };
+                for (s, row) in bacc[off..].iter_mut().zip(dyb.chunks(p.max(1))) {
                     *s += row.iter().map(|v| v.to_acc()).sum::<f64>();
                 }
             }
             (acc, bacc)
         })
         .collect();
-    let mut dw = vec![T::zero(); cout * k + cout];
-    let mut db = vec![0f64; cout];
+    let mut dw = vec![T::zero(); cout * k + nb];
+    let mut db = vec![0f64; nb];
     for (part, bpart) in partials {
         for (a, b) in dw.iter_mut().zip(part) {
             *a += b;
@@ -321,7 +328,8 @@ fn conv_bwd_weight_bias<T: Float>(g: &ConvGeom, x: &[T], dy: &[T]) -> Vec<T> {
     dw
 }
 
-/// Forward op: `(x, w, bias) -> y`.
+/// Forward op: `(x, w, bias) -> y`; `bias` is `[Cout]` or `[B, Cout]` (per batch item, e.g. a
+/// conv bias plus a time-embedding projection, fused instead of a broadcast add).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Conv2d {
     pub stride: usize,
@@ -342,8 +350,14 @@ impl CustomOp3 for Conv2d {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let g = ConvGeom::new(l1.dims(), l2.dims(), self.stride, self.pad)?;
-        if l3.dims() != [g.cout] {
-            candle_core::bail!("conv2d: bias must be [{}], got {:?}", g.cout, l3.dims());
+        if l3.dims() != [g.cout] && l3.dims() != [g.b, g.cout] {
+            candle_core::bail!(
+                "conv2d: bias must be [{}] or [{}, {}], got {:?}",
+                g.cout,
+                g.b,
+                g.cout,
+                l3.dims()
+            );
         }
         let shape = Shape::from((g.b, g.cout, g.ho, g.wo));
         dispatch_float!(s1, "conv2d", |T| {
@@ -370,11 +384,12 @@ impl CustomOp3 for Conv2d {
             None
         };
         let (dw, db) = if w.track_op() || b.track_op() {
-            let packed = x.apply_op2_no_bwd(&dy, &Conv2dBwdWeight { g })?;
+            let per_item = b.rank() == 2;
+            let packed = x.apply_op2_no_bwd(&dy, &Conv2dBwdWeight { g, per_item })?;
             let nw = g.cout * g.k();
             (
                 Some(packed.narrow(0, 0, nw)?.reshape(w.shape())?),
-                Some(packed.narrow(0, nw, g.cout)?),
+                Some(packed.narrow(0, nw, b.elem_count())?.reshape(b.shape())?),
             )
         } else {
             (None, None)
@@ -415,6 +430,7 @@ impl CustomOp2 for Conv2dBwdInput {
 #[derive(Debug, Clone, Copy)]
 struct Conv2dBwdWeight {
     g: ConvGeom,
+    per_item: bool,
 }
 
 impl CustomOp2 for Conv2dBwdWeight {
@@ -429,11 +445,14 @@ impl CustomOp2 for Conv2dBwdWeight {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let g = &self.g;
-        let shape = Shape::from(g.cout * g.k() + g.cout);
+        let nb = if self.per_item { g.b * g.cout } else { g.cout };
+        let shape = Shape::from(g.cout * g.k() + nb);
         dispatch_float!(s1, "conv2d backward", |T| {
             let x = slice::<T>(s1, l1, "conv2d backward")?;
             let dy = slice::<T>(s2, l2, "conv2d backward")?;
-            let dw = timed("conv2d bwd weight+bias", || conv_bwd_weight_bias(g, x, dy));
+            let dw = timed("conv2d bwd weight+bias", || {
+                conv_bwd_weight_bias(g, x, dy, self.per_item)
+            });
             Ok((T::into_storage(dw), shape))
         })
     }

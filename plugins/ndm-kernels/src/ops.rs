@@ -26,8 +26,9 @@ impl KernelBackend {
             && matches!(x.dtype(), DType::F32 | DType::F64)
     }
 
-    /// 2D convolution of `x: [B, Cin, H, W]` with `w: [Cout, Cin, kh, kw]`, optional bias `[Cout]`,
-    /// the same stride and zero padding on both axes.
+    /// 2D convolution of `x: [B, Cin, H, W]` with `w: [Cout, Cin, kh, kw]`, the same stride and
+    /// zero padding on both axes, and an optional bias `[Cout]` or `[B, Cout]` (per batch item:
+    /// a conv bias plus e.g. a time-embedding projection, added inside the kernel).
     pub fn conv2d(
         self,
         x: &Tensor,
@@ -49,6 +50,9 @@ impl KernelBackend {
         }
         let y = x.conv2d(w, padding, stride, 1, 1)?;
         match b {
+            Some(b) if b.rank() == 2 => {
+                y.broadcast_add(&b.reshape((b.dim(0)?, b.dim(1)?, 1, 1))?)
+            }
             Some(b) => y.broadcast_add(&b.reshape((1, (), 1, 1))?),
             None => Ok(y),
         }

@@ -187,3 +187,12 @@ fn non_contiguous_inputs_are_accepted() {
     let a = ndm_kernels::silu(&x).unwrap();
     assert_close("strided silu", &a, &x.silu().unwrap(), 1e-12);
 }
+
+#[test]
+fn conv2d_per_item_bias() {
+    check_op(
+        "conv per-item bias",
+        &[&[3, 2, 5, 5], &[4, 2, 3, 3], &[3, 4]],
+        &|be, t| be.conv2d(&t[0], &t[1], Some(&t[2]), 1, 1),
+    );
+}

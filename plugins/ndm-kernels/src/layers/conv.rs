@@ -49,6 +49,14 @@ impl Conv2d {
     pub fn backend(&self) -> KernelBackend {
         self.backend
     }
+
+    /// `conv(x) + bias + shift[b, c]` with `shift: [B, Cout]` (e.g. a time-embedding
+    /// projection), added inside the conv kernel instead of a separate broadcast add.
+    pub fn forward_shifted(&self, x: &Tensor, shift: &Tensor) -> Result<Tensor> {
+        let bias = shift.broadcast_add(&self.bias.unsqueeze(0)?)?;
+        self.backend
+            .conv2d(x, &self.weight, Some(&bias), self.stride, self.padding)
+    }
 }
 
 impl Module for Conv2d {

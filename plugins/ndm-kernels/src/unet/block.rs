@@ -41,9 +41,9 @@ impl ResBlock {
 
     /// `x: [B, Cin, H, W]`, `temb: [B, temb_dim]` (before its SiLU).
     pub fn forward(&self, x: &Tensor, temb_act: &Tensor) -> Result<Tensor> {
-        let h = self.conv1.forward(&self.norm1.forward(x)?)?;
+        // conv1(norm1(x)) + temb projection, the projection fused into conv1's bias.
         let t = self.temb.forward(temb_act)?;
-        let h = h.broadcast_add(&t.reshape((t.dim(0)?, t.dim(1)?, 1, 1))?)?;
+        let h = self.conv1.forward_shifted(&self.norm1.forward(x)?, &t)?;
         let h = self.conv2.forward(&self.norm2.forward(&h)?)?;
         let skip = match &self.skip {
             Some(s) => s.forward(x)?,
