@@ -1,0 +1,33 @@
+//! Denoising networks.
+
+use candle_core::{Result, Tensor};
+
+/// What a backbone sees: the noisy latent and the time, with the schedule at that time for
+/// networks that condition on log-SNR or need it (the Gaussian oracle).
+#[derive(Debug, Clone)]
+pub struct NetInput<'a> {
+    /// `z_t`, shape `[B, ..L]`.
+    pub z: &'a Tensor,
+    /// `t`, shape `[B]`.
+    pub t: &'a Tensor,
+    /// `alpha_t`, shape `[B]`.
+    pub alpha: &'a Tensor,
+    /// `sigma_t`, shape `[B]`.
+    pub sigma: &'a Tensor,
+    /// `lambda_t`, shape `[B]`.
+    pub log_snr: &'a Tensor,
+}
+
+/// A network `(z_t, t) -> raw output` of the latent shape, with weights under the prefix it was
+/// built with (`backbone.` for the denoiser, `transform.net.` inside a learned transform). The MLP
+/// serves 2-D data, the U-Net images; both may be used inside a learned transform unchanged.
+pub trait Backbone: Send + Sync + std::fmt::Debug {
+    /// The raw output for one batch.
+    fn forward(&self, input: &NetInput) -> Result<Tensor>;
+
+    /// True when the output is already the data prediction `xhat` (the Gaussian oracle), so the
+    /// parameterization is bypassed.
+    fn predicts_data(&self) -> bool {
+        false
+    }
+}

@@ -1,0 +1,146 @@
+//! Run directories: `spec.toml`, `weights.safetensors` (EMA weights, what sampling uses),
+//! `train-state.safetensors` (raw weights, AdamW moments, EMA, step and RNG: everything `--resume`
+//! needs, in one file so it can never be torn), and `metrics.json`. Every file is written to a
+//! temporary name and renamed over the old one.
+
+use crate::pipeline::Pipeline;
+use crate::rng::Rng;
+use crate::spec::RunSpec;
+use crate::train::TrainState;
+use crate::{NdmError, Result};
+use candle_core::{DType, Device, Tensor};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+pub const SPEC_FILE: &str = "spec.toml";
+pub const WEIGHTS_FILE: &str = "weights.safetensors";
+pub const STATE_FILE: &str = "train-state.safetensors";
+pub const METRICS_FILE: &str = "metrics.json";
+
+/// Writes `path` atomically: the bytes go to a temporary sibling first, then a rename.
+pub fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    let res = write(&tmp).and_then(|_| std::fs::rename(&tmp, path).map_err(|e| NdmError::file(path, e)));
+    if res.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    res
+}
+
+/// Writes text atomically.
+pub fn write_text(path: &Path, text: &str) -> Result<()> {
+    write_atomic(path, |tmp| std::fs::write(tmp, text).map_err(|e| NdmError::file(tmp, e)))
+}
+
+/// Saves named tensors as safetensors atomically.
+pub fn write_tensors(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<()> {
+    write_atomic(path, |tmp| {
+        candle_core::safetensors::save(tensors, tmp).map_err(|e| NdmError::file(tmp, crate::error::one_line(&e)))
+    })
+}
+
+/// Reads a safetensors file, with a one-line error for a missing, truncated or foreign file.
+pub fn read_tensors(path: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
+    if !path.exists() {
+        return Err(NdmError::file(path, "missing"));
+    }
+    candle_core::safetensors::load(path, device).map_err(|e| {
+        NdmError::file(
+            path,
+            format!("cannot be read as safetensors (truncated or corrupt?): {}", crate::error::one_line(&e)),
+        )
+    })
+}
+
+/// A run directory.
+#[derive(Debug, Clone)]
+pub struct RunDir {
+    pub path: PathBuf,
+}
+
+impl RunDir {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        RunDir { path: path.into() }
+    }
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.path.join(name)
+    }
+    /// Creates the directory.
+    pub fn create(&self) -> Result<()> {
+        std::fs::create_dir_all(&self.path).map_err(|e| NdmError::file(&self.path, e))
+    }
+    pub fn write_spec(&self, spec: &RunSpec) -> Result<()> {
+        let text = toml::to_string_pretty(spec).map_err(|e| NdmError::Spec(format!("cannot write spec: {e}")))?;
+        write_text(&self.file(SPEC_FILE), &text)
+    }
+    pub fn read_spec(&self) -> Result<RunSpec> {
+        let path = self.file(SPEC_FILE);
+        if !self.path.is_dir() {
+            return Err(NdmError::file(&self.path, "no such run directory"));
+        }
+        let text = std::fs::read_to_string(&path).map_err(|e| NdmError::file(&path, e))?;
+        toml::from_str(&text).map_err(|e| NdmError::file(&path, crate::error::one_line(&e)))
+    }
+    /// Writes the training state, then the EMA weights.
+    pub fn write_checkpoint(&self, pipe: &Pipeline, state: &TrainState) -> Result<()> {
+        let mut t = HashMap::new();
+        for (name, var) in pipe.vars() {
+            t.insert(format!("param/{name}"), var.as_tensor().copy()?);
+        }
+        for (prefix, map) in [("adam_m", &state.m), ("adam_v", &state.v), ("ema", &state.ema)] {
+            for (name, v) in map {
+                t.insert(format!("{prefix}/{name}"), v.clone());
+            }
+        }
+        t.insert("meta/step".into(), Tensor::new(&[state.step as i64], &Device::Cpu)?);
+        let rng: Vec<i64> = state.rng.state().iter().map(|&u| u as i64).collect();
+        t.insert("meta/rng".into(), Tensor::new(rng.as_slice(), &Device::Cpu)?);
+        write_tensors(&self.file(STATE_FILE), &t)?;
+        write_tensors(&self.file(WEIGHTS_FILE), &state.ema)
+    }
+    /// Loads the EMA weights into the pipeline.
+    pub fn load_weights(&self, pipe: &Pipeline) -> Result<()> {
+        let w = read_tensors(&self.file(WEIGHTS_FILE), &pipe.device)?;
+        pipe.set_weights(&w)
+            .map_err(|e| NdmError::file(self.file(WEIGHTS_FILE), e))
+    }
+    /// Loads the training state and the raw weights into the pipeline.
+    pub fn load_state(&self, pipe: &Pipeline) -> Result<TrainState> {
+        let path = self.file(STATE_FILE);
+        let mut t = read_tensors(&path, &pipe.device)?;
+        let bad = |m: String| NdmError::file(&path, m);
+        let mut take = |prefix: &str| -> Result<HashMap<String, Tensor>> {
+            let mut out = HashMap::new();
+            for (name, _) in pipe.vars() {
+                let key = format!("{prefix}/{name}");
+                let v = t.remove(&key).ok_or_else(|| bad(format!("has no tensor `{key}`")))?;
+                out.insert(name, v);
+            }
+            Ok(out)
+        };
+        let params = take("param")?;
+        let (m, v, ema) = (take("adam_m")?, take("adam_v")?, take("ema")?);
+        pipe.set_weights(&params).map_err(|e| bad(e.to_string()))?;
+        let step = t
+            .get("meta/step")
+            .ok_or_else(|| bad("has no `meta/step`".into()))?
+            .to_dtype(DType::I64)?
+            .to_vec1::<i64>()?;
+        let rng = t
+            .get("meta/rng")
+            .ok_or_else(|| bad("has no `meta/rng`".into()))?
+            .to_vec1::<i64>()?;
+        if step.len() != 1 || rng.len() != 4 {
+            return Err(bad("has malformed meta tensors".into()));
+        }
+        let rng = Rng::from_state([rng[0] as u64, rng[1] as u64, rng[2] as u64, rng[3] as u64]);
+        Ok(TrainState {
+            step: step[0] as usize,
+            m,
+            v,
+            ema,
+            rng,
+        })
+    }
+}

@@ -1,0 +1,47 @@
+//! ndm-api: the traits every plugin implements, the composed [`Pipeline`], the NELBO, training,
+//! sampling, the plugin registry and the error type. See DESIGN.md and MATH.md at the project root.
+
+pub mod backbone;
+pub mod checkpoint;
+pub mod dataset;
+pub mod elbo;
+pub mod error;
+pub mod linalg;
+pub mod objective;
+pub mod param;
+pub mod pipeline;
+pub mod prior;
+pub mod registry;
+pub mod reverse;
+pub mod rng;
+pub mod sample;
+pub mod schedule;
+pub mod solver;
+pub mod spec;
+pub mod train;
+pub mod transform;
+pub mod vars;
+
+pub use backbone::{Backbone, NetInput};
+pub use dataset::{Dataset, Split};
+pub use error::{NdmError, Result};
+pub use objective::{LossOutput, Objective};
+pub use param::{Coeffs, Parameterization};
+pub use pipeline::Pipeline;
+pub use prior::Prior;
+pub use registry::{BuildCtx, Family, PluginInfo, PluginRegistry};
+pub use reverse::{Gaussian, ReverseProcess};
+pub use rng::Rng;
+pub use schedule::{NoiseSchedule, ScheduleBatch, SchedulePoint};
+pub use solver::{SolveOutput, Solver, Spacing, TimeGrid};
+pub use spec::{ModelSpec, PluginSpec, Preset, RegistryFile, RunSpec, SamplerSpec, TrainConfig};
+pub use transform::Transform;
+
+// Re-exported for `register_plugin!` and plugin crates.
+pub use candle_core;
+pub use candle_nn;
+pub use inventory;
+pub use toml;
+
+/// The version of this crate, recorded in run specs.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,142 @@
+//! Small dense linear algebra in f64 on the host (candle has none): enough for the Gaussian data
+//! set's density and the exact Gaussian denoiser.
+
+/// Eigen-decomposition of a symmetric `n x n` matrix (row major) by cyclic Jacobi rotations.
+/// Returns `(eigenvalues, eigenvectors)` with eigenvector `k` in column `k` (row major `n x n`).
+pub fn sym_eigen(a: &[f64], n: usize) -> (Vec<f64>, Vec<f64>) {
+    let mut a = a.to_vec();
+    let mut v = vec![0.0; n * n];
+    for i in 0..n {
+        v[i * n + i] = 1.0;
+    }
+    for _sweep in 0..100 {
+        let off: f64 = (0..n)
+            .flat_map(|i| (0..n).filter(move |&j| j != i).map(move |j| (i, j)))
+            .map(|(i, j)| a[i * n + j] * a[i * n + j])
+            .sum();
+        if off < 1e-30 {
+            break;
+        }
+        for p in 0..n {
+            for q in (p + 1)..n {
+                let apq = a[p * n + q];
+                if apq.abs() < 1e-300 {
+                    continue;
+                }
+                let theta = (a[q * n + q] - a[p * n + p]) / (2.0 * apq);
+                let t = theta.signum() / (theta.abs() + (theta * theta + 1.0).sqrt());
+                let t = if theta == 0.0 { 1.0 } else { t };
+                let c = 1.0 / (t * t + 1.0).sqrt();
+                let s = t * c;
+                for k in 0..n {
+                    let akp = a[k * n + p];
+                    let akq = a[k * n + q];
+                    a[k * n + p] = c * akp - s * akq;
+                    a[k * n + q] = s * akp + c * akq;
+                }
+                for k in 0..n {
+                    let apk = a[p * n + k];
+                    let aqk = a[q * n + k];
+                    a[p * n + k] = c * apk - s * aqk;
+                    a[q * n + k] = s * apk + c * aqk;
+                }
+                for k in 0..n {
+                    let vkp = v[k * n + p];
+                    let vkq = v[k * n + q];
+                    v[k * n + p] = c * vkp - s * vkq;
+                    v[k * n + q] = s * vkp + c * vkq;
+                }
+            }
+        }
+    }
+    ((0..n).map(|i| a[i * n + i]).collect(), v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reconstructs_a_symmetric_matrix() {
+        let a = [4.0, 1.0, 0.5, 1.0, 3.0, -0.2, 0.5, -0.2, 2.0];
+        let (l, v) = sym_eigen(&a, 3);
+        for i in 0..3 {
+            for j in 0..3 {
+                let r: f64 = (0..3).map(|k| v[i * 3 + k] * l[k] * v[j * 3 + k]).sum();
+                assert!((r - a[i * 3 + j]).abs() < 1e-12);
+            }
+        }
+    }
+}
+
+/// A multivariate Gaussian `N(mean, cov)` in f64 with its eigen-decomposition: shared by the
+/// `gaussian` data set (sampling, exact density) and the `gaussian-oracle` backbone (exact denoiser).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GaussianModel {
+    pub mean: Vec<f64>,
+    /// Row-major `d x d`.
+    pub cov: Vec<f64>,
+    /// Eigenvalues of `cov` (all positive).
+    pub eigvals: Vec<f64>,
+    /// Eigenvectors in columns, row-major `d x d`.
+    pub eigvecs: Vec<f64>,
+}
+
+impl GaussianModel {
+    /// Checks shapes, symmetry and positive definiteness.
+    pub fn new(mean: Vec<f64>, cov: Vec<Vec<f64>>) -> std::result::Result<Self, String> {
+        let d = mean.len();
+        if d == 0 || cov.len() != d || cov.iter().any(|r| r.len() != d) {
+            return Err(format!("mean has {d} entries, so cov must be {d} x {d}"));
+        }
+        let flat: Vec<f64> = cov.iter().flatten().copied().collect();
+        for i in 0..d {
+            for j in 0..d {
+                if (flat[i * d + j] - flat[j * d + i]).abs() > 1e-12 {
+                    return Err("cov must be symmetric".into());
+                }
+            }
+        }
+        let (eigvals, eigvecs) = sym_eigen(&flat, d);
+        if eigvals.iter().any(|&l| !(l > 0.0)) {
+            return Err("cov must be positive definite".into());
+        }
+        Ok(GaussianModel {
+            mean,
+            cov: flat,
+            eigvals,
+            eigvecs,
+        })
+    }
+
+    pub fn dim(&self) -> usize {
+        self.mean.len()
+    }
+
+    /// `mean + Q sqrt(Lambda) eps` for one standard normal vector.
+    pub fn transform_noise(&self, eps: &[f64]) -> Vec<f64> {
+        let d = self.dim();
+        (0..d)
+            .map(|i| self.mean[i] + (0..d).map(|k| self.eigvecs[i * d + k] * self.eigvals[k].sqrt() * eps[k]).sum::<f64>())
+            .collect()
+    }
+
+    /// `log N(x; mean, cov)`.
+    pub fn log_density(&self, x: &[f64]) -> f64 {
+        let d = self.dim();
+        let maha: f64 = (0..d)
+            .map(|k| {
+                let proj: f64 = (0..d).map(|i| self.eigvecs[i * d + k] * (x[i] - self.mean[i])).sum();
+                proj * proj / self.eigvals[k]
+            })
+            .sum();
+        let logdet: f64 = self.eigvals.iter().map(|l| l.ln()).sum();
+        -0.5 * (maha + logdet + d as f64 * (2.0 * std::f64::consts::PI).ln())
+    }
+
+    /// Differential entropy in nats.
+    pub fn entropy(&self) -> f64 {
+        let logdet: f64 = self.eigvals.iter().map(|l| l.ln()).sum();
+        0.5 * (logdet + self.dim() as f64 * (1.0 + (2.0 * std::f64::consts::PI).ln()))
+    }
+}

@@ -1,0 +1,30 @@
+//! Training objectives over the composed pipeline.
+
+use crate::pipeline::Pipeline;
+use crate::rng::Rng;
+use candle_core::{Result, Tensor};
+
+/// One batch's loss: the scalar to minimise and named per-term batch means for logs.
+#[derive(Debug, Clone)]
+pub struct LossOutput {
+    /// Scalar loss (mean over the batch) with gradients into every trainable part.
+    pub loss: Tensor,
+    /// Named terms (batch means), e.g. `l_diff`, `l_prior`, `l_rec`, for progress and metrics.
+    pub terms: Vec<(String, f64)>,
+}
+
+/// A loss over a data batch for a composed pipeline.
+///
+/// - eps-mse (DDPM's simple loss): regresses the parameterization's target; refuses a trainable
+///   transform (`F` would collapse to 0, NDM sec. 6) in [`Objective::check`].
+/// - ndm-elbo-discrete / ndm-elbo-continuous: the NELBO of MATH.md, gradients into the backbone,
+///   transform, learned schedule (VDM) and prior (flow) alike, through [`crate::elbo`].
+/// - flow-nll for a flow prior is the prior's `prior_loss`, so it is part of the NELBO objectives.
+pub trait Objective: Send + Sync + std::fmt::Debug {
+    /// Refuses parts this objective cannot train, with a sentence that says why.
+    fn check(&self, _pipe: &Pipeline) -> crate::Result<()> {
+        Ok(())
+    }
+    /// The loss for data `x` (shape `[B, ..D]`).
+    fn loss(&self, pipe: &Pipeline, x: &Tensor, rng: &mut Rng) -> Result<LossOutput>;
+}

@@ -1,0 +1,31 @@
+//! Parameterizations: the network's raw output -> the prediction `xhat` (MATH.md "Velocity and other
+//! parameterizations").
+
+use candle_core::{Result, Tensor};
+
+/// Per-example schedule coefficients broadcast to the latent shape (`[B, 1, ..]`), the form in which
+/// parameterizations and the pipeline combine them with latents.
+#[derive(Debug, Clone)]
+pub struct Coeffs {
+    pub alpha: Tensor,
+    pub sigma: Tensor,
+    /// `d alpha / dt`.
+    pub dalpha: Tensor,
+    /// `d sigma / dt`.
+    pub dsigma: Tensor,
+}
+
+/// How the network's raw output relates to the data.
+///
+/// `z_t = alpha_t F(x, t) + sigma_t eps`. With a non-identity `F` the formulas give a prediction of
+/// `F(x, t)`, which NDM uses as `xhat` (MATH.md); the learned transform is then applied to `xhat`.
+/// All three methods are elementwise and must satisfy the round trips
+/// `predict_x(raw_from_x(x, z), z) = x` and `predict_x(target(x, eps), z) = x` for `z = alpha x + sigma eps`.
+pub trait Parameterization: Send + Sync + std::fmt::Debug {
+    /// `xhat` from the raw network output.
+    fn predict_x(&self, raw: &Tensor, z: &Tensor, c: &Coeffs) -> Result<Tensor>;
+    /// The raw output that yields `x` (the inverse of `predict_x`).
+    fn raw_from_x(&self, x: &Tensor, z: &Tensor, c: &Coeffs) -> Result<Tensor>;
+    /// The regression target of the simple losses, for `z = alpha x + sigma eps`.
+    fn target(&self, x: &Tensor, eps: &Tensor, c: &Coeffs) -> Result<Tensor>;
+}

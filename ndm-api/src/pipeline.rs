@@ -1,0 +1,294 @@
+//! The composed model: transform + schedule + parameterization + backbone + prior + objective,
+//! with one `VarMap` holding every trainable weight under its role's prefix.
+
+use crate::backbone::NetInput;
+use crate::param::Coeffs;
+use crate::registry::{BuildCtx, Family, PluginRegistry};
+use crate::reverse::{Gaussian, ReverseProcess};
+use crate::schedule::{ScheduleBatch, SchedulePoint};
+use crate::spec::ModelSpec;
+use crate::vars::{seeded_var_builder, sorted_vars};
+use crate::{Backbone, Dataset, NdmError, NoiseSchedule, Objective, Parameterization, Prior, Result, Solver, Transform};
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::VarMap;
+
+/// A composed diffusion model. Training, sampling and evaluation are functions over it.
+pub struct Pipeline {
+    /// The resolved spec it was built from (every default filled in).
+    pub spec: ModelSpec,
+    pub data_shape: Vec<usize>,
+    pub latent_shape: Vec<usize>,
+    pub transform: Box<dyn Transform>,
+    pub schedule: Box<dyn NoiseSchedule>,
+    pub param: Box<dyn Parameterization>,
+    pub backbone: Box<dyn Backbone>,
+    pub prior: Box<dyn Prior>,
+    pub objective: Box<dyn Objective>,
+    /// Every trainable weight, under `transform.`, `schedule.`, `backbone.`, `prior.`.
+    pub varmap: VarMap,
+    pub device: Device,
+    pub dtype: DType,
+}
+
+impl std::fmt::Debug for Pipeline {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pipeline")
+            .field("spec", &self.spec)
+            .field("data_shape", &self.data_shape)
+            .field("latent_shape", &self.latent_shape)
+            .field("params", &self.num_params())
+            .field("device", &self.device)
+            .finish()
+    }
+}
+
+impl Pipeline {
+    /// Builds every part from the registry; weights are drawn from `seed`.
+    pub fn build(spec: &ModelSpec, data_shape: &[usize], reg: &PluginRegistry, device: &Device, seed: u64) -> Result<Self> {
+        let spec = spec.resolve(reg)?;
+        let dtype = DType::F32;
+        let varmap = VarMap::new();
+        let vb = seeded_var_builder(&varmap, seed, dtype, device);
+        fn ctx<'a>(
+            base: &BuildCtx<'a>,
+            prefix: &str,
+            shape: &'a [usize],
+        ) -> BuildCtx<'a> {
+            BuildCtx {
+                device: base.device,
+                dtype: base.dtype,
+                shape,
+                vb: base.vb.pp(prefix),
+                registry: base.registry,
+            }
+        }
+        let base = BuildCtx {
+            device,
+            dtype,
+            shape: data_shape,
+            vb,
+            registry: reg,
+        };
+        let data_shape = data_shape.to_vec();
+        let transform = reg.build_transform(&spec.transform, &ctx(&base, "transform", &data_shape))?;
+        let latent_shape = transform.latent_shape(&data_shape);
+        let schedule = reg.build_schedule(&spec.schedule, &ctx(&base, "schedule", &latent_shape))?;
+        let param = reg.build_param(&spec.param, &ctx(&base, "param", &latent_shape))?;
+        let backbone = reg.build_backbone(&spec.backbone, &ctx(&base, "backbone", &latent_shape))?;
+        let prior = reg.build_prior(&spec.prior, &ctx(&base, "prior", &latent_shape))?;
+        let objective = reg.build_objective(&spec.objective, &ctx(&base, "objective", &latent_shape))?;
+        let pipe = Pipeline {
+            spec,
+            data_shape,
+            latent_shape,
+            transform,
+            schedule,
+            param,
+            backbone,
+            prior,
+            objective,
+            varmap,
+            device: device.clone(),
+            dtype,
+        };
+        pipe.validate()?;
+        pipe.objective.check(&pipe)?;
+        Ok(pipe)
+    }
+
+    fn validate(&self) -> Result<()> {
+        let t_end = self.prior.t_end();
+        if !(t_end > 0.0 && t_end <= 1.0) {
+            return Err(NdmError::Spec(format!("prior time t_end = {t_end} is outside (0, 1]")));
+        }
+        if let Some(t) = self.spec.steps {
+            let k = t_end * t as f64;
+            if (k - k.round()).abs() > 1e-9 {
+                return Err(NdmError::Spec(format!(
+                    "prior time t_end = {t_end} is not on the training grid of {t} steps"
+                )));
+            }
+        }
+        for t in [0.0, 0.5, t_end] {
+            let p = self.schedule.point(t);
+            if !(p.sigma > 0.0 && p.alpha > 0.0 && p.log_snr.is_finite()) {
+                return Err(NdmError::Spec(format!(
+                    "schedule {} gives alpha = {}, sigma = {} at t = {t}: both must be positive",
+                    self.spec.schedule.kind, p.alpha, p.sigma
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The variables in name order.
+    pub fn vars(&self) -> Vec<(String, Var)> {
+        sorted_vars(&self.varmap)
+    }
+
+    /// Number of trainable scalars.
+    pub fn num_params(&self) -> usize {
+        self.vars().iter().map(|(_, v)| v.elem_count()).sum()
+    }
+
+    /// The time of the prior.
+    pub fn t_end(&self) -> f64 {
+        self.prior.t_end()
+    }
+
+    /// A `[n]` tensor filled with `t`.
+    pub fn time_tensor(&self, t: f64, n: usize) -> candle_core::Result<Tensor> {
+        Tensor::full(t, n, &self.device)?.to_dtype(self.dtype)
+    }
+
+    /// A `[B]` tensor reshaped to `[B, 1, ..]` to broadcast against latents.
+    pub fn per_example(&self, v: &Tensor) -> candle_core::Result<Tensor> {
+        let mut shape = vec![v.dim(0)?];
+        shape.extend(std::iter::repeat_n(1, self.latent_shape.len()));
+        v.reshape(shape)
+    }
+
+    /// The parameterization's coefficients at a schedule batch, broadcastable to latents.
+    pub fn coeffs(&self, sb: &ScheduleBatch) -> candle_core::Result<Coeffs> {
+        let dalpha = (&sb.alpha * &sb.dlog_alpha)?;
+        let dsigma = (&sb.dsigma2 / (&sb.sigma * 2.0)?)?;
+        Ok(Coeffs {
+            alpha: self.per_example(&sb.alpha)?,
+            sigma: self.per_example(&sb.sigma)?,
+            dalpha: self.per_example(&dalpha)?,
+            dsigma: self.per_example(&dsigma)?,
+        })
+    }
+
+    /// `F(x, t)`.
+    pub fn f(&self, x: &Tensor, t: &Tensor) -> candle_core::Result<Tensor> {
+        if self.transform.is_identity() {
+            Ok(x.clone())
+        } else {
+            self.transform.forward(x, t)
+        }
+    }
+
+    /// The model's prediction `xhat(z_t, t)` given the schedule at `t`.
+    pub fn xhat(&self, z: &Tensor, t: &Tensor, sb: &ScheduleBatch) -> candle_core::Result<Tensor> {
+        let raw = self.backbone.forward(&NetInput {
+            z,
+            t,
+            alpha: &sb.alpha,
+            sigma: &sb.sigma,
+            log_snr: &sb.log_snr,
+        })?;
+        if self.backbone.predicts_data() {
+            Ok(raw)
+        } else {
+            self.param.predict_x(&raw, z, &self.coeffs(sb)?)
+        }
+    }
+
+    /// Decodes a final latent `z` at `t_min` into data: the decoder mean `xhat(z, t_min)`, passed
+    /// through the transform's decoder where it has one. One network evaluation.
+    pub fn decode(&self, z: &Tensor, t_min: f64) -> Result<Tensor> {
+        let xhat = self.predict_x(z, t_min)?;
+        Ok(self.transform.decode(&xhat)?.unwrap_or(xhat))
+    }
+
+    /// Sets every variable to the tensors of `weights` (by name); all must be present with their shapes.
+    pub fn set_weights(&self, weights: &std::collections::HashMap<String, Tensor>) -> Result<()> {
+        for (name, var) in self.vars() {
+            let w = weights
+                .get(&name)
+                .ok_or_else(|| NdmError::Spec(format!("weights have no tensor `{name}`")))?;
+            if w.shape() != var.shape() {
+                return Err(NdmError::Spec(format!(
+                    "weight `{name}` has shape {:?}, the model needs {:?}",
+                    w.dims(),
+                    var.dims()
+                )));
+            }
+            var.set(&w.to_dtype(var.dtype())?.to_device(&self.device)?)?;
+        }
+        Ok(())
+    }
+}
+
+impl ReverseProcess for Pipeline {
+    fn latent_shape(&self) -> &[usize] {
+        &self.latent_shape
+    }
+    fn device(&self) -> &Device {
+        &self.device
+    }
+    fn dtype(&self) -> DType {
+        self.dtype
+    }
+    fn t_end(&self) -> f64 {
+        self.prior.t_end()
+    }
+    fn training_steps(&self) -> Option<usize> {
+        self.spec.steps
+    }
+    fn schedule_point(&self, t: f64) -> SchedulePoint {
+        self.schedule.point(t)
+    }
+    fn predict_x(&self, z: &Tensor, t: f64) -> candle_core::Result<Tensor> {
+        let tt = self.time_tensor(t, z.dim(0)?)?;
+        let sb = self.schedule.batch(&tt)?;
+        // Solvers never differentiate through the network: detaching here keeps a long solve from
+        // holding every step's autograd graph alive.
+        Ok(self.xhat(z, &tt, &sb)?.detach())
+    }
+    fn posterior(&self, z_t: &Tensor, xhat: &Tensor, t: f64, s: f64, eta: f64) -> candle_core::Result<Gaussian> {
+        let (pt, ps) = (self.schedule.point(t), self.schedule.point(s));
+        let c = posterior_coeffs(&pt, &ps, eta);
+        let n = z_t.dim(0)?;
+        let f_t = self.f(xhat, &self.time_tensor(t, n)?)?;
+        let f_s = self.f(xhat, &self.time_tensor(s, n)?)?;
+        // mean = alpha_s F(xhat, s) + k (z_t - alpha_t F(xhat, t))
+        let mean = ((f_s * ps.alpha)? + ((z_t - (f_t * pt.alpha)?)? * c.k)?)?;
+        Ok(Gaussian { mean, std: c.var.sqrt() })
+    }
+}
+
+/// The scalar coefficients of NDM's posterior `q(z_s | z_t, x)` (MATH.md eq. 7-8).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PosteriorCoeffs {
+    /// `sig~^2_{s|t} = eta^2 sigma_s^2 (1 - exp(lambda_t - lambda_s))`.
+    pub var: f64,
+    /// `k_{s|t} = sqrt(sigma_s^2 - sig~^2) / sigma_t`.
+    pub k: f64,
+}
+
+/// Computes [`PosteriorCoeffs`] in f64 (`1 - exp` via `expm1` for accuracy on fine grids).
+pub fn posterior_coeffs(pt: &SchedulePoint, ps: &SchedulePoint, eta: f64) -> PosteriorCoeffs {
+    let var = eta * eta * ps.sigma * ps.sigma * (-(pt.log_snr - ps.log_snr).exp_m1());
+    let k = ((ps.sigma * ps.sigma - var).max(0.0)).sqrt() / pt.sigma;
+    PosteriorCoeffs { var, k }
+}
+
+/// Builds one plugin of each family from the registry.
+macro_rules! family_builders {
+    ($($fn_name:ident, $family:ident, $ty:ident;)*) => {
+        impl PluginRegistry {
+            $(
+                #[doc = concat!("Builds a `", stringify!($family), "` plugin from its spec.")]
+                pub fn $fn_name(&self, spec: &crate::spec::PluginSpec, ctx: &BuildCtx) -> Result<Box<dyn $ty>> {
+                    match self.get(Family::$family, &spec.kind)?.builder {
+                        crate::registry::Builder::$family(f) => f(&spec.params, ctx),
+                        _ => Err(NdmError::Spec(format!("plugin {} is not a {}", spec.kind, Family::$family))),
+                    }
+                }
+            )*
+        }
+    };
+}
+
+family_builders! {
+    build_transform, Transform, Transform;
+    build_schedule, Schedule, NoiseSchedule;
+    build_param, Param, Parameterization;
+    build_prior, Prior, Prior;
+    build_objective, Objective, Objective;
+    build_backbone, Backbone, Backbone;
+    build_solver, Solver, Solver;
+    build_dataset, Dataset, Dataset;
+}

@@ -1,0 +1,43 @@
+//! The one seam between models and solvers.
+
+use crate::schedule::SchedulePoint;
+use candle_core::{DType, Device, Result, Tensor};
+
+/// A Gaussian `N(mean, std^2 I)` with one standard deviation for the whole batch (all examples of a
+/// solver step share their times).
+#[derive(Debug, Clone)]
+pub struct Gaussian {
+    pub mean: Tensor,
+    pub std: f64,
+}
+
+/// The reverse process of a composed model, as solvers see it. Implemented by
+/// [`crate::pipeline::Pipeline`]; a solver never sees the transform, schedule or prior behind it.
+///
+/// Times are scalars: one solver step moves the whole batch from `t` to `s < t`. The process runs
+/// on `[t_min, t_end]`, where `t_end` is the prior's time (1 for a Gaussian prior, `t_m` for DiNof's
+/// flow prior) and latents have [`ReverseProcess::latent_shape`] (a VAE transform's latent shape,
+/// not the data shape).
+pub trait ReverseProcess: Send + Sync + std::fmt::Debug {
+    /// Shape of one latent, without the batch dimension.
+    fn latent_shape(&self) -> &[usize];
+    /// The device and dtype of latents.
+    fn device(&self) -> &Device;
+    fn dtype(&self) -> DType;
+    /// The lowest time of the process (the reconstruction side).
+    fn t_min(&self) -> f64 {
+        0.0
+    }
+    /// The time where the prior sits.
+    fn t_end(&self) -> f64;
+    /// The training grid size `T` of a discrete-time model, `None` in continuous time.
+    fn training_steps(&self) -> Option<usize>;
+    /// The schedule at `t`, for solvers whose coefficients need it (DPM-Solver, VP predictors).
+    fn schedule_point(&self, t: f64) -> SchedulePoint;
+    /// The model's data prediction `xhat(z_t, t)`; one network evaluation. The result is detached
+    /// from the autograd graph (solvers never train).
+    fn predict_x(&self, z: &Tensor, t: f64) -> Result<Tensor>;
+    /// NDM's posterior `q(z_s | z_t, xhat)` (MATH.md eq. 7-8) for a given `eta` in `[0, 1]`:
+    /// `eta = 1` is DDPM's ancestral step, `eta = 0` DDIM's deterministic one.
+    fn posterior(&self, z_t: &Tensor, xhat: &Tensor, t: f64, s: f64, eta: f64) -> Result<Gaussian>;
+}

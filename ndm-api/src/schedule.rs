@@ -1,0 +1,106 @@
+//! Noise schedules: `alpha_t`, `sigma_t` and their time derivatives (MATH.md "Conventions").
+
+use crate::rng::host_tensor;
+use candle_core::{Result, Tensor};
+
+/// The schedule at one time, in `f64`: everything the formulas of MATH.md need.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SchedulePoint {
+    /// `alpha_t`.
+    pub alpha: f64,
+    /// `sigma_t > 0`.
+    pub sigma: f64,
+    /// `lambda_t = log(alpha^2 / sigma^2)`.
+    pub log_snr: f64,
+    /// `r(t) = d log(alpha_t) / dt`.
+    pub dlog_alpha: f64,
+    /// `d(sigma_t^2) / dt`.
+    pub dsigma2: f64,
+}
+
+impl SchedulePoint {
+    /// Builds a point from `alpha`, `sigma` and their derivatives `dalpha`, `dsigma`.
+    pub fn from_derivatives(alpha: f64, sigma: f64, dalpha: f64, dsigma: f64) -> Self {
+        SchedulePoint {
+            alpha,
+            sigma,
+            log_snr: 2.0 * (alpha.ln() - sigma.ln()),
+            dlog_alpha: dalpha / alpha,
+            dsigma2: 2.0 * sigma * dsigma,
+        }
+    }
+    /// `d lambda / dt = 2 r - dsigma2 / sigma^2` (negative for a valid schedule).
+    pub fn dlog_snr(&self) -> f64 {
+        2.0 * self.dlog_alpha - self.dsigma2 / (self.sigma * self.sigma)
+    }
+    /// `d SNR / dt = SNR * d lambda / dt`.
+    pub fn dsnr(&self) -> f64 {
+        self.log_snr.exp() * self.dlog_snr()
+    }
+}
+
+/// The schedule at a batch of times: every field is a tensor of shape `[B]`.
+#[derive(Debug, Clone)]
+pub struct ScheduleBatch {
+    pub alpha: Tensor,
+    pub sigma: Tensor,
+    pub log_snr: Tensor,
+    pub dlog_alpha: Tensor,
+    pub dsigma2: Tensor,
+}
+
+impl ScheduleBatch {
+    /// Builds the batch from host points (for schedules without trainable weights).
+    pub fn from_points(points: &[SchedulePoint], like: &Tensor) -> Result<Self> {
+        let (dt, dev) = (like.dtype(), like.device());
+        let n = points.len();
+        let col = |f: fn(&SchedulePoint) -> f64| {
+            host_tensor(points.iter().map(f).collect(), &[n], dt, dev)
+        };
+        Ok(ScheduleBatch {
+            alpha: col(|p| p.alpha)?,
+            sigma: col(|p| p.sigma)?,
+            log_snr: col(|p| p.log_snr)?,
+            dlog_alpha: col(|p| p.dlog_alpha)?,
+            dsigma2: col(|p| p.dsigma2)?,
+        })
+    }
+}
+
+/// A noise schedule on `t in [0, 1]` (0 = data side, 1 = noise side).
+///
+/// Contract: `sigma_t > 0` on all of `[0, 1]` (so the NELBO's first KL and the reconstruction term
+/// are finite) and `lambda_t` strictly decreasing. Fixed schedules (vp-linear, cosine, ve, sub-vp,
+/// fm-ot) implement only [`NoiseSchedule::point`], in `f64`, where precision matters near the ends;
+/// the batch form [`NoiseSchedule::batch`] is derived from it. A schedule with trainable weights
+/// (VDM's learned monotone `gamma`, `alpha^2 = sigmoid(-gamma)`, `sigma^2 = sigmoid(gamma)`) takes a
+/// `VarBuilder` under the prefix `schedule.` when it is built, overrides `batch` with tensor ops so that
+/// gradients reach its weights, and answers `point` by evaluating the same weights on the host.
+pub trait NoiseSchedule: Send + Sync + std::fmt::Debug {
+    /// The schedule at one time, in `f64`.
+    fn point(&self, t: f64) -> SchedulePoint;
+
+    /// The schedule at a batch of times `t` (shape `[B]`), as tensors of `t`'s dtype and device.
+    fn batch(&self, t: &Tensor) -> Result<ScheduleBatch> {
+        let ts: Vec<f64> = t.to_dtype(candle_core::DType::F64)?.to_vec1()?;
+        let points: Vec<SchedulePoint> = ts.iter().map(|&t| self.point(t)).collect();
+        ScheduleBatch::from_points(&points, t)
+    }
+
+    /// Whether the schedule owns trainable weights.
+    fn is_trainable(&self) -> bool {
+        false
+    }
+
+    /// The discrete `beta_i = 1 - alpha_{t_i}^2 / alpha_{t_{i-1}}^2` at `t_i = i / n` (i = 1..=n),
+    /// the quantity discrete-time VP solvers (reverse-diffusion predictor, Langevin step size) use.
+    fn discrete_betas(&self, n: usize) -> Vec<f64> {
+        (1..=n)
+            .map(|i| {
+                let a = self.point(i as f64 / n as f64).alpha;
+                let b = self.point((i - 1) as f64 / n as f64).alpha;
+                1.0 - (a * a) / (b * b)
+            })
+            .collect()
+    }
+}

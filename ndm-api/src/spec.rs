@@ -1,0 +1,240 @@
+//! Serializable descriptions of models, samplers, training runs and the registry file.
+
+use crate::registry::{Family, Params, PluginRegistry};
+use crate::solver::Spacing;
+use crate::{NdmError, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// One part of a model: a plugin name within its family and its params (`{ kind = "cosine", s = 0.008 }`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PluginSpec {
+    pub kind: String,
+    #[serde(flatten)]
+    pub params: Params,
+}
+
+impl PluginSpec {
+    /// A spec with default params.
+    pub fn new(kind: impl Into<String>) -> Self {
+        PluginSpec {
+            kind: kind.into(),
+            params: Params::new(),
+        }
+    }
+    /// Checks the name and the params against the registry and returns the spec with every default
+    /// filled in, so a checkpoint records exactly what was built.
+    pub fn resolve(&self, family: Family, reg: &PluginRegistry) -> Result<PluginSpec> {
+        let info = reg.get(family, &self.kind)?;
+        Ok(PluginSpec {
+            kind: info.name.to_string(),
+            params: (info.resolve)(&self.params)?,
+        })
+    }
+    /// Sets one param from a string, parsed as a TOML value (`0.5`, `true`, `"x"`, bare words as strings).
+    pub fn set(&mut self, key: &str, value: &str) {
+        let v = value
+            .parse::<toml::Value>()
+            .ok()
+            .or_else(|| format!("v = {value}").parse::<toml::Table>().ok().and_then(|mut t| t.remove("v")))
+            .unwrap_or_else(|| toml::Value::String(value.to_string()));
+        self.params.insert(key.to_string(), v);
+    }
+}
+
+/// The composed model: one plugin per role and the training time grid.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    /// Discrete training grid `T` (`t_i = i / T`); absent for continuous time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps: Option<usize>,
+    pub transform: PluginSpec,
+    pub schedule: PluginSpec,
+    pub param: PluginSpec,
+    pub backbone: PluginSpec,
+    pub prior: PluginSpec,
+    pub objective: PluginSpec,
+}
+
+impl ModelSpec {
+    /// The parts by family, for resolving and listing.
+    pub fn parts_mut(&mut self) -> [(Family, &mut PluginSpec); 6] {
+        [
+            (Family::Transform, &mut self.transform),
+            (Family::Schedule, &mut self.schedule),
+            (Family::Param, &mut self.param),
+            (Family::Backbone, &mut self.backbone),
+            (Family::Prior, &mut self.prior),
+            (Family::Objective, &mut self.objective),
+        ]
+    }
+    /// Resolves every part against the registry (names checked, defaults filled in).
+    pub fn resolve(&self, reg: &PluginRegistry) -> Result<ModelSpec> {
+        if self.steps == Some(0) {
+            return Err(NdmError::Spec("model.steps must be at least 1 (or absent for continuous time)".into()));
+        }
+        let mut out = self.clone();
+        for (family, part) in out.parts_mut() {
+            *part = part.resolve(family, reg)?;
+        }
+        Ok(out)
+    }
+}
+
+/// How to sample by default: a solver, its number of steps and their spacing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SamplerSpec {
+    pub solver: PluginSpec,
+    /// Solver steps; absent means the training grid (discrete) or 100 (continuous).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps: Option<usize>,
+    #[serde(default)]
+    pub spacing: Spacing,
+}
+
+/// Training hyper-parameters. Every field has a default, so a preset or a flag names only what it changes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    /// Optimizer steps.
+    pub steps: usize,
+    pub batch_size: usize,
+    /// AdamW learning rate (after a linear warm-up).
+    pub lr: f64,
+    pub warmup: usize,
+    pub weight_decay: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub adam_eps: f64,
+    /// Global gradient-norm clip (0 disables).
+    pub grad_clip: f64,
+    /// EMA decay of the weights that sampling and evaluation use.
+    pub ema_decay: f64,
+    /// Seed of every random draw (weights, noise, times, data).
+    pub seed: u64,
+    /// Steps between checkpoints.
+    pub checkpoint_every: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            steps: 4000,
+            batch_size: 512,
+            lr: 2e-3,
+            warmup: 100,
+            weight_decay: 0.0,
+            beta1: 0.9,
+            beta2: 0.999,
+            adam_eps: 1e-8,
+            grad_clip: 1.0,
+            ema_decay: 0.995,
+            seed: 0,
+            checkpoint_every: 1000,
+        }
+    }
+}
+
+impl TrainConfig {
+    /// Rejects values that cannot train.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: &str| Err(NdmError::InvalidArgument(m.to_string()));
+        if self.batch_size == 0 {
+            return bad("train.batch_size must be at least 1");
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return bad("train.lr must be a positive number");
+        }
+        if !(0.0..1.0).contains(&self.ema_decay) {
+            return bad("train.ema_decay must be in [0, 1)");
+        }
+        if self.checkpoint_every == 0 {
+            return bad("train.checkpoint_every must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// A named configuration in `registry.toml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Preset {
+    pub summary: String,
+    pub model: ModelSpec,
+    pub sampler: SamplerSpec,
+    #[serde(default)]
+    pub train: TrainConfig,
+}
+
+/// A shared library of plugins named in `registry.toml`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LibrarySpec {
+    /// Path of the library; relative paths resolve against the registry file's folder.
+    pub path: PathBuf,
+    /// If given, the name the library's manifest must declare.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// The registry file: presets by name and plugin libraries.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryFile {
+    #[serde(default)]
+    pub presets: BTreeMap<String, Preset>,
+    #[serde(default, rename = "library")]
+    pub libraries: Vec<LibrarySpec>,
+    /// Where the file was read from (`None` for the copy compiled into the binary).
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
+}
+
+impl RegistryFile {
+    /// Parses registry text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Self> {
+        toml::from_str(text).map_err(|e| NdmError::Spec(format!("{origin}: {}", crate::error::one_line(&e))))
+    }
+
+    /// Reads and parses a registry file; relative library paths are made absolute against its folder.
+    pub fn read(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| NdmError::file(path, e))?;
+        let mut reg = Self::parse(&text, &path.display().to_string())?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        for lib in &mut reg.libraries {
+            if lib.path.is_relative() {
+                lib.path = dir.join(&lib.path);
+            }
+        }
+        reg.source = Some(path.to_path_buf());
+        Ok(reg)
+    }
+
+    /// A preset by name; an unknown name lists the known ones.
+    pub fn preset(&self, name: &str) -> Result<&Preset> {
+        self.presets.get(name).ok_or_else(|| {
+            NdmError::Spec(format!(
+                "unknown preset `{name}`; known: {}",
+                self.presets.keys().cloned().collect::<Vec<_>>().join(", ")
+            ))
+        })
+    }
+}
+
+/// Everything a run directory's `spec.toml` records: the resolved model, sampler, training
+/// config and dataset, with the versions that wrote it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preset: Option<String>,
+    pub ndm_version: String,
+    pub data_shape: Vec<usize>,
+    pub dataset: PluginSpec,
+    pub model: ModelSpec,
+    pub sampler: SamplerSpec,
+    pub train: TrainConfig,
+}

@@ -1,0 +1,135 @@
+//! Training: AdamW with warm-up, global-norm clipping and an EMA of the weights, over any objective.
+//! candle's AdamW keeps its moments private, so the optimizer lives here where its state can be
+//! checkpointed and resumed bit for bit.
+
+use crate::dataset::Split;
+use crate::pipeline::Pipeline;
+use crate::rng::Rng;
+use crate::spec::TrainConfig;
+use crate::{Dataset, NdmError, Result};
+use candle_core::{DType, Tensor, Var};
+use std::collections::HashMap;
+
+/// Everything needed to continue training exactly where it stopped.
+#[derive(Debug, Clone)]
+pub struct TrainState {
+    /// Optimizer steps taken.
+    pub step: usize,
+    /// AdamW first and second moments by variable name.
+    pub m: HashMap<String, Tensor>,
+    pub v: HashMap<String, Tensor>,
+    /// EMA of the weights by variable name (what sampling and evaluation use).
+    pub ema: HashMap<String, Tensor>,
+    /// The generator of data batches, times and noise.
+    pub rng: Rng,
+}
+
+impl TrainState {
+    /// A fresh state: zero moments, EMA equal to the initial weights.
+    pub fn new(pipe: &Pipeline, seed: u64) -> Result<Self> {
+        let mut m = HashMap::new();
+        let mut v = HashMap::new();
+        let mut ema = HashMap::new();
+        for (name, var) in pipe.vars() {
+            m.insert(name.clone(), var.zeros_like()?);
+            v.insert(name.clone(), var.zeros_like()?);
+            ema.insert(name, var.as_tensor().copy()?);
+        }
+        Ok(TrainState {
+            step: 0,
+            m,
+            v,
+            ema,
+            rng: Rng::derived(seed, "train"),
+        })
+    }
+}
+
+/// What one step reports.
+#[derive(Debug, Clone)]
+pub struct StepReport {
+    pub step: usize,
+    pub loss: f64,
+    pub grad_norm: f64,
+    pub terms: Vec<(String, f64)>,
+}
+
+/// Runs optimizer steps of a pipeline's objective on a dataset.
+#[derive(Debug)]
+pub struct Trainer<'a> {
+    pipe: &'a Pipeline,
+    cfg: TrainConfig,
+    vars: Vec<(String, Var)>,
+}
+
+fn scalar(t: &Tensor) -> candle_core::Result<f64> {
+    t.to_dtype(DType::F64)?.to_scalar::<f64>()
+}
+
+impl<'a> Trainer<'a> {
+    pub fn new(pipe: &'a Pipeline, cfg: &TrainConfig) -> Result<Self> {
+        cfg.validate()?;
+        Ok(Trainer {
+            pipe,
+            cfg: cfg.clone(),
+            vars: pipe.vars(),
+        })
+    }
+
+    /// One step. A non-finite loss or gradient is an error and leaves weights and state untouched,
+    /// so the caller can still checkpoint the last good state.
+    pub fn step(&self, state: &mut TrainState, data: &dyn Dataset) -> Result<StepReport> {
+        let cfg = &self.cfg;
+        let step = state.step + 1;
+        let x = data.sample(cfg.batch_size, Split::Train, &mut state.rng, &self.pipe.device)?;
+        let out = self.pipe.objective.loss(self.pipe, &x, &mut state.rng)?;
+        let loss = scalar(&out.loss)?;
+        if !loss.is_finite() {
+            return Err(NdmError::NonFinite(format!("the loss became {loss} at step {step}")));
+        }
+        let grads = out.loss.backward()?;
+        let mut sq = 0.0;
+        let mut gs = Vec::with_capacity(self.vars.len());
+        for (name, var) in &self.vars {
+            let g = match grads.get(var.as_tensor()) {
+                Some(g) => g.clone(),
+                None => var.zeros_like()?,
+            };
+            sq += scalar(&g.sqr()?.sum_all()?)?;
+            gs.push((name, var, g));
+        }
+        let norm = sq.sqrt();
+        if !norm.is_finite() {
+            return Err(NdmError::NonFinite(format!("the gradient norm became {norm} at step {step}")));
+        }
+        let clip = if cfg.grad_clip > 0.0 && norm > cfg.grad_clip { cfg.grad_clip / norm } else { 1.0 };
+        let lr = cfg.lr * ((step as f64) / (cfg.warmup.max(1) as f64)).min(1.0);
+        let (b1, b2) = (cfg.beta1, cfg.beta2);
+        let (c1, c2) = (1.0 - b1.powi(step as i32), 1.0 - b2.powi(step as i32));
+        let ema_decay = cfg.ema_decay.min((1.0 + step as f64) / (10.0 + step as f64));
+        let missing = |n: &str| NdmError::Spec(format!("training state has no entry for `{n}`"));
+        for (name, var, g) in gs {
+            let g = (g * clip)?;
+            let m = state.m.get(name).ok_or_else(|| missing(name))?;
+            let v = state.v.get(name).ok_or_else(|| missing(name))?;
+            let m = ((m * b1)? + (&g * (1.0 - b1))?)?;
+            let v = ((v * b2)? + (g.sqr()? * (1.0 - b2))?)?;
+            let upd = ((&m / c1)? / ((&v / c2)?.sqrt()? + cfg.adam_eps)?)?;
+            let w = var.as_tensor();
+            let new_w = ((w * (1.0 - lr * cfg.weight_decay))? - (upd * lr)?)?;
+            var.set(&new_w)?;
+            let e = state.ema.get(name).ok_or_else(|| missing(name))?;
+            let e = ((e * ema_decay)? + (new_w * (1.0 - ema_decay))?)?;
+            state.ema.insert(name.clone(), e);
+            state.m.insert(name.clone(), m);
+            state.v.insert(name.clone(), v);
+        }
+        state.step = step;
+        Ok(StepReport {
+            step,
+            loss,
+            grad_norm: norm,
+            terms: out.terms,
+        })
+    }
+}

@@ -1,0 +1,77 @@
+//! Data transformations `F(x, t)` (MATH.md "Conventions").
+
+use candle_core::{Result, Tensor};
+
+/// The time step of the central difference in [`central_difference_dt`]: about the cube root of f32's
+/// epsilon (1.2e-7)^(1/3) ~ 5e-3 balances truncation error O(h^2) against round-off O(eps/h) for f32;
+/// in f64 a smaller step would do, but one step for every dtype keeps results comparable.
+pub const FD_STEP: f64 = 5e-3;
+
+/// `dF/dt` by a central difference in `t`, one-sided at the ends of `[0, 1]` so that `F` is never
+/// evaluated outside its domain. This is the one place ndm differentiates in time numerically.
+pub fn central_difference_dt<F>(f: F, t: &Tensor) -> Result<Tensor>
+where
+    F: Fn(&Tensor) -> Result<Tensor>,
+{
+    let h = FD_STEP;
+    // Shift the stencil inward near the ends: t_lo = clamp(t - h, 0, 1 - 2h), t_hi = t_lo + 2h.
+    let lo = t.affine(1.0, -h)?.clamp(0.0, 1.0 - 2.0 * h)?;
+    let hi = lo.affine(1.0, 2.0 * h)?;
+    let diff = (f(&hi)? - f(&lo)?)?;
+    diff.affine(1.0 / (2.0 * h), 0.0)
+}
+
+/// A transformation `F(x, t)` of data `x` (shape `[B, ..D]`) into the latent space (shape `[B, ..L]`).
+///
+/// How the special cases of MATH.md fit:
+/// - identity (DDPM, DDIM, VDM, flow matching): `F = x`, [`Transform::is_identity`] is true, `dF/dt = 0`.
+/// - blur / soft diffusion: `F = C_t x`, fixed, with an analytic `time_derivative`.
+/// - learned (NDM): a backbone network with weights under the prefix `transform.`; `is_trainable` is
+///   true, so objectives that would let it collapse refuse it.
+/// - VAE encoder (LSGM): `F(x, t) = E(x)` for every `t`, [`Transform::latent_shape`] differs from the
+///   data shape, and [`Transform::decode`] / [`Transform::reconstruction_nll`] supply the decoder.
+/// - Glow flow (INDM): time independent and invertible, `decode = f^-1`, with its log-det folded into
+///   `reconstruction_nll`.
+///
+/// The pipeline also applies `F` to the model's prediction `xhat` (NDM's reverse process), so `F`
+/// must accept any tensor of the data shape, not only data points.
+pub trait Transform: Send + Sync + std::fmt::Debug {
+    /// `F(x, t)` with `t` of shape `[B]`.
+    fn forward(&self, x: &Tensor, t: &Tensor) -> Result<Tensor>;
+
+    /// `dF/dt (x, t)`; the default is [`central_difference_dt`] over [`Transform::forward`].
+    fn time_derivative(&self, x: &Tensor, t: &Tensor) -> Result<Tensor> {
+        if self.is_identity() {
+            return x.zeros_like();
+        }
+        central_difference_dt(|tt| self.forward(x, tt), t)
+    }
+
+    /// The latent shape (without batch) for a data shape (without batch).
+    fn latent_shape(&self, data_shape: &[usize]) -> Vec<usize> {
+        data_shape.to_vec()
+    }
+
+    /// True when `F(x, t) = x` exactly, which lets the pipeline skip work.
+    fn is_identity(&self) -> bool {
+        false
+    }
+
+    /// True when `F` owns trainable weights.
+    fn is_trainable(&self) -> bool {
+        false
+    }
+
+    /// For transforms with a decoder (VAE, flow): the data for a latent `z_0`. `None` means the
+    /// latent space is the data space and the pipeline's own decoder mean is used.
+    fn decode(&self, _z0: &Tensor) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
+
+    /// For transforms with a decoder: `-log p(x | z_0)` per example (shape `[B]`), including any
+    /// encoder entropy or log-det term the model's NELBO needs. `None` means the pipeline's default
+    /// Gaussian decoder (MATH.md `L_rec`) is used.
+    fn reconstruction_nll(&self, _x: &Tensor, _z0: &Tensor) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
+}

@@ -1,0 +1,103 @@
+//! A residual MLP with a sinusoidal time embedding.
+
+use ndm_api::candle_core::{Module, Result, Tensor};
+use ndm_api::candle_nn::{linear, Linear, VarBuilder};
+use ndm_api::registry::BuildCtx;
+use ndm_api::{Backbone, NdmError, NetInput};
+use serde::{Deserialize, Serialize};
+
+/// `backbone.mlp` config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MlpConfig {
+    /// Width of the hidden layers.
+    pub hidden: usize,
+    /// Residual blocks (two linear layers each).
+    pub blocks: usize,
+    /// Size of the sinusoidal time embedding (even).
+    pub time_dim: usize,
+}
+
+impl Default for MlpConfig {
+    fn default() -> Self {
+        MlpConfig {
+            hidden: 128,
+            blocks: 3,
+            time_dim: 32,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Block {
+    l1: Linear,
+    l2: Linear,
+    temb: Linear,
+}
+
+/// `h -> h + W2 silu(W1 silu(h) + T(t))` blocks between an input and an output projection.
+#[derive(Debug, Clone)]
+pub struct Mlp {
+    cfg: MlpConfig,
+    dims: usize,
+    input: Linear,
+    time: Linear,
+    blocks: Vec<Block>,
+    output: Linear,
+}
+
+impl Mlp {
+    pub fn new(cfg: MlpConfig, shape: &[usize], vb: VarBuilder) -> ndm_api::Result<Self> {
+        if cfg.hidden == 0 || cfg.time_dim == 0 || cfg.time_dim % 2 != 0 {
+            return Err(NdmError::config("backbone.mlp", "hidden must be >= 1 and time_dim even and >= 2"));
+        }
+        let dims: usize = shape.iter().product();
+        let h = cfg.hidden;
+        let input = linear(dims, h, vb.pp("input"))?;
+        let time = linear(cfg.time_dim, h, vb.pp("time"))?;
+        let blocks = (0..cfg.blocks)
+            .map(|i| {
+                let b = vb.pp(format!("block{i}"));
+                Ok(Block {
+                    l1: linear(h, h, b.pp("l1"))?,
+                    l2: linear(h, h, b.pp("l2"))?,
+                    temb: linear(h, h, b.pp("temb"))?,
+                })
+            })
+            .collect::<ndm_api::candle_core::Result<Vec<_>>>()?;
+        let output = linear(h, dims, vb.pp("output"))?;
+        Ok(Mlp {
+            cfg,
+            dims,
+            input,
+            time,
+            blocks,
+            output,
+        })
+    }
+}
+
+impl Backbone for Mlp {
+    fn forward(&self, input: &NetInput) -> Result<Tensor> {
+        let shape = input.z.dims().to_vec();
+        let z = input.z.reshape((shape[0], self.dims))?;
+        let temb = self
+            .time
+            .forward(&crate::sinusoidal_embedding(input.t, self.cfg.time_dim)?)?
+            .silu()?;
+        let mut h = self.input.forward(&z)?;
+        for b in &self.blocks {
+            let inner = (b.l1.forward(&h.silu()?)? + b.temb.forward(&temb)?)?;
+            h = (h + b.l2.forward(&inner.silu()?)?)?;
+        }
+        self.output.forward(&h.silu()?)?.reshape(shape)
+    }
+}
+
+ndm_api::register_plugin!(
+    Backbone,
+    "mlp",
+    "residual MLP with sinusoidal time embedding (for 2-D and other flat data)",
+    MlpConfig,
+    |cfg: MlpConfig, ctx: &BuildCtx| Ok(Box::new(Mlp::new(cfg, ctx.shape, ctx.vb.clone())?))
+);

@@ -1,0 +1,130 @@
+//! Objectives: `objective.eps-mse` (DDPM's simple loss) and `objective.ndm-elbo-discrete` (the full
+//! discrete-time NELBO of MATH.md; with the identity transform it is DDPM's variational bound).
+
+use ndm_api::candle_core::{Result, Tensor};
+use ndm_api::elbo::{discrete_nelbo, noise_like, DiffEstimate};
+use ndm_api::registry::BuildCtx;
+use ndm_api::rng::host_tensor;
+use ndm_api::{LossOutput, NdmError, Objective, Pipeline, Rng};
+use serde::{Deserialize, Serialize};
+
+/// Draws one training time per example: uniform on the training grid `i / T`, `i in 1..=n`, for
+/// discrete models, uniform on `(0, t_end]` in continuous time.
+pub fn draw_times(pipe: &Pipeline, b: usize, rng: &mut Rng) -> Result<Tensor> {
+    let t_end = pipe.t_end();
+    let ts: Vec<f64> = match pipe.spec.steps {
+        Some(t_total) => {
+            let n = (t_end * t_total as f64).round() as usize;
+            (0..b).map(|_| (1 + rng.below(n)) as f64 / t_total as f64).collect()
+        }
+        None => (0..b).map(|_| t_end * (1.0 - rng.uniform())).collect(),
+    };
+    host_tensor(ts, &[b], pipe.dtype, &pipe.device)
+}
+
+/// `objective.eps-mse` config.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EpsMseConfig {}
+
+/// `E || raw(z_t, t) - target ||^2`, the parameterization's target (eps for `param.eps`).
+#[derive(Debug, Clone, Default)]
+pub struct EpsMse;
+
+impl Objective for EpsMse {
+    fn check(&self, pipe: &Pipeline) -> ndm_api::Result<()> {
+        if pipe.transform.is_trainable() {
+            return Err(NdmError::Incompatible(format!(
+                "objective eps-mse cannot train the learnable transform {}: a plain regression loss is \
+                 minimised by F collapsing to 0 (NDM sec. 6); use ndm-elbo-discrete or ndm-elbo-continuous",
+                pipe.spec.transform.kind
+            )));
+        }
+        if pipe.backbone.predicts_data() {
+            return Err(NdmError::Incompatible(format!(
+                "objective eps-mse regresses a network output, but backbone {} predicts data directly",
+                pipe.spec.backbone.kind
+            )));
+        }
+        Ok(())
+    }
+
+    fn loss(&self, pipe: &Pipeline, x: &Tensor, rng: &mut Rng) -> Result<LossOutput> {
+        let t = draw_times(pipe, x.dim(0)?, rng)?;
+        let sb = pipe.schedule.batch(&t)?;
+        let c = pipe.coeffs(&sb)?;
+        let fx = pipe.f(x, &t)?;
+        let eps = noise_like(&fx, rng)?;
+        let z = (fx.broadcast_mul(&c.alpha)? + eps.broadcast_mul(&c.sigma)?)?;
+        let raw = pipe.backbone.forward(&ndm_api::NetInput {
+            z: &z,
+            t: &t,
+            alpha: &sb.alpha,
+            sigma: &sb.sigma,
+            log_snr: &sb.log_snr,
+        })?;
+        let target = pipe.param.target(&fx, &eps, &c)?;
+        let loss = (raw - target)?.sqr()?.mean_all()?;
+        let v = loss.to_dtype(ndm_api::candle_core::DType::F64)?.to_scalar::<f64>()?;
+        Ok(LossOutput {
+            loss,
+            terms: vec![("mse".into(), v)],
+        })
+    }
+}
+
+/// `objective.ndm-elbo-discrete` config.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ElboDiscreteConfig {}
+
+/// The discrete NELBO `L_prior + T E_i KL_{t_i} + L_rec` on the model's grid of `T = model.steps`,
+/// one `i` per example, divided by the data dimension (nats per dimension) for a scale-free loss.
+#[derive(Debug, Clone, Default)]
+pub struct ElboDiscrete;
+
+impl Objective for ElboDiscrete {
+    fn check(&self, pipe: &Pipeline) -> ndm_api::Result<()> {
+        if pipe.spec.steps.is_none() {
+            return Err(NdmError::Incompatible(
+                "objective ndm-elbo-discrete needs a discrete model: set model.steps (e.g. 1000)".into(),
+            ));
+        }
+        if pipe.schedule.is_trainable() {
+            return Err(NdmError::Incompatible(format!(
+                "objective ndm-elbo-discrete computes its coefficients on the host and cannot train schedule {}",
+                pipe.spec.schedule.kind
+            )));
+        }
+        Ok(())
+    }
+
+    fn loss(&self, pipe: &Pipeline, x: &Tensor, rng: &mut Rng) -> Result<LossOutput> {
+        let t_total = pipe
+            .spec
+            .steps
+            .ok_or_else(|| ndm_api::candle_core::Error::Msg("ndm-elbo-discrete needs model.steps".into()))?;
+        let terms = discrete_nelbo(pipe, x, t_total, DiffEstimate::Sampled, rng)?;
+        let dims = (x.elem_count() / x.dim(0)?) as f64;
+        let loss = (terms.total()?.mean_all()? / dims)?;
+        Ok(LossOutput {
+            loss,
+            terms: terms.means()?,
+        })
+    }
+}
+
+ndm_api::register_plugin!(
+    Objective,
+    "eps-mse",
+    "DDPM's simple loss: MSE to the parameterization's target (refuses a learnable transform)",
+    EpsMseConfig,
+    |_c: EpsMseConfig, _ctx: &BuildCtx| Ok(Box::new(EpsMse))
+);
+ndm_api::register_plugin!(
+    Objective,
+    "ndm-elbo-discrete",
+    "NDM's discrete-time NELBO: L_prior + L_diff + L_rec (DDPM's VLB for the identity transform)",
+    ElboDiscreteConfig,
+    |_c: ElboDiscreteConfig, _ctx: &BuildCtx| Ok(Box::new(ElboDiscrete))
+);

@@ -1,0 +1,69 @@
+//! Parameterizations (MATH.md): `param.eps`, `param.x0`, `param.v`.
+
+use ndm_api::candle_core::{Result, Tensor};
+use ndm_api::registry::BuildCtx;
+use ndm_api::{Coeffs, Parameterization};
+use serde::{Deserialize, Serialize};
+
+/// The parameterizations have no parameters.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoConfig {}
+
+/// Noise prediction: `xhat = (z - sigma epshat) / alpha`.
+#[derive(Debug, Clone, Default)]
+pub struct Eps;
+
+impl Parameterization for Eps {
+    fn predict_x(&self, raw: &Tensor, z: &Tensor, c: &Coeffs) -> Result<Tensor> {
+        (z - raw.broadcast_mul(&c.sigma)?)?.broadcast_div(&c.alpha)
+    }
+    fn raw_from_x(&self, x: &Tensor, z: &Tensor, c: &Coeffs) -> Result<Tensor> {
+        (z - x.broadcast_mul(&c.alpha)?)?.broadcast_div(&c.sigma)
+    }
+    fn target(&self, _x: &Tensor, eps: &Tensor, _c: &Coeffs) -> Result<Tensor> {
+        Ok(eps.clone())
+    }
+}
+
+/// Data prediction: `xhat = raw`.
+#[derive(Debug, Clone, Default)]
+pub struct X0;
+
+impl Parameterization for X0 {
+    fn predict_x(&self, raw: &Tensor, _z: &Tensor, _c: &Coeffs) -> Result<Tensor> {
+        Ok(raw.clone())
+    }
+    fn raw_from_x(&self, x: &Tensor, _z: &Tensor, _c: &Coeffs) -> Result<Tensor> {
+        Ok(x.clone())
+    }
+    fn target(&self, x: &Tensor, _eps: &Tensor, _c: &Coeffs) -> Result<Tensor> {
+        Ok(x.clone())
+    }
+}
+
+/// v-prediction (Salimans & Ho 2022): `v = alpha eps - sigma x`,
+/// `xhat = (alpha z - sigma vhat) / (alpha^2 + sigma^2)` (exact for non-VP schedules too).
+#[derive(Debug, Clone, Default)]
+pub struct V;
+
+impl Parameterization for V {
+    fn predict_x(&self, raw: &Tensor, z: &Tensor, c: &Coeffs) -> Result<Tensor> {
+        let norm = (c.alpha.sqr()? + c.sigma.sqr()?)?;
+        (z.broadcast_mul(&c.alpha)? - raw.broadcast_mul(&c.sigma)?)?.broadcast_div(&norm)
+    }
+    fn raw_from_x(&self, x: &Tensor, z: &Tensor, c: &Coeffs) -> Result<Tensor> {
+        let eps = Eps.raw_from_x(x, z, c)?;
+        self.target(x, &eps, c)
+    }
+    fn target(&self, x: &Tensor, eps: &Tensor, c: &Coeffs) -> Result<Tensor> {
+        eps.broadcast_mul(&c.alpha)? - x.broadcast_mul(&c.sigma)?
+    }
+}
+
+ndm_api::register_plugin!(Param, "eps", "noise prediction: xhat = (z - sigma eps) / alpha", NoConfig,
+    |_c: NoConfig, _ctx: &BuildCtx| Ok(Box::new(Eps)));
+ndm_api::register_plugin!(Param, "x0", "data prediction: xhat = network output", NoConfig,
+    |_c: NoConfig, _ctx: &BuildCtx| Ok(Box::new(X0)));
+ndm_api::register_plugin!(Param, "v", "v-prediction: v = alpha eps - sigma x", NoConfig,
+    |_c: NoConfig, _ctx: &BuildCtx| Ok(Box::new(V)));

@@ -1,0 +1,32 @@
+//! Data transformations `F(x, t)`: `transform.identity` (DDPM, DDIM, VDM, flow matching).
+
+use ndm_api::candle_core::{Result, Tensor};
+use ndm_api::registry::BuildCtx;
+use ndm_api::Transform;
+use serde::{Deserialize, Serialize};
+
+/// `transform.identity` has no parameters.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityConfig {}
+
+/// `F(x, t) = x`.
+#[derive(Debug, Clone, Default)]
+pub struct Identity;
+
+impl Transform for Identity {
+    fn forward(&self, x: &Tensor, _t: &Tensor) -> Result<Tensor> {
+        Ok(x.clone())
+    }
+    fn is_identity(&self) -> bool {
+        true
+    }
+}
+
+ndm_api::register_plugin!(
+    Transform,
+    "identity",
+    "F(x, t) = x: standard diffusion (DDPM, DDIM, VDM, flow matching)",
+    IdentityConfig,
+    |_cfg: IdentityConfig, _ctx: &BuildCtx| Ok(Box::new(Identity))
+);

@@ -1,0 +1,1 @@
+//! placeholder-free smoke: runner list names every registered plugin (filled below)

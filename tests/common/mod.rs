@@ -1,0 +1,35 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use ndm_api::candle_core::{DType, Device, Tensor};
+use ndm_api::{ModelSpec, Pipeline, PluginRegistry, PluginSpec, RegistryFile};
+
+pub fn registry() -> PluginRegistry {
+    ndm_plugins_all::builtin_registry()
+}
+
+/// The registry.toml at the project root.
+pub fn registry_file() -> RegistryFile {
+    RegistryFile::read(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("registry.toml")).unwrap()
+}
+
+/// The DDPM preset's model with the exact Gaussian denoiser (and the NELBO objective, since the
+/// oracle has nothing to regress).
+pub fn ddpm_oracle() -> ModelSpec {
+    let mut m = registry_file().preset("ddpm").unwrap().model.clone();
+    m.backbone = PluginSpec::new("gaussian-oracle");
+    m.objective = PluginSpec::new("ndm-elbo-discrete");
+    m
+}
+
+pub fn build(spec: &ModelSpec, shape: &[usize]) -> Pipeline {
+    Pipeline::build(spec, shape, &registry(), &Device::Cpu, 0).unwrap()
+}
+
+pub fn tensor(v: &[f64], shape: &[usize]) -> Tensor {
+    Tensor::from_vec(v.to_vec(), shape, &Device::Cpu).unwrap().to_dtype(DType::F32).unwrap()
+}
+
+pub fn to_vec(t: &Tensor) -> Vec<f64> {
+    t.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+}
