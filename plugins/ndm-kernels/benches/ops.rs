@@ -89,11 +89,17 @@ fn main() -> Result<()> {
             .map(|s| Var::from_tensor(&randn(&mut rng, s)?))
             .collect::<Result<_>>()?;
         let (nf, nb) = time(Native, &f, &ins, iters)?;
+        ndm_kernels::profile::set_enabled(true);
         let (ff, fb) = time(Fused, &f, &ins, iters)?;
+        ndm_kernels::profile::set_enabled(false);
         println!(
             "| {name} | {nf:.1} | {ff:.1} | {nb:.1} | {fb:.1} | {:.1}x |",
             nb / fb
         );
+    }
+    println!("\n| fused kernel (inside the ops above) | calls | mean ms |\n|---|---:|---:|");
+    for (name, d, n) in ndm_kernels::profile::snapshot() {
+        println!("| {name} | {n} | {:.2} |", d.as_secs_f64() * 1e3 / n as f64);
     }
     Ok(())
 }

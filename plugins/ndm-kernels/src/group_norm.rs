@@ -83,58 +83,40 @@ fn stats<T: Float>(x: &[T], eps: f64) -> (f64, f64) {
     (mean, 1.0 / (var + eps).sqrt())
 }
 
-/// Backward pass 1 over one channel plane: writes `dz * gamma` into `dxo` (dz: gradient at the
+/// Backward pass 1 over one channel plane: writes `dz` into `dzo` (the gradient at the
 /// affine output, through the SiLU when fused) and returns `(sum dz * xhat, sum dz)`.
-#[allow(clippy::too_many_arguments)]
-fn dz_plane<T: Float>(
+/// The elementwise map and the reductions are separate loops so both vectorise.
+fn dz_plane<T: Float, const SILU: bool>(
     xi: &[T],
     dyi: &[T],
-    dxo: &mut [T],
-    mean: T,
-    rstd: T,
-    ga: T,
-    be: T,
-    silu: bool,
+    dzo: &mut [T],
+    (mean, rstd): (T, T),
+    (ga, be): (T, T),
 ) -> (f64, f64) {
-    let dz = |v: T, d: T| -> (T, T) {
-        let xhat = (v - mean) * rstd;
-        if silu {
-            let z = xhat * ga + be;
+    for ((o, v), d) in dzo.iter_mut().zip(xi).zip(dyi) {
+        *o = if SILU {
+            let z = (*v - mean) * rstd * ga + be;
             let sg = z.sigmoid();
-            (d * sg * (T::one() + z * (T::one() - sg)), xhat)
+            *d * sg * (T::one() + z * (T::one() - sg))
         } else {
-            (d, xhat)
-        }
-    };
+            *d
+        };
+    }
     let (mut dgam, mut dbet) = (0f64, 0f64);
-    for ((xb, db), ob) in xi
-        .chunks(FLUSH)
-        .zip(dyi.chunks(FLUSH))
-        .zip(dxo.chunks_mut(FLUSH))
-    {
+    for (xb, zb) in xi.chunks(FLUSH).zip(dzo.chunks(FLUSH)) {
         let (mut ag, mut ab) = ([T::zero(); LANES], [T::zero(); LANES]);
         let mut xs = xb.chunks_exact(LANES);
-        let mut ds = db.chunks_exact(LANES);
-        let mut os = ob.chunks_exact_mut(LANES);
-        for ((xc, dc), oc) in (&mut xs).zip(&mut ds).zip(&mut os) {
+        let mut zs = zb.chunks_exact(LANES);
+        for (xc, zc) in (&mut xs).zip(&mut zs) {
             for l in 0..LANES {
-                let (z, xh) = dz(xc[l], dc[l]);
-                ag[l] += z * xh;
-                ab[l] += z;
-                oc[l] = z * ga;
+                ag[l] += zc[l] * ((xc[l] - mean) * rstd);
+                ab[l] += zc[l];
             }
         }
         let (mut tg, mut tb) = (T::zero(), T::zero());
-        for ((v, d), o) in xs
-            .remainder()
-            .iter()
-            .zip(ds.remainder())
-            .zip(os.into_remainder())
-        {
-            let (z, xh) = dz(*v, *d);
-            tg += z * xh;
-            tb += z;
-            *o = z * ga;
+        for (v, z) in xs.remainder().iter().zip(zs.remainder()) {
+            tg += *z * ((*v - mean) * rstd);
+            tb += *z;
         }
         dgam += ag.iter().map(|v| v.to_acc()).sum::<f64>() + tg.to_acc();
         dbet += ab.iter().map(|v| v.to_acc()).sum::<f64>() + tb.to_acc();
@@ -216,19 +198,20 @@ fn gn_bwd<T: Float>(
             let c0 = (i % g.groups) * cpg;
             let (mut s1, mut s2) = (0f64, 0f64);
             let (mean_t, rstd_t) = (T::from_acc(mean), T::from_acc(rstd));
-            // Pass 1: dz (gradient at the norm's affine output), reductions; keep dz*gamma in dx.
+            // Pass 1: dz (gradient at the norm's affine output) into dx, and its reductions.
             for j in 0..cpg {
                 let (ga, be) = (gamma[c0 + j], beta[c0 + j]);
-                let (dgam, dbet) = dz_plane(
+                let (xi, dyi, dxo) = (
                     &xr[j * s..(j + 1) * s],
                     &dyr[j * s..(j + 1) * s],
                     &mut dxr[j * s..(j + 1) * s],
-                    mean_t,
-                    rstd_t,
-                    ga,
-                    be,
-                    silu,
                 );
+                let st = (mean_t, rstd_t);
+                let (dgam, dbet) = if silu {
+                    dz_plane::<T, true>(xi, dyi, dxo, st, (ga, be))
+                } else {
+                    dz_plane::<T, false>(xi, dyi, dxo, st, (ga, be))
+                };
                 pr[2 * j] = dgam;
                 pr[2 * j + 1] = dbet;
                 let gaf = ga.to_acc();
@@ -238,9 +221,13 @@ fn gn_bwd<T: Float>(
             // Pass 2: dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)).
             let n = run as f64;
             let (m1, m2) = (T::from_acc(s1 / n), T::from_acc(s2 / n));
-            for (o, v) in dxr.iter_mut().zip(xr) {
-                let xhat = (*v - mean_t) * rstd_t;
-                *o = rstd_t * (*o - m1 - xhat * m2);
+            for j in 0..cpg {
+                let ga = gamma[c0 + j];
+                let (o, xi) = (&mut dxr[j * s..(j + 1) * s], &xr[j * s..(j + 1) * s]);
+                for (o, v) in o.iter_mut().zip(xi) {
+                    let xhat = (*v - mean_t) * rstd_t;
+                    *o = rstd_t * (ga * *o - m1 - xhat * m2);
+                }
             }
         });
     let (dgamma, dbeta) = dgb.split_at_mut(c);
