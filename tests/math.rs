@@ -38,28 +38,54 @@ fn posterior_marginalises_to_the_forward_marginal_for_any_eta() {
             let (pt, ps) = (s.point(t), s.point(u));
             let c = posterior_coeffs(&pt, &ps, eta);
             let var = c.k * c.k * pt.sigma * pt.sigma + c.var;
-            assert!((var - ps.sigma * ps.sigma).abs() < 1e-12, "eta {eta} t {t} s {u}");
+            assert!(
+                (var - ps.sigma * ps.sigma).abs() < 1e-12,
+                "eta {eta} t {t} s {u}"
+            );
         }
     }
     // By Monte Carlo through the pipeline's posterior with the true x as the prediction.
     let pipe = build(&registry_file().preset("ddpm").unwrap().model, &[2]);
     let n = 200_000;
     let mut rng = Rng::new(3);
-    let x = tensor(&[0.7, -1.2], &[1, 2]).broadcast_as((n, 2)).unwrap().contiguous().unwrap();
+    let x = tensor(&[0.7, -1.2], &[1, 2])
+        .broadcast_as((n, 2))
+        .unwrap()
+        .contiguous()
+        .unwrap();
     let (t, u) = (0.6, 0.35);
     let (pt, ps) = (pipe.schedule_point(t), pipe.schedule_point(u));
     for eta in [0.0, 0.5, 1.0] {
-        let z_t = ((&x * pt.alpha).unwrap() + (rng.normal_tensor(&[n, 2], DType::F32, &Device::Cpu).unwrap() * pt.sigma).unwrap()).unwrap();
+        let z_t = ((&x * pt.alpha).unwrap()
+            + (rng
+                .normal_tensor(&[n, 2], DType::F32, &Device::Cpu)
+                .unwrap()
+                * pt.sigma)
+                .unwrap())
+        .unwrap();
         let post = pipe.posterior(&z_t, &x, t, u, eta).unwrap();
-        let z_s = (post.mean + (rng.normal_tensor(&[n, 2], DType::F32, &Device::Cpu).unwrap() * post.std).unwrap()).unwrap();
+        let z_s = (post.mean
+            + (rng
+                .normal_tensor(&[n, 2], DType::F32, &Device::Cpu)
+                .unwrap()
+                * post.std)
+                .unwrap())
+        .unwrap();
         let v = to_vec(&z_s);
         for (d, xd) in [0.7, -1.2].iter().enumerate() {
             let col: Vec<f64> = v.iter().skip(d).step_by(2).copied().collect();
             let mean = col.iter().sum::<f64>() / n as f64;
             let var = col.iter().map(|c| (c - mean).powi(2)).sum::<f64>() / n as f64;
             let se = ps.sigma / (n as f64).sqrt();
-            assert!((mean - ps.alpha * xd).abs() < 5.0 * se, "eta {eta}: mean {mean} vs {}", ps.alpha * xd);
-            assert!((var / (ps.sigma * ps.sigma) - 1.0).abs() < 0.02, "eta {eta}: var {var}");
+            assert!(
+                (mean - ps.alpha * xd).abs() < 5.0 * se,
+                "eta {eta}: mean {mean} vs {}",
+                ps.alpha * xd
+            );
+            assert!(
+                (var / (ps.sigma * ps.sigma) - 1.0).abs() < 0.02,
+                "eta {eta}: var {var}"
+            );
         }
     }
 }
@@ -78,11 +104,19 @@ fn ancestral_step_with_eta_one_is_the_ddpm_posterior() {
         let ct = (1.0 - beta).sqrt() * (1.0 - abar_s) / (1.0 - abar_t);
         let var = (1.0 - abar_s) / (1.0 - abar_t) * beta;
         let post = pipe.posterior(&z, &x0, t, s, 1.0).unwrap();
-        let expect: Vec<f64> = to_vec(&x0).iter().zip(to_vec(&z)).map(|(a, b)| c0 * a + ct * b).collect();
+        let expect: Vec<f64> = to_vec(&x0)
+            .iter()
+            .zip(to_vec(&z))
+            .map(|(a, b)| c0 * a + ct * b)
+            .collect();
         for (a, b) in to_vec(&post.mean).iter().zip(&expect) {
             assert!((a - b).abs() < 1e-5, "step {i}: mean {a} vs {b}");
         }
-        assert!((post.std * post.std / var - 1.0).abs() < 1e-6, "step {i}: var {} vs {var}", post.std * post.std);
+        assert!(
+            (post.std * post.std / var - 1.0).abs() < 1e-6,
+            "step {i}: var {} vs {var}",
+            post.std * post.std
+        );
     }
 }
 
@@ -104,9 +138,15 @@ fn parameterizations_round_trip() {
     };
     let z = (x.broadcast_mul(&c.alpha).unwrap() + eps.broadcast_mul(&c.sigma).unwrap()).unwrap();
     for kind in ["eps", "x0", "v"] {
-        let p = reg.build_param(&PluginSpec::new(kind), &ctx(&reg, &[2])).unwrap();
-        let back = p.predict_x(&p.raw_from_x(&x, &z, &c).unwrap(), &z, &c).unwrap();
-        let from_target = p.predict_x(&p.target(&x, &eps, &c).unwrap(), &z, &c).unwrap();
+        let p = reg
+            .build_param(&PluginSpec::new(kind), &ctx(&reg, &[2]))
+            .unwrap();
+        let back = p
+            .predict_x(&p.raw_from_x(&x, &z, &c).unwrap(), &z, &c)
+            .unwrap();
+        let from_target = p
+            .predict_x(&p.target(&x, &eps, &c).unwrap(), &z, &c)
+            .unwrap();
         for (a, b) in to_vec(&back).iter().zip(to_vec(&x)) {
             assert!((a - b).abs() < 1e-4, "{kind}: raw round trip {a} vs {b}");
         }
@@ -119,7 +159,10 @@ fn parameterizations_round_trip() {
 #[test]
 fn schedule_derivatives_match_finite_differences() {
     let cases: Vec<(&str, Box<dyn NoiseSchedule>)> = vec![
-        ("vp-linear continuous", schedule("vp-linear", &[("form", "\"continuous\"")])),
+        (
+            "vp-linear continuous",
+            schedule("vp-linear", &[("form", "\"continuous\"")]),
+        ),
         ("vp-linear discrete", schedule("vp-linear", &[])),
         ("cosine", schedule("cosine", &[])),
     ];
@@ -132,11 +175,26 @@ fn schedule_derivatives_match_finite_differences() {
             let ds2 = (b.sigma.powi(2) - a.sigma.powi(2)) / (2.0 * h);
             let dl = (b.log_snr - a.log_snr) / (2.0 * h);
             let rel = |x: f64, y: f64| (x - y).abs() / y.abs().max(1e-3);
-            assert!(rel(p.dlog_alpha, dla) < 1e-5, "{name} t={t}: r {} vs {dla}", p.dlog_alpha);
-            assert!(rel(p.dsigma2, ds2) < 1e-5, "{name} t={t}: dsigma2 {} vs {ds2}", p.dsigma2);
-            assert!(rel(p.dlog_snr(), dl) < 1e-5, "{name} t={t}: dlambda {} vs {dl}", p.dlog_snr());
+            assert!(
+                rel(p.dlog_alpha, dla) < 1e-5,
+                "{name} t={t}: r {} vs {dla}",
+                p.dlog_alpha
+            );
+            assert!(
+                rel(p.dsigma2, ds2) < 1e-5,
+                "{name} t={t}: dsigma2 {} vs {ds2}",
+                p.dsigma2
+            );
+            assert!(
+                rel(p.dlog_snr(), dl) < 1e-5,
+                "{name} t={t}: dlambda {} vs {dl}",
+                p.dlog_snr()
+            );
             assert!(p.dlog_snr() < 0.0, "{name}: log-SNR must decrease");
-            assert!((p.alpha.powi(2) + p.sigma.powi(2) - 1.0).abs() < 1e-12, "{name} is variance preserving");
+            assert!(
+                (p.alpha.powi(2) + p.sigma.powi(2) - 1.0).abs() < 1e-12,
+                "{name} is variance preserving"
+            );
         }
     }
 }
@@ -147,7 +205,11 @@ fn cosine_betas_are_not_degenerate() {
     for n in [10, 1000, 4000] {
         let betas = s.discrete_betas(n);
         assert_eq!(betas.len(), n);
-        assert!(betas.iter().all(|&b| b > 0.0 && b < 1.0), "n={n}: {:?}", &betas[..3]);
+        assert!(
+            betas.iter().all(|&b| b > 0.0 && b < 1.0),
+            "n={n}: {:?}",
+            &betas[..3]
+        );
         // Increasing towards the noise side, as in Nichol & Dhariwal's figure.
         assert!(betas[n - 1] > betas[0] * 10.0);
         let zeros = betas.iter().filter(|&&b| b < 1e-12).count();
@@ -159,20 +221,33 @@ fn cosine_betas_are_not_degenerate() {
 /// Mean and standard error of `NELBO - NLL` on the same held-out points, exact denoiser, grid of `t_total`.
 fn oracle_gap(t_total: usize) -> (f64, f64) {
     let reg = registry();
-    let data = reg.build_dataset(&PluginSpec::new("gaussian"), &ctx(&reg, &[])).unwrap();
+    let data = reg
+        .build_dataset(&PluginSpec::new("gaussian"), &ctx(&reg, &[]))
+        .unwrap();
     let mut spec = ddpm_oracle();
     spec.steps = Some(t_total);
     spec.schedule.set("form", "\"continuous\"");
     let pipe = build(&spec, &[2]);
     let mut rng = Rng::new(11);
-    let x = data.sample(400, Split::Test, &mut rng, &Device::Cpu).unwrap();
+    let x = data
+        .sample(400, Split::Test, &mut rng, &Device::Cpu)
+        .unwrap();
     let terms = discrete_nelbo(&pipe, &x, t_total, DiffEstimate::Exhaustive, &mut rng).unwrap();
     let nelbo = to_vec(&terms.total().unwrap());
-    let nll: Vec<f64> = to_vec(&data.log_density(&x).unwrap().unwrap()).iter().map(|l| -l).collect();
+    let nll: Vec<f64> = to_vec(&data.log_density(&x).unwrap().unwrap())
+        .iter()
+        .map(|l| -l)
+        .collect();
     let gaps: Vec<f64> = nelbo.iter().zip(&nll).map(|(a, b)| a - b).collect();
     let gap = gaps.iter().sum::<f64>() / gaps.len() as f64;
-    let se = (gaps.iter().map(|g| (g - gap).powi(2)).sum::<f64>() / (gaps.len() - 1) as f64 / gaps.len() as f64).sqrt();
-    eprintln!("T = {t_total}: NELBO - NLL = {gap:.4} ± {se:.4} nats; terms {:?}", terms.means().unwrap());
+    let se = (gaps.iter().map(|g| (g - gap).powi(2)).sum::<f64>()
+        / (gaps.len() - 1) as f64
+        / gaps.len() as f64)
+        .sqrt();
+    eprintln!(
+        "T = {t_total}: NELBO - NLL = {gap:.4} ± {se:.4} nats; terms {:?}",
+        terms.means().unwrap()
+    );
     (gap, se)
 }
 
@@ -193,11 +268,20 @@ fn nelbo_with_the_exact_denoiser_is_close_to_the_true_nll() {
 fn unknown_names_and_fields_are_clear_errors() {
     let reg = registry();
     let e = reg.get(Family::Solver, "nope").unwrap_err().to_string();
-    assert!(e.contains("unknown solver plugin `nope`") && e.contains("ancestral") && e.contains("ddim"), "{e}");
+    assert!(
+        e.contains("unknown solver plugin `nope`") && e.contains("ancestral") && e.contains("ddim"),
+        "{e}"
+    );
     let mut spec = PluginSpec::new("vp-linear");
     spec.set("beta_strt", "0.1");
-    let e = spec.resolve(Family::Schedule, &reg).unwrap_err().to_string();
-    assert!(e.contains("schedule.vp-linear") && e.contains("beta_strt") && e.contains("beta_start"), "{e}");
+    let e = spec
+        .resolve(Family::Schedule, &reg)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("schedule.vp-linear") && e.contains("beta_strt") && e.contains("beta_start"),
+        "{e}"
+    );
     assert!(!e.contains('\n'));
     let _ = Tensor::zeros(1, DType::F32, &Device::Cpu).unwrap();
 }

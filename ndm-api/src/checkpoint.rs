@@ -21,7 +21,8 @@ pub const METRICS_FILE: &str = "metrics.json";
 pub fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    let res = write(&tmp).and_then(|_| std::fs::rename(&tmp, path).map_err(|e| NdmError::file(path, e)));
+    let res =
+        write(&tmp).and_then(|_| std::fs::rename(&tmp, path).map_err(|e| NdmError::file(path, e)));
     if res.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
@@ -30,13 +31,16 @@ pub fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Res
 
 /// Writes text atomically.
 pub fn write_text(path: &Path, text: &str) -> Result<()> {
-    write_atomic(path, |tmp| std::fs::write(tmp, text).map_err(|e| NdmError::file(tmp, e)))
+    write_atomic(path, |tmp| {
+        std::fs::write(tmp, text).map_err(|e| NdmError::file(tmp, e))
+    })
 }
 
 /// Saves named tensors as safetensors atomically.
 pub fn write_tensors(path: &Path, tensors: &HashMap<String, Tensor>) -> Result<()> {
     write_atomic(path, |tmp| {
-        candle_core::safetensors::save(tensors, tmp).map_err(|e| NdmError::file(tmp, crate::error::one_line(&e)))
+        candle_core::safetensors::save(tensors, tmp)
+            .map_err(|e| NdmError::file(tmp, crate::error::one_line(&e)))
     })
 }
 
@@ -48,7 +52,10 @@ pub fn read_tensors(path: &Path, device: &Device) -> Result<HashMap<String, Tens
     candle_core::safetensors::load(path, device).map_err(|e| {
         NdmError::file(
             path,
-            format!("cannot be read as safetensors (truncated or corrupt?): {}", crate::error::one_line(&e)),
+            format!(
+                "cannot be read as safetensors (truncated or corrupt?): {}",
+                crate::error::one_line(&e)
+            ),
         )
     })
 }
@@ -71,7 +78,8 @@ impl RunDir {
         std::fs::create_dir_all(&self.path).map_err(|e| NdmError::file(&self.path, e))
     }
     pub fn write_spec(&self, spec: &RunSpec) -> Result<()> {
-        let text = toml::to_string_pretty(spec).map_err(|e| NdmError::Spec(format!("cannot write spec: {e}")))?;
+        let text = toml::to_string_pretty(spec)
+            .map_err(|e| NdmError::Spec(format!("cannot write spec: {e}")))?;
         write_text(&self.file(SPEC_FILE), &text)
     }
     pub fn read_spec(&self) -> Result<RunSpec> {
@@ -88,14 +96,24 @@ impl RunDir {
         for (name, var) in pipe.vars() {
             t.insert(format!("param/{name}"), var.as_tensor().copy()?);
         }
-        for (prefix, map) in [("adam_m", &state.m), ("adam_v", &state.v), ("ema", &state.ema)] {
+        for (prefix, map) in [
+            ("adam_m", &state.m),
+            ("adam_v", &state.v),
+            ("ema", &state.ema),
+        ] {
             for (name, v) in map {
                 t.insert(format!("{prefix}/{name}"), v.clone());
             }
         }
-        t.insert("meta/step".into(), Tensor::new(&[state.step as i64], &Device::Cpu)?);
+        t.insert(
+            "meta/step".into(),
+            Tensor::new(&[state.step as i64], &Device::Cpu)?,
+        );
         let rng: Vec<i64> = state.rng.state().iter().map(|&u| u as i64).collect();
-        t.insert("meta/rng".into(), Tensor::new(rng.as_slice(), &Device::Cpu)?);
+        t.insert(
+            "meta/rng".into(),
+            Tensor::new(rng.as_slice(), &Device::Cpu)?,
+        );
         write_tensors(&self.file(STATE_FILE), &t)?;
         write_tensors(&self.file(WEIGHTS_FILE), &state.ema)
     }
@@ -114,7 +132,9 @@ impl RunDir {
             let mut out = HashMap::new();
             for (name, _) in pipe.vars() {
                 let key = format!("{prefix}/{name}");
-                let v = t.remove(&key).ok_or_else(|| bad(format!("has no tensor `{key}`")))?;
+                let v = t
+                    .remove(&key)
+                    .ok_or_else(|| bad(format!("has no tensor `{key}`")))?;
                 out.insert(name, v);
             }
             Ok(out)

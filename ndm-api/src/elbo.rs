@@ -20,7 +20,9 @@ impl NelboTerms {
     }
     /// Batch means of each term and the total, named for logs.
     pub fn means(&self) -> Result<Vec<(String, f64)>> {
-        let m = |t: &Tensor| -> Result<f64> { t.mean_all()?.to_dtype(candle_core::DType::F64)?.to_scalar() };
+        let m = |t: &Tensor| -> Result<f64> {
+            t.mean_all()?.to_dtype(candle_core::DType::F64)?.to_scalar()
+        };
         Ok(vec![
             ("nelbo".into(), m(&self.total()?)?),
             ("l_prior".into(), m(&self.l_prior)?),
@@ -78,7 +80,13 @@ pub fn rec_term(pipe: &Pipeline, x: &Tensor, rng: &mut Rng) -> Result<Tensor> {
 
 /// The discrete KL term `KL_{t_i}` (MATH.md eq. 9-10, `eta = 1`) for per-example grid indices
 /// `idx[b]` in `1..=n` on a grid of `t_total` steps (`t_i = i / t_total`, `s = t_{i-1}`).
-pub fn discrete_kl(pipe: &Pipeline, x: &Tensor, idx: &[usize], t_total: usize, rng: &mut Rng) -> Result<Tensor> {
+pub fn discrete_kl(
+    pipe: &Pipeline,
+    x: &Tensor,
+    idx: &[usize],
+    t_total: usize,
+    rng: &mut Rng,
+) -> Result<Tensor> {
     let tf = t_total as f64;
     let (mut a_t, mut s_t, mut a_s, mut k, mut inv2var, mut ts, mut ss) =
         (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
@@ -121,7 +129,13 @@ pub enum DiffEstimate {
 }
 
 /// The discrete-time NELBO of a pipeline on a grid of `t_total` steps up to the prior's time.
-pub fn discrete_nelbo(pipe: &Pipeline, x: &Tensor, t_total: usize, est: DiffEstimate, rng: &mut Rng) -> Result<NelboTerms> {
+pub fn discrete_nelbo(
+    pipe: &Pipeline,
+    x: &Tensor,
+    t_total: usize,
+    est: DiffEstimate,
+    rng: &mut Rng,
+) -> Result<NelboTerms> {
     let b = x.dim(0)?;
     let n = (pipe.t_end() * t_total as f64).round() as usize;
     let l_diff = match est {

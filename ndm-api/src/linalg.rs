@@ -117,7 +117,12 @@ impl GaussianModel {
     pub fn transform_noise(&self, eps: &[f64]) -> Vec<f64> {
         let d = self.dim();
         (0..d)
-            .map(|i| self.mean[i] + (0..d).map(|k| self.eigvecs[i * d + k] * self.eigvals[k].sqrt() * eps[k]).sum::<f64>())
+            .map(|i| {
+                self.mean[i]
+                    + (0..d)
+                        .map(|k| self.eigvecs[i * d + k] * self.eigvals[k].sqrt() * eps[k])
+                        .sum::<f64>()
+            })
             .collect()
     }
 
@@ -126,7 +131,9 @@ impl GaussianModel {
         let d = self.dim();
         let maha: f64 = (0..d)
             .map(|k| {
-                let proj: f64 = (0..d).map(|i| self.eigvecs[i * d + k] * (x[i] - self.mean[i])).sum();
+                let proj: f64 = (0..d)
+                    .map(|i| self.eigvecs[i * d + k] * (x[i] - self.mean[i]))
+                    .sum();
                 proj * proj / self.eigvals[k]
             })
             .sum();

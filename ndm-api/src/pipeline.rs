@@ -8,7 +8,10 @@ use crate::reverse::{Gaussian, ReverseProcess};
 use crate::schedule::{ScheduleBatch, SchedulePoint};
 use crate::spec::ModelSpec;
 use crate::vars::{seeded_var_builder, sorted_vars};
-use crate::{Backbone, Dataset, NdmError, NoiseSchedule, Objective, Parameterization, Prior, Result, Solver, Transform};
+use crate::{
+    Backbone, Dataset, NdmError, NoiseSchedule, Objective, Parameterization, Prior, Result, Solver,
+    Transform,
+};
 use candle_core::{DType, Device, Tensor, Var};
 use candle_nn::VarMap;
 
@@ -44,16 +47,18 @@ impl std::fmt::Debug for Pipeline {
 
 impl Pipeline {
     /// Builds every part from the registry; weights are drawn from `seed`.
-    pub fn build(spec: &ModelSpec, data_shape: &[usize], reg: &PluginRegistry, device: &Device, seed: u64) -> Result<Self> {
+    pub fn build(
+        spec: &ModelSpec,
+        data_shape: &[usize],
+        reg: &PluginRegistry,
+        device: &Device,
+        seed: u64,
+    ) -> Result<Self> {
         let spec = spec.resolve(reg)?;
         let dtype = DType::F32;
         let varmap = VarMap::new();
         let vb = seeded_var_builder(&varmap, seed, dtype, device);
-        fn ctx<'a>(
-            base: &BuildCtx<'a>,
-            prefix: &str,
-            shape: &'a [usize],
-        ) -> BuildCtx<'a> {
+        fn ctx<'a>(base: &BuildCtx<'a>, prefix: &str, shape: &'a [usize]) -> BuildCtx<'a> {
             BuildCtx {
                 device: base.device,
                 dtype: base.dtype,
@@ -70,13 +75,17 @@ impl Pipeline {
             registry: reg,
         };
         let data_shape = data_shape.to_vec();
-        let transform = reg.build_transform(&spec.transform, &ctx(&base, "transform", &data_shape))?;
+        let transform =
+            reg.build_transform(&spec.transform, &ctx(&base, "transform", &data_shape))?;
         let latent_shape = transform.latent_shape(&data_shape);
-        let schedule = reg.build_schedule(&spec.schedule, &ctx(&base, "schedule", &latent_shape))?;
+        let schedule =
+            reg.build_schedule(&spec.schedule, &ctx(&base, "schedule", &latent_shape))?;
         let param = reg.build_param(&spec.param, &ctx(&base, "param", &latent_shape))?;
-        let backbone = reg.build_backbone(&spec.backbone, &ctx(&base, "backbone", &latent_shape))?;
+        let backbone =
+            reg.build_backbone(&spec.backbone, &ctx(&base, "backbone", &latent_shape))?;
         let prior = reg.build_prior(&spec.prior, &ctx(&base, "prior", &latent_shape))?;
-        let objective = reg.build_objective(&spec.objective, &ctx(&base, "objective", &latent_shape))?;
+        let objective =
+            reg.build_objective(&spec.objective, &ctx(&base, "objective", &latent_shape))?;
         let pipe = Pipeline {
             spec,
             data_shape,
@@ -99,7 +108,9 @@ impl Pipeline {
     fn validate(&self) -> Result<()> {
         let t_end = self.prior.t_end();
         if !(t_end > 0.0 && t_end <= 1.0) {
-            return Err(NdmError::Spec(format!("prior time t_end = {t_end} is outside (0, 1]")));
+            return Err(NdmError::Spec(format!(
+                "prior time t_end = {t_end} is outside (0, 1]"
+            )));
         }
         if let Some(t) = self.spec.steps {
             let k = t_end * t as f64;
@@ -237,7 +248,14 @@ impl ReverseProcess for Pipeline {
         // holding every step's autograd graph alive.
         Ok(self.xhat(z, &tt, &sb)?.detach())
     }
-    fn posterior(&self, z_t: &Tensor, xhat: &Tensor, t: f64, s: f64, eta: f64) -> candle_core::Result<Gaussian> {
+    fn posterior(
+        &self,
+        z_t: &Tensor,
+        xhat: &Tensor,
+        t: f64,
+        s: f64,
+        eta: f64,
+    ) -> candle_core::Result<Gaussian> {
         let (pt, ps) = (self.schedule.point(t), self.schedule.point(s));
         let c = posterior_coeffs(&pt, &ps, eta);
         let n = z_t.dim(0)?;
@@ -245,7 +263,10 @@ impl ReverseProcess for Pipeline {
         let f_s = self.f(xhat, &self.time_tensor(s, n)?)?;
         // mean = alpha_s F(xhat, s) + k (z_t - alpha_t F(xhat, t))
         let mean = ((f_s * ps.alpha)? + ((z_t - (f_t * pt.alpha)?)? * c.k)?)?;
-        Ok(Gaussian { mean, std: c.var.sqrt() })
+        Ok(Gaussian {
+            mean,
+            std: c.var.sqrt(),
+        })
     }
 }
 

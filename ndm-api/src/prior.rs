@@ -17,7 +17,13 @@ pub trait Prior: Send + Sync + std::fmt::Debug {
     }
 
     /// Draws `shape[0]` latents of shape `shape[1..]`.
-    fn sample(&self, shape: &[usize], rng: &mut Rng, dtype: DType, device: &Device) -> Result<Tensor>;
+    fn sample(
+        &self,
+        shape: &[usize],
+        rng: &mut Rng,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Tensor>;
 
     /// `log p(z)` per example, shape `[B]`.
     fn log_prob(&self, z: &Tensor) -> Result<Tensor>;

@@ -111,7 +111,12 @@ impl Rng {
     }
 
     /// A tensor of standard normal noise of the given shape, dtype and device.
-    pub fn normal_tensor(&mut self, shape: &[usize], dtype: DType, device: &Device) -> Result<Tensor> {
+    pub fn normal_tensor(
+        &mut self,
+        shape: &[usize],
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Tensor> {
         let n = shape.iter().product();
         host_tensor(self.normal_vec(n), shape, dtype, device)
     }
@@ -130,10 +135,21 @@ impl Rng {
     }
 
     /// Rademacher (+-1) draws.
-    pub fn rademacher_tensor(&mut self, shape: &[usize], dtype: DType, device: &Device) -> Result<Tensor> {
+    pub fn rademacher_tensor(
+        &mut self,
+        shape: &[usize],
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Tensor> {
         let n: usize = shape.iter().product();
         let v = (0..n)
-            .map(|_| if self.next_u64() >> 63 == 0 { -1.0 } else { 1.0 })
+            .map(|_| {
+                if self.next_u64() >> 63 == 0 {
+                    -1.0
+                } else {
+                    1.0
+                }
+            })
             .collect();
         host_tensor(v, shape, dtype, device)
     }
@@ -159,6 +175,9 @@ mod tests {
         let var = a.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / a.len() as f64;
         assert!(mean.abs() < 0.03, "mean {mean}");
         assert!((var - 1.0).abs() < 0.04, "var {var}");
-        assert_ne!(Rng::derived(1, "a").next_u64(), Rng::derived(1, "b").next_u64());
+        assert_ne!(
+            Rng::derived(1, "a").next_u64(),
+            Rng::derived(1, "b").next_u64()
+        );
     }
 }

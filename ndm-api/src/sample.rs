@@ -19,9 +19,17 @@ pub struct Samples {
 }
 
 /// Draws `n` samples: prior at `t_end`, the solver down the grid, then the decoder.
-pub fn sample(pipe: &Pipeline, solver: &dyn Solver, grid: &TimeGrid, n: usize, rng: &mut Rng) -> Result<Samples> {
+pub fn sample(
+    pipe: &Pipeline,
+    solver: &dyn Solver,
+    grid: &TimeGrid,
+    n: usize,
+    rng: &mut Rng,
+) -> Result<Samples> {
     if n == 0 {
-        return Err(NdmError::InvalidArgument("the number of samples must be at least 1".into()));
+        return Err(NdmError::InvalidArgument(
+            "the number of samples must be at least 1".into(),
+        ));
     }
     let mut shape = vec![n];
     shape.extend(&pipe.latent_shape);
@@ -29,9 +37,16 @@ pub fn sample(pipe: &Pipeline, solver: &dyn Solver, grid: &TimeGrid, n: usize, r
     let out = solver.sample(pipe, z_start.clone(), grid, rng)?;
     let t_min = grid.times.last().copied().unwrap_or(0.0);
     let x = pipe.decode(&out.z, t_min)?;
-    let finite = x.to_dtype(DType::F64)?.abs()?.max_all()?.to_scalar::<f64>()?.is_finite();
+    let finite = x
+        .to_dtype(DType::F64)?
+        .abs()?
+        .max_all()?
+        .to_scalar::<f64>()?
+        .is_finite();
     if !finite {
-        return Err(NdmError::NonFinite("the samples contain NaN or infinity".into()));
+        return Err(NdmError::NonFinite(
+            "the samples contain NaN or infinity".into(),
+        ));
     }
     Ok(Samples {
         x,
@@ -55,12 +70,23 @@ pub struct NelboReport {
 
 /// The NELBO of `n` held-out examples (the `Test` split), in batches of `batch`. Discrete-time
 /// models sum every KL term of their grid.
-pub fn evaluate_nelbo(pipe: &Pipeline, data: &dyn Dataset, n: usize, batch: usize, rng: &mut Rng) -> Result<NelboReport> {
+pub fn evaluate_nelbo(
+    pipe: &Pipeline,
+    data: &dyn Dataset,
+    n: usize,
+    batch: usize,
+    rng: &mut Rng,
+) -> Result<NelboReport> {
     let t_total = pipe.spec.steps.ok_or_else(|| {
-        NdmError::Incompatible("the NELBO of a continuous-time model is not available yet (discrete models only)".into())
+        NdmError::Incompatible(
+            "the NELBO of a continuous-time model is not available yet (discrete models only)"
+                .into(),
+        )
     })?;
     if n == 0 || batch == 0 {
-        return Err(NdmError::InvalidArgument("evaluation needs at least one example".into()));
+        return Err(NdmError::InvalidArgument(
+            "evaluation needs at least one example".into(),
+        ));
     }
     let mut totals: Vec<f64> = Vec::with_capacity(n);
     let mut sums = [0.0f64; 3];

@@ -17,7 +17,13 @@ pub struct SolveOutput {
 /// A stateless sampler over a reverse process.
 pub trait Solver: Send + Sync + std::fmt::Debug {
     /// Integrates from `z_start` at `grid.times[0]` down to the grid's last time.
-    fn sample(&self, rp: &dyn ReverseProcess, z_start: Tensor, grid: &TimeGrid, rng: &mut Rng) -> Result<SolveOutput>;
+    fn sample(
+        &self,
+        rp: &dyn ReverseProcess,
+        z_start: Tensor,
+        grid: &TimeGrid,
+        rng: &mut Rng,
+    ) -> Result<SolveOutput>;
 }
 
 /// How `--steps N` places its times.
@@ -54,19 +60,35 @@ impl TimeGrid {
     /// `steps` solver steps over `[t_min, t_end]`. For a discrete-time model (`training_steps = Some(T)`)
     /// every time lies on the training grid `i / T` and `steps` may not exceed the number of training
     /// intervals inside `[t_min, t_end]`.
-    pub fn new(steps: usize, spacing: Spacing, training_steps: Option<usize>, t_min: f64, t_end: f64) -> Result<Self> {
+    pub fn new(
+        steps: usize,
+        spacing: Spacing,
+        training_steps: Option<usize>,
+        t_min: f64,
+        t_end: f64,
+    ) -> Result<Self> {
         if steps == 0 {
-            return Err(NdmError::InvalidArgument("--steps must be at least 1".into()));
+            return Err(NdmError::InvalidArgument(
+                "--steps must be at least 1".into(),
+            ));
         }
         if t_end <= t_min {
-            return Err(NdmError::InvalidArgument(format!("empty time range [{t_min}, {t_end}]")));
+            return Err(NdmError::InvalidArgument(format!(
+                "empty time range [{t_min}, {t_end}]"
+            )));
         }
         let times = match training_steps {
             None => {
                 // In continuous time both spacings are the same even stride.
                 let h = (t_end - t_min) / steps as f64;
                 (0..=steps)
-                    .map(|k| if k == steps { t_min } else { t_end - h * k as f64 })
+                    .map(|k| {
+                        if k == steps {
+                            t_min
+                        } else {
+                            t_end - h * k as f64
+                        }
+                    })
                     .collect()
             }
             Some(t_total) => {
@@ -119,7 +141,10 @@ mod tests {
                 assert_eq!(g.times[0], 1.0);
                 assert_eq!(*g.times.last().unwrap(), 0.0);
                 assert!(g.times.windows(2).all(|w| w[1] < w[0]));
-                assert!(g.times.iter().all(|t| (t * 1000.0 - (t * 1000.0).round()).abs() < 1e-9));
+                assert!(g
+                    .times
+                    .iter()
+                    .all(|t| (t * 1000.0 - (t * 1000.0).round()).abs() < 1e-9));
             }
         }
         assert!(TimeGrid::new(0, Spacing::Uniform, None, 0.0, 1.0).is_err());

@@ -37,7 +37,12 @@ impl PluginSpec {
         let v = value
             .parse::<toml::Value>()
             .ok()
-            .or_else(|| format!("v = {value}").parse::<toml::Table>().ok().and_then(|mut t| t.remove("v")))
+            .or_else(|| {
+                format!("v = {value}")
+                    .parse::<toml::Table>()
+                    .ok()
+                    .and_then(|mut t| t.remove("v"))
+            })
             .unwrap_or_else(|| toml::Value::String(value.to_string()));
         self.params.insert(key.to_string(), v);
     }
@@ -73,7 +78,9 @@ impl ModelSpec {
     /// Resolves every part against the registry (names checked, defaults filled in).
     pub fn resolve(&self, reg: &PluginRegistry) -> Result<ModelSpec> {
         if self.steps == Some(0) {
-            return Err(NdmError::Spec("model.steps must be at least 1 (or absent for continuous time)".into()));
+            return Err(NdmError::Spec(
+                "model.steps must be at least 1 (or absent for continuous time)".into(),
+            ));
         }
         let mut out = self.clone();
         for (family, part) in out.parts_mut() {
@@ -196,7 +203,8 @@ pub struct RegistryFile {
 impl RegistryFile {
     /// Parses registry text; `origin` names it in errors.
     pub fn parse(text: &str, origin: &str) -> Result<Self> {
-        toml::from_str(text).map_err(|e| NdmError::Spec(format!("{origin}: {}", crate::error::one_line(&e))))
+        toml::from_str(text)
+            .map_err(|e| NdmError::Spec(format!("{origin}: {}", crate::error::one_line(&e))))
     }
 
     /// Reads and parses a registry file; relative library paths are made absolute against its folder.

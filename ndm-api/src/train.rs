@@ -81,11 +81,18 @@ impl<'a> Trainer<'a> {
     pub fn step(&self, state: &mut TrainState, data: &dyn Dataset) -> Result<StepReport> {
         let cfg = &self.cfg;
         let step = state.step + 1;
-        let x = data.sample(cfg.batch_size, Split::Train, &mut state.rng, &self.pipe.device)?;
+        let x = data.sample(
+            cfg.batch_size,
+            Split::Train,
+            &mut state.rng,
+            &self.pipe.device,
+        )?;
         let out = self.pipe.objective.loss(self.pipe, &x, &mut state.rng)?;
         let loss = scalar(&out.loss)?;
         if !loss.is_finite() {
-            return Err(NdmError::NonFinite(format!("the loss became {loss} at step {step}")));
+            return Err(NdmError::NonFinite(format!(
+                "the loss became {loss} at step {step}"
+            )));
         }
         let grads = out.loss.backward()?;
         let mut sq = 0.0;
@@ -100,13 +107,21 @@ impl<'a> Trainer<'a> {
         }
         let norm = sq.sqrt();
         if !norm.is_finite() {
-            return Err(NdmError::NonFinite(format!("the gradient norm became {norm} at step {step}")));
+            return Err(NdmError::NonFinite(format!(
+                "the gradient norm became {norm} at step {step}"
+            )));
         }
-        let clip = if cfg.grad_clip > 0.0 && norm > cfg.grad_clip { cfg.grad_clip / norm } else { 1.0 };
+        let clip = if cfg.grad_clip > 0.0 && norm > cfg.grad_clip {
+            cfg.grad_clip / norm
+        } else {
+            1.0
+        };
         let lr = cfg.lr * ((step as f64) / (cfg.warmup.max(1) as f64)).min(1.0);
         let (b1, b2) = (cfg.beta1, cfg.beta2);
         let (c1, c2) = (1.0 - b1.powi(step as i32), 1.0 - b2.powi(step as i32));
-        let ema_decay = cfg.ema_decay.min((1.0 + step as f64) / (10.0 + step as f64));
+        let ema_decay = cfg
+            .ema_decay
+            .min((1.0 + step as f64) / (10.0 + step as f64));
         let missing = |n: &str| NdmError::Spec(format!("training state has no entry for `{n}`"));
         for (name, var, g) in gs {
             let g = (g * clip)?;

@@ -20,7 +20,11 @@ fn draw(init: Init, shape: &Shape, rng: &mut Rng) -> Vec<f64> {
     let n = shape.elem_count();
     match init {
         Init::Const(v) => vec![v; n],
-        Init::Randn { mean, stdev } => rng.normal_vec(n).into_iter().map(|x| mean + stdev * x).collect(),
+        Init::Randn { mean, stdev } => rng
+            .normal_vec(n)
+            .into_iter()
+            .map(|x| mean + stdev * x)
+            .collect(),
         Init::Uniform { lo, up } => rng.uniform_vec(n, lo, up),
         Init::Kaiming {
             dist,
@@ -42,7 +46,9 @@ fn draw(init: Init, shape: &Shape, rng: &mut Rng) -> Vec<f64> {
 
 impl std::fmt::Debug for SeededInit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SeededInit").field("seed", &self.seed).finish()
+        f.debug_struct("SeededInit")
+            .field("seed", &self.seed)
+            .finish()
     }
 }
 
@@ -79,12 +85,21 @@ impl SimpleBackend for SeededInit {
     }
 
     fn contains_tensor(&self, name: &str) -> bool {
-        self.varmap.data().lock().map(|d| d.contains_key(name)).unwrap_or(false)
+        self.varmap
+            .data()
+            .lock()
+            .map(|d| d.contains_key(name))
+            .unwrap_or(false)
     }
 }
 
 /// A `VarBuilder` that creates seeded variables in `varmap`.
-pub fn seeded_var_builder(varmap: &VarMap, seed: u64, dtype: DType, device: &Device) -> VarBuilder<'static> {
+pub fn seeded_var_builder(
+    varmap: &VarMap,
+    seed: u64,
+    dtype: DType,
+    device: &Device,
+) -> VarBuilder<'static> {
     let backend: Box<dyn SimpleBackend> = Box::new(SeededInit {
         varmap: varmap.clone(),
         seed,

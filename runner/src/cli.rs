@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 /// ndm: composable diffusion models. `runner --transform X --solver Y` trains and samples in one go.
 #[derive(Debug, Parser)]
-#[command(name = "runner", version, args_conflicts_with_subcommands = true)]
+#[command(name = "runner", version, subcommand_negates_reqs = true)]
 pub struct Cli {
     #[command(flatten)]
     pub global: Global,

@@ -11,7 +11,10 @@ use ndm_api::checkpoint::{write_tensors, write_text, RunDir, METRICS_FILE, SPEC_
 use ndm_api::registry::{BuildCtx, Family};
 use ndm_api::sample::{evaluate_nelbo, sample};
 use ndm_api::train::{TrainState, Trainer};
-use ndm_api::{Dataset, NdmError, Pipeline, PluginRegistry, PluginSpec, RegistryFile, Rng, RunSpec, SamplerSpec, TimeGrid};
+use ndm_api::{
+    Dataset, NdmError, Pipeline, PluginRegistry, PluginSpec, RegistryFile, Rng, RunSpec,
+    SamplerSpec, TimeGrid,
+};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::io::IsTerminal;
@@ -34,13 +37,18 @@ impl Env {
     pub fn new(g: &Global) -> Result<Self> {
         let file = match &g.registry {
             Some(p) => RegistryFile::read(p)?,
-            None if Path::new("registry.toml").is_file() => RegistryFile::read(Path::new("registry.toml"))?,
+            None if Path::new("registry.toml").is_file() => {
+                RegistryFile::read(Path::new("registry.toml"))?
+            }
             None => RegistryFile::parse(BUILTIN_REGISTRY, "built-in registry")?,
         };
         if let Some(lib) = file.libraries.first() {
             bail!(
                 "{}: plugin libraries ([[library]] {}) are not supported by this runner yet",
-                file.source.as_deref().unwrap_or(Path::new("registry")).display(),
+                file.source
+                    .as_deref()
+                    .unwrap_or(Path::new("registry"))
+                    .display(),
                 lib.path.display()
             );
         }
@@ -73,10 +81,15 @@ pub fn parse_device(s: &str) -> Result<Device> {
     if s == "cpu" {
         return Ok(Device::Cpu);
     }
-    let Some(n) = s.strip_prefix("cuda:").or(if s == "cuda" { Some("0") } else { None }) else {
+    let Some(n) = s
+        .strip_prefix("cuda:")
+        .or(if s == "cuda" { Some("0") } else { None })
+    else {
         bail!("unknown device `{s}`; use cpu or cuda:N");
     };
-    let n: usize = n.parse().map_err(|_| anyhow!("unknown device `{s}`; use cpu or cuda:N"))?;
+    let n: usize = n
+        .parse()
+        .map_err(|_| anyhow!("unknown device `{s}`; use cpu or cuda:N"))?;
     if !candle_core::utils::cuda_is_available() {
         bail!("device {s}: this runner was built without CUDA support (rebuild with `--features cuda`)");
     }
@@ -125,7 +138,10 @@ fn apply_sampler_args(sampler: &mut SamplerSpec, a: &SamplerArgs) -> Result<()> 
         sampler.spacing = s.parse()?;
     }
     if let Some(eta) = a.eta {
-        sampler.solver.params.insert("eta".into(), toml::Value::Float(eta));
+        sampler
+            .solver
+            .params
+            .insert("eta".into(), toml::Value::Float(eta));
     }
     Ok(())
 }
@@ -238,7 +254,13 @@ fn progress(env: &Env, len: u64, what: &str) -> ProgressBar {
 
 /// Builds a run's pipeline from its spec.
 pub fn build_pipeline(env: &Env, spec: &RunSpec) -> Result<Pipeline> {
-    Ok(Pipeline::build(&spec.model, &spec.data_shape, &env.plugins, &env.device, spec.train.seed)?)
+    Ok(Pipeline::build(
+        &spec.model,
+        &spec.data_shape,
+        &env.plugins,
+        &env.device,
+        spec.train.seed,
+    )?)
 }
 
 /// `runner train` (and the flat form). Returns the metrics it wrote.
@@ -318,7 +340,11 @@ pub fn train(env: &Env, a: &TrainArgs) -> Result<Value> {
     rd.write_checkpoint(&pipe, &state)?;
     pipe.set_weights(&state.ema)?;
     let steps_run = state.step - start_step;
-    let final_loss = if recent.is_empty() { f64::NAN } else { recent.iter().sum::<f64>() / recent.len() as f64 };
+    let final_loss = if recent.is_empty() {
+        f64::NAN
+    } else {
+        recent.iter().sum::<f64>() / recent.len() as f64
+    };
     let mut metrics = json!({
         "preset": spec.preset,
         "dataset": spec.dataset.kind,
@@ -342,19 +368,38 @@ pub fn train(env: &Env, a: &TrainArgs) -> Result<Value> {
         final_loss
     );
     if a.sampler.samples > 0 {
-        let s = draw_samples(env, &pipe, data.as_ref(), &spec.sampler, a.sampler.samples, spec.train.seed, &rd.file("samples"))?;
+        let s = draw_samples(
+            env,
+            &pipe,
+            data.as_ref(),
+            &spec.sampler,
+            a.sampler.samples,
+            spec.train.seed,
+            &rd.file("samples"),
+        )?;
         metrics["samples"] = s;
     }
     if a.eval_examples > 0 && pipe.spec.steps.is_some() {
         metrics["eval"] = eval_pipeline(env, &pipe, data.as_ref(), a.eval_examples, 1)?;
     }
-    write_text(&rd.file(METRICS_FILE), &serde_json::to_string_pretty(&metrics)?)?;
+    write_text(
+        &rd.file(METRICS_FILE),
+        &serde_json::to_string_pretty(&metrics)?,
+    )?;
     println!("run written to {}", out.display());
     Ok(metrics)
 }
 
 /// Samples `n` points with a sampler spec and writes `prefix.png` and `prefix.safetensors`.
-pub fn draw_samples(env: &Env, pipe: &Pipeline, data: &dyn Dataset, sampler: &SamplerSpec, n: usize, seed: u64, prefix: &Path) -> Result<Value> {
+pub fn draw_samples(
+    env: &Env,
+    pipe: &Pipeline,
+    data: &dyn Dataset,
+    sampler: &SamplerSpec,
+    n: usize,
+    seed: u64,
+    prefix: &Path,
+) -> Result<Value> {
     let solver = env.plugins.build_solver(&sampler.solver, &env.ctx(&[]))?;
     let steps = sampler.steps.or(pipe.spec.steps).unwrap_or(100);
     let grid = TimeGrid::new(steps, sampler.spacing, pipe.spec.steps, 0.0, pipe.t_end())?;
@@ -364,13 +409,12 @@ pub fn draw_samples(env: &Env, pipe: &Pipeline, data: &dyn Dataset, sampler: &Sa
     let secs = t0.elapsed().as_secs_f64();
     let png = prefix.with_extension("png");
     if pipe.data_shape == [2] {
-        let pts: Vec<[f64; 2]> = s
-            .x
-            .to_dtype(DType::F64)?
-            .to_vec2::<f64>()?
-            .into_iter()
-            .map(|r| [r[0], r[1]])
-            .collect();
+        let pts: Vec<[f64; 2]> =
+            s.x.to_dtype(DType::F64)?
+                .to_vec2::<f64>()?
+                .into_iter()
+                .map(|r| [r[0], r[1]])
+                .collect();
         plot::scatter_png(&pts, &png)?;
     }
     let mut t = HashMap::new();
@@ -403,7 +447,13 @@ pub fn draw_samples(env: &Env, pipe: &Pipeline, data: &dyn Dataset, sampler: &Sa
     Ok(m)
 }
 
-fn eval_pipeline(env: &Env, pipe: &Pipeline, data: &dyn Dataset, n: usize, seed: u64) -> Result<Value> {
+fn eval_pipeline(
+    env: &Env,
+    pipe: &Pipeline,
+    data: &dyn Dataset,
+    n: usize,
+    seed: u64,
+) -> Result<Value> {
     let _ = env;
     let t0 = Instant::now();
     let r = evaluate_nelbo(pipe, data, n, 500, &mut Rng::derived(seed, "eval"))?;
@@ -446,11 +496,19 @@ pub fn sample_cmd(env: &Env, a: &SampleArgs) -> Result<Value> {
     apply_sampler_args(&mut sampler, &a.sampler)?;
     sampler.solver = sampler.solver.resolve(Family::Solver, &env.plugins)?;
     let steps = sampler.steps.or(pipe.spec.steps).unwrap_or(100);
-    let prefix = a
-        .out
-        .clone()
-        .unwrap_or_else(|| a.run.join(format!("samples-{}-{steps}", sampler.solver.kind)));
-    draw_samples(env, &pipe, data.as_ref(), &sampler, a.sampler.samples, a.seed, &prefix)
+    let prefix = a.out.clone().unwrap_or_else(|| {
+        a.run
+            .join(format!("samples-{}-{steps}", sampler.solver.kind))
+    });
+    draw_samples(
+        env,
+        &pipe,
+        data.as_ref(),
+        &sampler,
+        a.sampler.samples,
+        a.seed,
+        &prefix,
+    )
 }
 
 /// `runner eval`.
@@ -466,11 +524,25 @@ pub fn list(env: &Env) -> String {
     let mut s = String::new();
     for family in Family::ALL {
         s += &format!("{family}:\n");
-        for e in env.plugins.entries().iter().filter(|e| e.info.family() == family) {
+        for e in env
+            .plugins
+            .entries()
+            .iter()
+            .filter(|e| e.info.family() == family)
+        {
             let defaults = (e.info.defaults)();
             let d = toml::Value::Table(defaults).to_string();
             s += &format!("  {:<18} {}\n", e.info.name, e.info.summary);
-            s += &format!("  {:<18}   defaults {} [{}]\n", "", if d.trim().is_empty() { "{}".into() } else { d.replace('\n', ", ").trim_end_matches(", ").to_string() }, e.origin);
+            s += &format!(
+                "  {:<18}   defaults {} [{}]\n",
+                "",
+                if d.trim().is_empty() {
+                    "{}".into()
+                } else {
+                    d.replace('\n', ", ").trim_end_matches(", ").to_string()
+                },
+                e.origin
+            );
         }
     }
     s += "presets:\n";

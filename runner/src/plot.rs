@@ -6,23 +6,36 @@ use std::path::Path;
 
 /// Writes a scatter plot of 2-D points to a PNG, atomically.
 pub fn scatter_png(points: &[[f64; 2]], path: &Path) -> Result<()> {
-    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("samples.png");
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("samples.png");
     let tmp = path.with_file_name(format!(".tmp-{}-{name}", std::process::id()));
     {
         let root = BitMapBackend::new(&tmp, (640, 640)).into_drawing_area();
-        root.fill(&WHITE).map_err(|e| anyhow::anyhow!("drawing failed: {e}"))?;
+        root.fill(&WHITE)
+            .map_err(|e| anyhow::anyhow!("drawing failed: {e}"))?;
         let lim = 3.0;
         let map = |x: f64| ((x + lim) / (2.0 * lim) * 640.0) as i32;
         // Axes through the origin and the [-2, 2] frame, for scale.
         let grey = RGBColor(200, 200, 200);
         let draw = |e: &dyn Fn() -> std::result::Result<(), String>| e();
         draw(&|| {
-            root.draw(&PathElement::new(vec![(map(-lim), map(0.0)), (map(lim), map(0.0))], grey))
-                .map_err(|e| e.to_string())?;
-            root.draw(&PathElement::new(vec![(map(0.0), map(-lim)), (map(0.0), map(lim))], grey))
-                .map_err(|e| e.to_string())?;
-            root.draw(&Rectangle::new([(map(-2.0), map(-2.0)), (map(2.0), map(2.0))], grey))
-                .map_err(|e| e.to_string())
+            root.draw(&PathElement::new(
+                vec![(map(-lim), map(0.0)), (map(lim), map(0.0))],
+                grey,
+            ))
+            .map_err(|e| e.to_string())?;
+            root.draw(&PathElement::new(
+                vec![(map(0.0), map(-lim)), (map(0.0), map(lim))],
+                grey,
+            ))
+            .map_err(|e| e.to_string())?;
+            root.draw(&Rectangle::new(
+                [(map(-2.0), map(-2.0)), (map(2.0), map(2.0))],
+                grey,
+            ))
+            .map_err(|e| e.to_string())
         })
         .map_err(|e| anyhow::anyhow!("drawing failed: {e}"))?;
         let blue = RGBAColor(20, 60, 180, 0.35);
@@ -32,7 +45,8 @@ pub fn scatter_png(points: &[[f64; 2]], path: &Path) -> Result<()> {
                     .map_err(|e| anyhow::anyhow!("drawing failed: {e}"))?;
             }
         }
-        root.present().map_err(|e| anyhow::anyhow!("cannot write {}: {e}", tmp.display()))?;
+        root.present()
+            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", tmp.display()))?;
     }
     std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
 }

@@ -10,7 +10,8 @@ pub fn registry() -> PluginRegistry {
 
 /// The registry.toml at the project root.
 pub fn registry_file() -> RegistryFile {
-    RegistryFile::read(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("registry.toml")).unwrap()
+    RegistryFile::read(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("registry.toml"))
+        .unwrap()
 }
 
 /// The DDPM preset's model with the exact Gaussian denoiser (and the NELBO objective, since the
@@ -27,9 +28,17 @@ pub fn build(spec: &ModelSpec, shape: &[usize]) -> Pipeline {
 }
 
 pub fn tensor(v: &[f64], shape: &[usize]) -> Tensor {
-    Tensor::from_vec(v.to_vec(), shape, &Device::Cpu).unwrap().to_dtype(DType::F32).unwrap()
+    Tensor::from_vec(v.to_vec(), shape, &Device::Cpu)
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap()
 }
 
 pub fn to_vec(t: &Tensor) -> Vec<f64> {
-    t.to_dtype(DType::F64).unwrap().flatten_all().unwrap().to_vec1().unwrap()
+    t.to_dtype(DType::F64)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap()
 }

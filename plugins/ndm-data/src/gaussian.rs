@@ -36,7 +36,9 @@ impl Dataset for GaussianData {
     }
     fn sample(&self, n: usize, _split: Split, rng: &mut Rng, device: &Device) -> Result<Tensor> {
         let d = self.model.dim();
-        generate(n, d, device, |v| v.extend(self.model.transform_noise(&rng.normal_vec(d))))
+        generate(n, d, device, |v| {
+            v.extend(self.model.transform_noise(&rng.normal_vec(d)))
+        })
     }
     fn log_density(&self, x: &Tensor) -> Result<Option<Tensor>> {
         let p = x.to_dtype(DType::F64)?.flatten_from(1)?.to_vec2::<f64>()?;
@@ -47,18 +49,33 @@ impl Dataset for GaussianData {
         Some(self.model.entropy())
     }
     fn sample_metrics(&self, samples: &Tensor) -> Result<Vec<(String, f64)>> {
-        let p = samples.to_dtype(DType::F64)?.flatten_from(1)?.to_vec2::<f64>()?;
+        let p = samples
+            .to_dtype(DType::F64)?
+            .flatten_from(1)?
+            .to_vec2::<f64>()?;
         let (n, d) = (p.len() as f64, self.model.dim());
-        let mean: Vec<f64> = (0..d).map(|i| p.iter().map(|q| q[i]).sum::<f64>() / n).collect();
-        let mean_err = (0..d).map(|i| (mean[i] - self.model.mean[i]).powi(2)).sum::<f64>().sqrt();
+        let mean: Vec<f64> = (0..d)
+            .map(|i| p.iter().map(|q| q[i]).sum::<f64>() / n)
+            .collect();
+        let mean_err = (0..d)
+            .map(|i| (mean[i] - self.model.mean[i]).powi(2))
+            .sum::<f64>()
+            .sqrt();
         let mut cov_err = 0.0;
         for i in 0..d {
             for j in 0..d {
-                let c = p.iter().map(|q| (q[i] - mean[i]) * (q[j] - mean[j])).sum::<f64>() / (n - 1.0);
+                let c = p
+                    .iter()
+                    .map(|q| (q[i] - mean[i]) * (q[j] - mean[j]))
+                    .sum::<f64>()
+                    / (n - 1.0);
                 cov_err += (c - self.model.cov[i * d + j]).powi(2);
             }
         }
-        Ok(vec![("mean_error".into(), mean_err), ("cov_error".into(), cov_err.sqrt())])
+        Ok(vec![
+            ("mean_error".into(), mean_err),
+            ("cov_error".into(), cov_err.sqrt()),
+        ])
     }
 }
 
@@ -68,7 +85,8 @@ ndm_api::register_plugin!(
     "Gaussian N(mean, cov) in any dimension, exact density known",
     GaussianDataConfig,
     |c: GaussianDataConfig, _ctx: &BuildCtx| {
-        let model = GaussianModel::new(c.mean, c.cov).map_err(|m| NdmError::config("dataset.gaussian", m))?;
+        let model = GaussianModel::new(c.mean, c.cov)
+            .map_err(|m| NdmError::config("dataset.gaussian", m))?;
         Ok(Box::new(GaussianData { model }))
     }
 );

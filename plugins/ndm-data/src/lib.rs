@@ -10,7 +10,12 @@ pub use toy2d::{Checkerboard, Toy2d, Toy2dKind};
 use ndm_api::candle_core::{Device, Result, Tensor};
 
 /// `n` points of dimension `d` from a per-point generator, as an f32 tensor `[n, d]`.
-pub fn generate(n: usize, d: usize, device: &Device, mut point: impl FnMut(&mut Vec<f64>)) -> Result<Tensor> {
+pub fn generate(
+    n: usize,
+    d: usize,
+    device: &Device,
+    mut point: impl FnMut(&mut Vec<f64>),
+) -> Result<Tensor> {
     let mut v = Vec::with_capacity(n * d);
     for _ in 0..n {
         point(&mut v);

@@ -81,7 +81,9 @@ pub struct Checkerboard;
 impl Checkerboard {
     /// Whether a point lies in one of the board's squares.
     pub fn inside(x: f64, y: f64) -> bool {
-        (-2.0..2.0).contains(&x) && (-2.0..2.0).contains(&y) && (x.floor() as i64 + y.floor() as i64) % 2 == 0
+        (-2.0..2.0).contains(&x)
+            && (-2.0..2.0).contains(&y)
+            && (x.floor() as i64 + y.floor() as i64) % 2 == 0
     }
 }
 
@@ -103,27 +105,61 @@ impl Dataset for Checkerboard {
         Some(8f64.ln())
     }
     fn sample_metrics(&self, samples: &Tensor) -> Result<Vec<(String, f64)>> {
-        let p = samples.to_dtype(DType::F64)?.flatten_from(1)?.to_vec2::<f64>()?;
-        let inside = p.iter().filter(|q| q.len() == 2 && Checkerboard::inside(q[0], q[1])).count();
-        Ok(vec![("inside_fraction".into(), inside as f64 / p.len().max(1) as f64)])
+        let p = samples
+            .to_dtype(DType::F64)?
+            .flatten_from(1)?
+            .to_vec2::<f64>()?;
+        let inside = p
+            .iter()
+            .filter(|q| q.len() == 2 && Checkerboard::inside(q[0], q[1]))
+            .count();
+        Ok(vec![(
+            "inside_fraction".into(),
+            inside as f64 / p.len().max(1) as f64,
+        )])
     }
 }
 
 fn toy(kind: Toy2dKind, cfg: Toy2dConfig) -> ndm_api::Result<Box<dyn Dataset>> {
     if !(cfg.noise >= 0.0 && cfg.noise.is_finite()) {
-        return Err(ndm_api::NdmError::InvalidArgument("dataset noise must be a non-negative number".into()));
+        return Err(ndm_api::NdmError::InvalidArgument(
+            "dataset noise must be a non-negative number".into(),
+        ));
     }
-    Ok(Box::new(Toy2d { kind, noise: cfg.noise }))
+    Ok(Box::new(Toy2d {
+        kind,
+        noise: cfg.noise,
+    }))
 }
 
-ndm_api::register_plugin!(Dataset, "checkerboard", "uniform on the 8 dark squares of a 4x4 board on [-2,2]^2 (entropy ln 8)",
-    CheckerboardConfig, |_c: CheckerboardConfig, _ctx: &BuildCtx| Ok(Box::new(Checkerboard)));
-ndm_api::register_plugin!(Dataset, "moons", "two interleaved half circles", Toy2dConfig,
-    |c: Toy2dConfig, _ctx: &BuildCtx| toy(Toy2dKind::Moons, c));
-ndm_api::register_plugin!(Dataset, "8gaussians", "eight Gaussians on a circle of radius 2", Toy2dConfig,
-    |c: Toy2dConfig, _ctx: &BuildCtx| toy(Toy2dKind::EightGaussians, c));
-ndm_api::register_plugin!(Dataset, "swissroll", "a 2-D swiss roll spiral", Toy2dConfig,
-    |c: Toy2dConfig, _ctx: &BuildCtx| toy(Toy2dKind::SwissRoll, c));
+ndm_api::register_plugin!(
+    Dataset,
+    "checkerboard",
+    "uniform on the 8 dark squares of a 4x4 board on [-2,2]^2 (entropy ln 8)",
+    CheckerboardConfig,
+    |_c: CheckerboardConfig, _ctx: &BuildCtx| Ok(Box::new(Checkerboard))
+);
+ndm_api::register_plugin!(
+    Dataset,
+    "moons",
+    "two interleaved half circles",
+    Toy2dConfig,
+    |c: Toy2dConfig, _ctx: &BuildCtx| toy(Toy2dKind::Moons, c)
+);
+ndm_api::register_plugin!(
+    Dataset,
+    "8gaussians",
+    "eight Gaussians on a circle of radius 2",
+    Toy2dConfig,
+    |c: Toy2dConfig, _ctx: &BuildCtx| toy(Toy2dKind::EightGaussians, c)
+);
+ndm_api::register_plugin!(
+    Dataset,
+    "swissroll",
+    "a 2-D swiss roll spiral",
+    Toy2dConfig,
+    |c: Toy2dConfig, _ctx: &BuildCtx| toy(Toy2dKind::SwissRoll, c)
+);
 
 #[cfg(test)]
 mod tests {
@@ -131,7 +167,9 @@ mod tests {
 
     #[test]
     fn checkerboard_samples_are_inside_and_cover_all_squares() {
-        let x = Checkerboard.sample(4000, Split::Train, &mut Rng::new(1), &Device::Cpu).unwrap();
+        let x = Checkerboard
+            .sample(4000, Split::Train, &mut Rng::new(1), &Device::Cpu)
+            .unwrap();
         let m = Checkerboard.sample_metrics(&x).unwrap();
         assert_eq!(m[0].1, 1.0);
         let p = x.to_vec2::<f32>().unwrap();

@@ -38,7 +38,8 @@ pub struct GaussianOracle {
 
 impl GaussianOracle {
     pub fn new(cfg: OracleConfig, ctx: &BuildCtx) -> ndm_api::Result<Self> {
-        let g = GaussianModel::new(cfg.mean, cfg.cov).map_err(|m| NdmError::config("backbone.gaussian-oracle", m))?;
+        let g = GaussianModel::new(cfg.mean, cfg.cov)
+            .map_err(|m| NdmError::config("backbone.gaussian-oracle", m))?;
         let d = g.dim();
         let dims: usize = ctx.shape.iter().product();
         if dims != d {
@@ -67,7 +68,9 @@ impl Backbone for GaussianOracle {
         let proj = centered.matmul(&self.q)?;
         let al = self.lambda.broadcast_mul(&a)?;
         let gain = al.broadcast_div(&(al.broadcast_mul(&a)?.broadcast_add(&s2))?)?;
-        let out = (proj * gain)?.matmul(&self.q.t()?)?.broadcast_add(&self.mean)?;
+        let out = (proj * gain)?
+            .matmul(&self.q.t()?)?
+            .broadcast_add(&self.mean)?;
         out.reshape(shape)
     }
     fn predicts_data(&self) -> bool {

@@ -15,7 +15,9 @@ pub fn draw_times(pipe: &Pipeline, b: usize, rng: &mut Rng) -> Result<Tensor> {
     let ts: Vec<f64> = match pipe.spec.steps {
         Some(t_total) => {
             let n = (t_end * t_total as f64).round() as usize;
-            (0..b).map(|_| (1 + rng.below(n)) as f64 / t_total as f64).collect()
+            (0..b)
+                .map(|_| (1 + rng.below(n)) as f64 / t_total as f64)
+                .collect()
         }
         None => (0..b).map(|_| t_end * (1.0 - rng.uniform())).collect(),
     };
@@ -65,7 +67,9 @@ impl Objective for EpsMse {
         })?;
         let target = pipe.param.target(&fx, &eps, &c)?;
         let loss = (raw - target)?.sqr()?.mean_all()?;
-        let v = loss.to_dtype(ndm_api::candle_core::DType::F64)?.to_scalar::<f64>()?;
+        let v = loss
+            .to_dtype(ndm_api::candle_core::DType::F64)?
+            .to_scalar::<f64>()?;
         Ok(LossOutput {
             loss,
             terms: vec![("mse".into(), v)],
@@ -87,7 +91,8 @@ impl Objective for ElboDiscrete {
     fn check(&self, pipe: &Pipeline) -> ndm_api::Result<()> {
         if pipe.spec.steps.is_none() {
             return Err(NdmError::Incompatible(
-                "objective ndm-elbo-discrete needs a discrete model: set model.steps (e.g. 1000)".into(),
+                "objective ndm-elbo-discrete needs a discrete model: set model.steps (e.g. 1000)"
+                    .into(),
             ));
         }
         if pipe.schedule.is_trainable() {
@@ -100,10 +105,9 @@ impl Objective for ElboDiscrete {
     }
 
     fn loss(&self, pipe: &Pipeline, x: &Tensor, rng: &mut Rng) -> Result<LossOutput> {
-        let t_total = pipe
-            .spec
-            .steps
-            .ok_or_else(|| ndm_api::candle_core::Error::Msg("ndm-elbo-discrete needs model.steps".into()))?;
+        let t_total = pipe.spec.steps.ok_or_else(|| {
+            ndm_api::candle_core::Error::Msg("ndm-elbo-discrete needs model.steps".into())
+        })?;
         let terms = discrete_nelbo(pipe, x, t_total, DiffEstimate::Sampled, rng)?;
         let dims = (x.elem_count() / x.dim(0)?) as f64;
         let loss = (terms.total()?.mean_all()? / dims)?;

@@ -61,9 +61,24 @@ impl Parameterization for V {
     }
 }
 
-ndm_api::register_plugin!(Param, "eps", "noise prediction: xhat = (z - sigma eps) / alpha", NoConfig,
-    |_c: NoConfig, _ctx: &BuildCtx| Ok(Box::new(Eps)));
-ndm_api::register_plugin!(Param, "x0", "data prediction: xhat = network output", NoConfig,
-    |_c: NoConfig, _ctx: &BuildCtx| Ok(Box::new(X0)));
-ndm_api::register_plugin!(Param, "v", "v-prediction: v = alpha eps - sigma x", NoConfig,
-    |_c: NoConfig, _ctx: &BuildCtx| Ok(Box::new(V)));
+ndm_api::register_plugin!(
+    Param,
+    "eps",
+    "noise prediction: xhat = (z - sigma eps) / alpha",
+    NoConfig,
+    |_c: NoConfig, _ctx: &BuildCtx| Ok(Box::new(Eps))
+);
+ndm_api::register_plugin!(
+    Param,
+    "x0",
+    "data prediction: xhat = network output",
+    NoConfig,
+    |_c: NoConfig, _ctx: &BuildCtx| Ok(Box::new(X0))
+);
+ndm_api::register_plugin!(
+    Param,
+    "v",
+    "v-prediction: v = alpha eps - sigma x",
+    NoConfig,
+    |_c: NoConfig, _ctx: &BuildCtx| Ok(Box::new(V))
+);

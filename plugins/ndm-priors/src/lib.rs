@@ -18,7 +18,13 @@ pub struct StandardGaussian;
 const HALF_LN_2PI: f64 = 0.918_938_533_204_672_8;
 
 impl Prior for StandardGaussian {
-    fn sample(&self, shape: &[usize], rng: &mut Rng, dtype: DType, device: &Device) -> Result<Tensor> {
+    fn sample(
+        &self,
+        shape: &[usize],
+        rng: &mut Rng,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Tensor> {
         rng.normal_tensor(shape, dtype, device)
     }
     fn log_prob(&self, z: &Tensor) -> Result<Tensor> {
@@ -33,5 +39,10 @@ impl Prior for StandardGaussian {
     }
 }
 
-ndm_api::register_plugin!(Prior, "gaussian", "standard normal N(0, I) at t = 1", GaussianConfig,
-    |_c: GaussianConfig, _ctx: &BuildCtx| Ok(Box::new(StandardGaussian)));
+ndm_api::register_plugin!(
+    Prior,
+    "gaussian",
+    "standard normal N(0, I) at t = 1",
+    GaussianConfig,
+    |_c: GaussianConfig, _ctx: &BuildCtx| Ok(Box::new(StandardGaussian))
+);

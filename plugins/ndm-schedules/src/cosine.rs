@@ -16,7 +16,10 @@ pub struct CosineConfig {
 
 impl Default for CosineConfig {
     fn default() -> Self {
-        CosineConfig { s: 0.008, log_snr_min: -20.0 }
+        CosineConfig {
+            s: 0.008,
+            log_snr_min: -20.0,
+        }
     }
 }
 

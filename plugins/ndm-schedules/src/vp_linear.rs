@@ -51,7 +51,10 @@ pub struct VpLinear {
 
 impl VpLinear {
     pub fn new(cfg: VpLinearConfig) -> ndm_api::Result<Self> {
-        let ok = cfg.beta_start > 0.0 && cfg.beta_end >= cfg.beta_start && cfg.beta_end < 1.0 && cfg.steps > 0;
+        let ok = cfg.beta_start > 0.0
+            && cfg.beta_end >= cfg.beta_start
+            && cfg.beta_end < 1.0
+            && cfg.steps > 0;
         if !ok {
             return Err(NdmError::config(
                 "schedule.vp-linear",
@@ -72,7 +75,11 @@ impl VpLinear {
 
     /// `log alpha_t^2` and its time derivative.
     fn log_abar(&self, t: f64) -> (f64, f64) {
-        let (b0, b1, n) = (self.cfg.beta_start, self.cfg.beta_end, self.cfg.steps as f64);
+        let (b0, b1, n) = (
+            self.cfg.beta_start,
+            self.cfg.beta_end,
+            self.cfg.steps as f64,
+        );
         match self.cfg.form {
             VpForm::Continuous => {
                 let v = -(b0 * (1.0 + t * n) + (b1 - b0) * t * (t * n + 1.0) / 2.0);

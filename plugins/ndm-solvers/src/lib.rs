@@ -14,14 +14,23 @@ pub struct PosteriorSolver {
 impl PosteriorSolver {
     pub fn new(name: &str, eta: f64) -> ndm_api::Result<Self> {
         if !(0.0..=1.0).contains(&eta) {
-            return Err(NdmError::config(name, format!("eta must be in [0, 1], got {eta}")));
+            return Err(NdmError::config(
+                name,
+                format!("eta must be in [0, 1], got {eta}"),
+            ));
         }
         Ok(PosteriorSolver { eta })
     }
 }
 
 impl Solver for PosteriorSolver {
-    fn sample(&self, rp: &dyn ReverseProcess, z_start: ndm_api::candle_core::Tensor, grid: &TimeGrid, rng: &mut Rng) -> ndm_api::Result<SolveOutput> {
+    fn sample(
+        &self,
+        rp: &dyn ReverseProcess,
+        z_start: ndm_api::candle_core::Tensor,
+        grid: &TimeGrid,
+        rng: &mut Rng,
+    ) -> ndm_api::Result<SolveOutput> {
         let mut z = z_start;
         let mut nfe = 0;
         for (t, s) in grid.intervals() {
@@ -63,7 +72,10 @@ ndm_api::register_plugin!(
     "ancestral",
     "ancestral sampling with NDM's posterior (eta = 1: DDPM), any sub-grid",
     AncestralConfig,
-    |c: AncestralConfig, _ctx: &BuildCtx| Ok(Box::new(PosteriorSolver::new("solver.ancestral", c.eta)?))
+    |c: AncestralConfig, _ctx: &BuildCtx| Ok(Box::new(PosteriorSolver::new(
+        "solver.ancestral",
+        c.eta
+    )?))
 );
 ndm_api::register_plugin!(
     Solver,
