@@ -281,7 +281,8 @@ fn conv_bwd_input<T: Float>(g: &ConvGeom, dy: &[T], w: &[T]) -> Vec<T> {
 fn conv_bwd_weight_bias<T: Float>(g: &ConvGeom, x: &[T], dy: &[T], per_item: bool) -> Vec<T> {
     let nb = if per_item { g.b * g.cout } else { g.cout };
     let (k, p, cout) = (g.k(), g.p(), g.cout);
-    let chunks = rayon::current_num_threads().clamp(1, g.b.max(1));
+    // A few chunks per thread so work stealing evens out a busy core; each chunk owns a dW.
+    let chunks = (4 * rayon::current_num_threads()).clamp(1, g.b.max(1));
     let per = g.b.div_ceil(chunks);
     let pointwise = g.is_pointwise();
     let partials: Vec<(Vec<T>, Vec<f64>)> = (0..chunks)
