@@ -100,8 +100,50 @@ impl ConvGeom {
     }
 }
 
+/// `im2col` for a stride-1 conv whose output has the input's width: each `col` row is the
+/// input plane shifted by `(ki - pad) * W + (kj - pad)`, i.e. one long copy, after which the
+/// few columns that wrapped around a row edge are zeroed.
+fn im2col_same_width<T: Float>(g: &ConvGeom, x: &[T], col: &mut [T]) {
+    let (w, hw, p) = (g.w, g.h * g.w, g.p());
+    for ci in 0..g.cin {
+        let plane = &x[ci * hw..(ci + 1) * hw];
+        for ki in 0..g.kh {
+            let (oy0, oy1) = g.oy_range(ki);
+            for kj in 0..g.kw {
+                let row = (ci * g.kh + ki) * g.kw + kj;
+                let dst = &mut col[row * p..(row + 1) * p];
+                let (ox0, ox1) = g.ox_range(kj);
+                if oy0 >= oy1 || ox0 >= ox1 {
+                    dst.fill(T::zero());
+                    continue;
+                }
+                dst[..oy0 * w].fill(T::zero());
+                dst[oy1 * w..].fill(T::zero());
+                // dst[i] = plane[i + shift] for i in [oy0 * w, oy1 * w), clipped to the plane.
+                let shift = ((ki * w + kj) as isize) - (g.pad * (w + 1)) as isize;
+                let lo = (oy0 * w).max((-shift).max(0) as usize);
+                let hi = (oy1 * w).min((hw as isize - shift).max(0) as usize);
+                if lo < hi {
+                    let src0 = (lo as isize + shift) as usize;
+                    dst[lo..hi].copy_from_slice(&plane[src0..src0 + (hi - lo)]);
+                }
+                dst[oy0 * w..lo.max(oy0 * w)].fill(T::zero());
+                dst[hi.min(oy1 * w)..oy1 * w].fill(T::zero());
+                for oy in oy0..oy1 {
+                    let r = &mut dst[oy * w..(oy + 1) * w];
+                    r[..ox0].fill(T::zero());
+                    r[ox1..].fill(T::zero());
+                }
+            }
+        }
+    }
+}
+
 /// Unfolds one image `[Cin, H, W]` into `col[K, P]`.
 fn im2col<T: Float>(g: &ConvGeom, x: &[T], col: &mut [T]) {
+    if g.stride == 1 && g.wo == g.w {
+        return im2col_same_width(g, x, col);
+    }
     let (p, s) = (g.p(), g.stride);
     for ci in 0..g.cin {
         let plane = &x[ci * g.h * g.w..(ci + 1) * g.h * g.w];
