@@ -8,7 +8,7 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::float::{dispatch_float, slice, Float};
+use crate::float::{dispatch_float, lane_sum, slice, Float};
 use crate::gemm::{matmul, Trans};
 use crate::profile::timed;
 
@@ -349,7 +349,7 @@ fn conv_bwd_weight_bias<T: Float>(g: &ConvGeom, x: &[T], dy: &[T], per_item: boo
                 matmul(cout, k, p, dyb, Trans::N, colv, Trans::T, &mut acc, true);
                 let off = if per_item { bi * cout } else { 0 };
                 for (s, row) in bacc[off..].iter_mut().zip(dyb.chunks(p.max(1))) {
-                    *s += row.iter().map(|v| v.to_acc()).sum::<f64>();
+                    *s += lane_sum(row, |v| v);
                 }
             }
             (acc, bacc)

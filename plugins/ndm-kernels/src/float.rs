@@ -77,6 +77,28 @@ pub(crate) fn slice<'a, T: Float>(
     }
 }
 
+/// Lanes of the short element-type partial sums (lets the loops vectorise).
+pub(crate) const LANES: usize = 8;
+/// Elements summed in the element type before flushing into the f64 total.
+pub(crate) const FLUSH: usize = 256;
+
+/// `sum f(x_i)`: 8 lane partials in `T` over blocks of 256 elements, blocks summed in f64.
+pub(crate) fn lane_sum<T: Float>(x: &[T], f: impl Fn(T) -> T) -> f64 {
+    let mut total = 0f64;
+    for blk in x.chunks(FLUSH) {
+        let mut acc = [T::zero(); LANES];
+        let mut it = blk.chunks_exact(LANES);
+        for c in &mut it {
+            for l in 0..LANES {
+                acc[l] += f(c[l]);
+            }
+        }
+        let tail = it.remainder().iter().fold(T::zero(), |a, v| a + f(*v));
+        total += acc.iter().map(|v| v.to_acc()).sum::<f64>() + tail.to_acc();
+    }
+    total
+}
+
 /// Runs `$body` with `$t` bound to the element type of storage `$s` (f32 or f64).
 macro_rules! dispatch_float {
     ($s:expr, $op:expr, |$t:ident| $body:expr) => {

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::float::{dispatch_float, slice, Float};
+use crate::float::{dispatch_float, lane_sum, slice, Float, FLUSH, LANES};
 use crate::profile::timed;
 
 /// Sizes of one group norm.
@@ -50,28 +50,6 @@ impl GnGeom {
     fn numel(&self) -> usize {
         self.b * self.c * self.s
     }
-}
-
-/// Lanes of the short element-type partial sums (lets the loops vectorise).
-const LANES: usize = 8;
-/// Elements summed in the element type before flushing into the f64 total.
-const FLUSH: usize = 256;
-
-/// `sum f(x_i)`: 8 lane partials in `T` over blocks of 256 elements, blocks summed in f64.
-fn lane_sum<T: Float>(x: &[T], f: impl Fn(T) -> T) -> f64 {
-    let mut total = 0f64;
-    for blk in x.chunks(FLUSH) {
-        let mut acc = [T::zero(); LANES];
-        let mut it = blk.chunks_exact(LANES);
-        for c in &mut it {
-            for l in 0..LANES {
-                acc[l] += f(c[l]);
-            }
-        }
-        let tail = it.remainder().iter().fold(T::zero(), |a, v| a + f(*v));
-        total += acc.iter().map(|v| v.to_acc()).sum::<f64>() + tail.to_acc();
-    }
-    total
 }
 
 /// Mean and 1/sqrt(var + eps) of one run (two passes, f64 totals).

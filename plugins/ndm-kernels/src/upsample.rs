@@ -32,9 +32,8 @@ impl CustomOp1 for Upsample2x {
                     .for_each(|(yp, xp)| {
                         for (i, xrow) in xp.chunks(w.max(1)).enumerate() {
                             let r0 = &mut yp[2 * i * 2 * w..(2 * i + 1) * 2 * w];
-                            for (o, v) in r0.chunks_mut(2).zip(xrow) {
-                                o[0] = *v;
-                                o[1] = *v;
+                            for (o, v) in r0.chunks_exact_mut(2).zip(xrow) {
+                                o.fill(*v);
                             }
                             let (top, bottom) = yp.split_at_mut((2 * i + 1) * 2 * w);
                             bottom[..2 * w].copy_from_slice(&top[2 * i * 2 * w..]);
