@@ -220,30 +220,23 @@ fn conv_fwd<T: Float>(g: &ConvGeom, x: &[T], w: &[T], bias: Option<&[T]>) -> Vec
     y.par_chunks_mut((cout * p).max(1))
         .zip(x.par_chunks(g.in_len().max(1)))
         .enumerate()
-        .for_each_init(
-            || {
-                if pointwise {
-                    Vec::new()
-                } else {
-                    vec![T::zero(); k * p]
+        .for_each(|(bi, (yb, xb))| {
+            if let Some(bias) = bias {
+                let bias = if per_item { &bias[bi * cout..] } else { bias };
+                for (co, row) in yb.chunks_mut(p.max(1)).enumerate() {
+                    row.fill(bias[co]);
                 }
-            },
-            |col, (bi, (yb, xb))| {
-                let colv: &[T] = if pointwise {
-                    xb
-                } else {
+            }
+            let acc = bias.is_some();
+            if pointwise {
+                matmul(cout, p, k, w, Trans::N, xb, Trans::N, yb, acc);
+            } else {
+                T::with_scratch(k * p, |col| {
                     im2col(g, xb, col);
-                    col
-                };
-                if let Some(bias) = bias {
-                    let bias = if per_item { &bias[bi * cout..] } else { bias };
-                    for (co, row) in yb.chunks_mut(p.max(1)).enumerate() {
-                        row.fill(bias[co]);
-                    }
-                }
-                matmul(cout, p, k, w, Trans::N, colv, Trans::N, yb, bias.is_some());
-            },
-        );
+                    matmul(cout, p, k, w, Trans::N, col, Trans::N, yb, acc);
+                });
+            }
+        });
     y
 }
 
@@ -297,23 +290,16 @@ fn conv_bwd_input<T: Float>(g: &ConvGeom, dy: &[T], w: &[T]) -> Vec<T> {
     let pointwise = g.is_pointwise();
     dx.par_chunks_mut(g.in_len().max(1))
         .zip(dy.par_chunks((cout * p).max(1)))
-        .for_each_init(
-            || {
-                if pointwise {
-                    Vec::new()
-                } else {
-                    vec![T::zero(); k * p]
-                }
-            },
-            |col, (dxb, dyb)| {
-                if pointwise {
-                    matmul(k, p, cout, w, Trans::T, dyb, Trans::N, dxb, false);
-                } else {
+        .for_each(|(dxb, dyb)| {
+            if pointwise {
+                matmul(k, p, cout, w, Trans::T, dyb, Trans::N, dxb, false);
+            } else {
+                T::with_scratch(k * p, |col| {
                     matmul(k, p, cout, w, Trans::T, dyb, Trans::N, col, false);
                     col2im(g, col, dxb);
-                }
-            },
-        );
+                });
+            }
+        });
     dx
 }
 
@@ -332,21 +318,17 @@ fn conv_bwd_weight_bias<T: Float>(g: &ConvGeom, x: &[T], dy: &[T], per_item: boo
         .map(|c| {
             let mut acc = vec![T::zero(); cout * k];
             let mut bacc = vec![0f64; nb];
-            let mut col = if pointwise {
-                Vec::new()
-            } else {
-                vec![T::zero(); k * p]
-            };
             for bi in c * per..((c + 1) * per).min(g.b) {
                 let xb = &x[bi * g.in_len()..(bi + 1) * g.in_len()];
                 let dyb = &dy[bi * cout * p..(bi + 1) * cout * p];
-                let colv: &[T] = if pointwise {
-                    xb
+                if pointwise {
+                    matmul(cout, k, p, dyb, Trans::N, xb, Trans::T, &mut acc, true);
                 } else {
-                    im2col(g, xb, &mut col);
-                    &col
-                };
-                matmul(cout, k, p, dyb, Trans::N, colv, Trans::T, &mut acc, true);
+                    T::with_scratch(k * p, |col| {
+                        im2col(g, xb, col);
+                        matmul(cout, k, p, dyb, Trans::N, col, Trans::T, &mut acc, true);
+                    });
+                }
                 let off = if per_item { bi * cout } else { 0 };
                 for (s, row) in bacc[off..].iter_mut().zip(dyb.chunks(p.max(1))) {
                     *s += lane_sum(row, |v| v);

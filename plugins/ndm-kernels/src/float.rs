@@ -1,5 +1,8 @@
 //! The element types the kernels run on (f32 for training, f64 for gradient checks).
 
+use std::cell::RefCell;
+use std::thread::LocalKey;
+
 use candle_core::{CpuStorage, Layout, Result, WithDType};
 
 /// A float element type usable by every kernel in this crate.
@@ -19,6 +22,32 @@ pub trait Float: WithDType + num_traits::Float {
     /// `1 / (1 + exp(-self))`: exact `exp` for f64 (gradient checks), a vectorisable
     /// polynomial `exp` (relative error ~2e-7) for f32.
     fn sigmoid(self) -> Self;
+    /// Runs `f` on this thread's reusable scratch buffer of `len` elements (stale contents).
+    fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [Self]) -> R) -> R;
+}
+
+thread_local! {
+    static SCRATCH_F32: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static SCRATCH_F64: RefCell<Vec<f64>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Per-thread scratch (e.g. im2col buffers): rayon's workers live for the whole process, so
+/// after the first step no kernel allocates (and page-faults) its large temporaries again.
+/// A nested use on the same thread gets a fresh buffer instead of panicking.
+fn with_thread_scratch<T: Copy + Default + 'static, R>(
+    key: &'static LocalKey<RefCell<Vec<T>>>,
+    len: usize,
+    f: impl FnOnce(&mut [T]) -> R,
+) -> R {
+    key.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut v) => {
+            if v.len() < len {
+                v.resize(len, T::default());
+            }
+            f(&mut v[..len])
+        }
+        Err(_) => f(&mut vec![T::default(); len]),
+    })
 }
 
 impl Float for f32 {
@@ -26,12 +55,18 @@ impl Float for f32 {
     fn sigmoid(self) -> Self {
         1.0 / (1.0 + fast_exp_f32(-self))
     }
+    fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [Self]) -> R) -> R {
+        with_thread_scratch(&SCRATCH_F32, len, f)
+    }
 }
 
 impl Float for f64 {
     #[inline(always)]
     fn sigmoid(self) -> Self {
         1.0 / (1.0 + (-self).exp())
+    }
+    fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [Self]) -> R) -> R {
+        with_thread_scratch(&SCRATCH_F64, len, f)
     }
 }
 
