@@ -42,6 +42,13 @@ pub fn noise_like(like: &Tensor, rng: &mut Rng) -> Result<Tensor> {
     rng.normal_tensor(like.dims(), like.dtype(), like.device())
 }
 
+/// Standard normal noise for `b` latents.
+pub fn latent_noise(pipe: &Pipeline, b: usize, rng: &mut Rng) -> Result<Tensor> {
+    let mut shape = vec![b];
+    shape.extend(&pipe.latent_shape);
+    rng.normal_tensor(&shape, pipe.dtype, &pipe.device)
+}
+
 /// A `[B]` tensor from host values, in the pipeline's dtype and device.
 fn col(pipe: &Pipeline, v: Vec<f64>) -> Result<Tensor> {
     let n = v.len();
@@ -79,13 +86,14 @@ pub fn rec_term(pipe: &Pipeline, x: &Tensor, rng: &mut Rng) -> Result<Tensor> {
 }
 
 /// The discrete KL term `KL_{t_i}` (MATH.md eq. 9-10, `eta = 1`) for per-example grid indices
-/// `idx[b]` in `1..=n` on a grid of `t_total` steps (`t_i = i / t_total`, `s = t_{i-1}`).
+/// `idx[b]` in `1..=n` on a grid of `t_total` steps (`t_i = i / t_total`, `s = t_{i-1}`), with
+/// `z_t = alpha_t F(x, t) + sigma_t eps` for the given noise `eps` (shaped like `F(x, t)`).
 pub fn discrete_kl(
     pipe: &Pipeline,
     x: &Tensor,
     idx: &[usize],
     t_total: usize,
-    rng: &mut Rng,
+    eps: &Tensor,
 ) -> Result<Tensor> {
     let tf = t_total as f64;
     let (mut a_t, mut s_t, mut a_s, mut k, mut inv2var, mut ts, mut ss) =
@@ -105,7 +113,7 @@ pub fn discrete_kl(
     let bc = |v: Vec<f64>| -> Result<Tensor> { pipe.per_example(&col(pipe, v)?) };
     let (t, s) = (col(pipe, ts)?, col(pipe, ss)?);
     let fx_t = pipe.f(x, &t)?;
-    let z = (fx_t.broadcast_mul(&bc(a_t)?)? + noise_like(&fx_t, rng)?.broadcast_mul(&bc(s_t)?)?)?;
+    let z = (fx_t.broadcast_mul(&bc(a_t)?)? + eps.broadcast_mul(&bc(s_t)?)?)?;
     let sb = pipe.schedule.batch(&t)?;
     let xhat = pipe.xhat(&z, &t, &sb)?;
     let (a_s, k_at) = (bc(a_s)?, bc(k)?);
@@ -124,7 +132,7 @@ pub fn discrete_kl(
 pub enum DiffEstimate {
     /// One uniformly drawn `i` per example, times the number of steps (training).
     Sampled,
-    /// Every `i`, summed (evaluation; `n` network evaluations per example).
+    /// Every `i`, summed (evaluation; `n` network evaluations per example; detached, no gradients).
     Exhaustive,
 }
 
@@ -141,12 +149,15 @@ pub fn discrete_nelbo(
     let l_diff = match est {
         DiffEstimate::Sampled => {
             let idx: Vec<usize> = (0..b).map(|_| 1 + rng.below(n)).collect();
-            (discrete_kl(pipe, x, &idx, t_total, rng)? * n as f64)?
+            let eps = latent_noise(pipe, b, rng)?;
+            (discrete_kl(pipe, x, &idx, t_total, &eps)? * n as f64)?
         }
         DiffEstimate::Exhaustive => {
-            let mut acc = discrete_kl(pipe, x, &vec![1; b], t_total, rng)?;
+            let mut acc = discrete_kl(pipe, x, &vec![1; b], t_total, &latent_noise(pipe, b, rng)?)?;
             for i in 2..=n {
-                acc = (acc + discrete_kl(pipe, x, &vec![i; b], t_total, rng)?)?;
+                let eps = latent_noise(pipe, b, rng)?;
+                // Evaluation only: detach so the sum does not keep T autograd graphs alive.
+                acc = (acc.detach() + discrete_kl(pipe, x, &vec![i; b], t_total, &eps)?.detach())?;
             }
             acc
         }
@@ -154,6 +165,164 @@ pub fn discrete_nelbo(
     Ok(NelboTerms {
         l_prior: prior_term(pipe, x, rng)?,
         l_diff,
+        l_rec: rec_term(pipe, x, rng)?,
+    })
+}
+
+/// The continuous-time diffusion loss of MATH.md per example, before weighting:
+/// `||alpha (Fdot(x,t) - Fdot(xhat,t)) - c/2 (s(x,z,t) - s(xhat,z,t))||^2 / g^2` with `eta = 1`
+/// (so `c/2 = g^2` and `c/2 (s(x) - s(xhat)) = -lambda' alpha (F(x,t) - F(xhat,t))`), at times `t`
+/// (shape `[B]`) and noise `eps`. Schedule quantities stay tensors, so a learned schedule gets gradients.
+/// `L_diff = 1/2 E_t[...]`; the caller applies the `1/2` and the sampling weight `1/p(t)`.
+pub fn continuous_diff_integrand(
+    pipe: &Pipeline,
+    x: &Tensor,
+    t: &Tensor,
+    eps: &Tensor,
+) -> Result<Tensor> {
+    let sb = pipe.schedule.batch(t)?;
+    let s2 = sb.sigma.sqr()?;
+    // lambda' = 2 r - dsigma2 / sigma^2; g^2 = -lambda' sigma^2.
+    let dlambda = ((&sb.dlog_alpha * 2.0)? - (&sb.dsigma2 / &s2)?)?;
+    let g2 = (dlambda.neg()? * &s2)?;
+    let fx = pipe.f(x, t)?;
+    let alpha = pipe.per_example(&sb.alpha)?;
+    let z = (fx.broadcast_mul(&alpha)? + eps.broadcast_mul(&pipe.per_example(&sb.sigma)?)?)?;
+    let xhat = pipe.xhat(&z, t, &sb)?;
+    let lam_alpha = pipe.per_example(&(&dlambda * &sb.alpha)?)?;
+    let diff = if pipe.transform.is_identity() {
+        (x - &xhat)?.broadcast_mul(&lam_alpha)?
+    } else {
+        let dfx = pipe.transform.time_derivative(x, t)?;
+        let dfh = pipe.transform.time_derivative(&xhat, t)?;
+        let fh = pipe.f(&xhat, t)?;
+        ((dfx - dfh)?.broadcast_mul(&alpha)? + (fx - fh)?.broadcast_mul(&lam_alpha)?)?
+    };
+    sum_sq(&diff)? / g2
+}
+
+/// How training times are drawn in continuous time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TimeSampling {
+    /// `t ~ U[0, t_end]`, weight `t_end`.
+    Uniform,
+    /// `p(t)` proportional to `1 / g^2(t)` (NDM sec. 3.2), weight `1 / p(t)`.
+    #[default]
+    Importance,
+}
+
+/// A piecewise-constant density on `[0, t_end]` proportional to `1 / g^2(t)` at cell midpoints.
+/// Sampling is exact for this density and the weight is `1 / p(t)`, so the estimate is unbiased
+/// whatever the resolution; the resolution only controls how close `p` is to `1 / g^2`.
+#[derive(Debug, Clone)]
+pub struct ImportanceTable {
+    t_end: f64,
+    /// Cumulative mass at cell edges, `cdf[0] = 0`, `cdf[m] = 1`.
+    cdf: Vec<f64>,
+}
+
+impl ImportanceTable {
+    pub fn new(pipe: &Pipeline, cells: usize) -> Self {
+        let t_end = pipe.t_end();
+        let h = t_end / cells as f64;
+        let w: Vec<f64> = (0..cells)
+            .map(|j| {
+                let p = pipe.schedule.point((j as f64 + 0.5) * h);
+                1.0 / ((-p.dlog_snr()) * p.sigma * p.sigma)
+            })
+            .collect();
+        let total: f64 = w.iter().sum();
+        let mut cdf = Vec::with_capacity(cells + 1);
+        cdf.push(0.0);
+        let mut acc = 0.0;
+        for wj in &w {
+            acc += wj / total;
+            cdf.push(acc);
+        }
+        if let Some(last) = cdf.last_mut() {
+            *last = 1.0;
+        }
+        ImportanceTable { t_end, cdf }
+    }
+
+    /// The time at quantile `u` in `[0, 1)` and its weight `1 / p(t)`.
+    pub fn quantile(&self, u: f64) -> (f64, f64) {
+        let m = self.cdf.len() - 1;
+        let j = self.cdf.partition_point(|&c| c <= u).clamp(1, m) - 1;
+        let mass = self.cdf[j + 1] - self.cdf[j];
+        let h = self.t_end / m as f64;
+        let frac = if mass > 0.0 {
+            (u - self.cdf[j]) / mass
+        } else {
+            0.5
+        };
+        ((j as f64 + frac.clamp(0.0, 1.0)) * h, h / mass)
+    }
+}
+
+/// Draws times and their weights `1 / p(t)`: `quantiles` in `[0, 1)` mapped by the sampling rule.
+pub fn times_and_weights(
+    pipe: &Pipeline,
+    rule: TimeSampling,
+    table: Option<&ImportanceTable>,
+    quantiles: &[f64],
+) -> Result<(Tensor, Tensor)> {
+    let t_end = pipe.t_end();
+    let (ts, ws): (Vec<f64>, Vec<f64>) = match (rule, table) {
+        (TimeSampling::Importance, Some(tab)) => quantiles.iter().map(|&u| tab.quantile(u)).unzip(),
+        _ => quantiles.iter().map(|&u| (t_end * u, t_end)).unzip(),
+    };
+    Ok((col(pipe, ts)?, col(pipe, ws)?))
+}
+
+/// The continuous-time `L_diff` per example, averaged over `k` stratified times per example
+/// (with `k > 1` the result is detached: an evaluation estimate, not a training loss).
+pub fn continuous_diff(
+    pipe: &Pipeline,
+    x: &Tensor,
+    rule: TimeSampling,
+    table: Option<&ImportanceTable>,
+    k: usize,
+    rng: &mut Rng,
+) -> Result<Tensor> {
+    let b = x.dim(0)?;
+    let k = k.max(1);
+    let mut acc: Option<Tensor> = None;
+    for j in 0..k {
+        let q: Vec<f64> = (0..b)
+            .map(|_| (j as f64 + rng.uniform()) / k as f64)
+            .collect();
+        let (t, w) = times_and_weights(pipe, rule, table, &q)?;
+        let eps = latent_noise(pipe, b, rng)?;
+        let mut term = (continuous_diff_integrand(pipe, x, &t, &eps)? * w)?;
+        if k > 1 {
+            // Several times per example are for evaluation: no gradients, no graphs kept alive.
+            term = term.detach();
+        }
+        acc = Some(match acc {
+            None => term,
+            Some(a) => (a + term)?,
+        });
+    }
+    match acc {
+        Some(a) => a * (0.5 / k as f64),
+        None => candle_core::bail!("no time samples"),
+    }
+}
+
+/// The continuous-time NELBO: `L_prior + L_diff + L_rec` with `k` stratified times per example.
+pub fn continuous_nelbo(
+    pipe: &Pipeline,
+    x: &Tensor,
+    rule: TimeSampling,
+    table: Option<&ImportanceTable>,
+    k: usize,
+    rng: &mut Rng,
+) -> Result<NelboTerms> {
+    Ok(NelboTerms {
+        l_prior: prior_term(pipe, x, rng)?,
+        l_diff: continuous_diff(pipe, x, rule, table, k, rng)?,
         l_rec: rec_term(pipe, x, rng)?,
     })
 }

@@ -70,7 +70,7 @@ pub fn one_line(e: &dyn std::fmt::Display) -> String {
     let first = lines.next().unwrap_or("").to_string();
     // toml puts "TOML parse error at line 3, column 1" first and the reason last.
     if first.starts_with("TOML parse error") {
-        if let Some(reason) = s.lines().map(str::trim).filter(|l| !l.is_empty()).last() {
+        if let Some(reason) = s.lines().map(str::trim).rfind(|l| !l.is_empty()) {
             return format!("{} ({first})", reason.trim_start_matches("= "));
         }
     }

@@ -98,7 +98,7 @@ impl GaussianModel {
             }
         }
         let (eigvals, eigvecs) = sym_eigen(&flat, d);
-        if eigvals.iter().any(|&l| !(l > 0.0)) {
+        if eigvals.iter().any(|&l| l.is_nan() || l <= 0.0) {
             return Err("cov must be positive definite".into());
         }
         Ok(GaussianModel {

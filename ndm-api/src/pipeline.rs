@@ -268,6 +268,32 @@ impl ReverseProcess for Pipeline {
             std: c.var.sqrt(),
         })
     }
+    fn score(&self, z: &Tensor, xhat: &Tensor, t: f64) -> candle_core::Result<Tensor> {
+        let p = self.schedule.point(t);
+        let f = self.f(xhat, &self.time_tensor(t, z.dim(0)?)?)?;
+        ((f * p.alpha)? - z)? / (p.sigma * p.sigma)
+    }
+    fn reverse_sde(
+        &self,
+        z: &Tensor,
+        xhat: &Tensor,
+        t: f64,
+        eta: f64,
+    ) -> candle_core::Result<(Tensor, f64)> {
+        let p = self.schedule.point(t);
+        let s2 = p.sigma * p.sigma;
+        let g2 = eta * eta * (-p.dlog_snr()) * s2;
+        let c = p.dsigma2 - 2.0 * p.dlog_alpha * s2 + g2;
+        let score = self.score(z, xhat, t)?;
+        let mut drift = ((z * p.dlog_alpha)? - (score * (c / 2.0))?)?;
+        if !self.transform.is_identity() {
+            let fdot = self
+                .transform
+                .time_derivative(xhat, &self.time_tensor(t, z.dim(0)?)?)?;
+            drift = (drift + (fdot * p.alpha)?)?;
+        }
+        Ok((drift.detach(), g2.max(0.0).sqrt()))
+    }
 }
 
 /// The scalar coefficients of NDM's posterior `q(z_s | z_t, x)` (MATH.md eq. 7-8).

@@ -40,4 +40,11 @@ pub trait ReverseProcess: Send + Sync + std::fmt::Debug {
     /// NDM's posterior `q(z_s | z_t, xhat)` (MATH.md eq. 7-8) for a given `eta` in `[0, 1]`:
     /// `eta = 1` is DDPM's ancestral step, `eta = 0` DDIM's deterministic one.
     fn posterior(&self, z_t: &Tensor, xhat: &Tensor, t: f64, s: f64, eta: f64) -> Result<Gaussian>;
+    /// The model's score `s(xhat, z, t) = (alpha_t F(xhat, t) - z) / sigma_t^2`.
+    fn score(&self, z: &Tensor, xhat: &Tensor, t: f64) -> Result<Tensor>;
+    /// The reverse-time SDE of MATH.md at `(z, t)` given the prediction `xhat`:
+    /// `dz = [alpha Fdot(xhat, t) + r z - c/2 s(xhat, z, t)] dt + g dw_bar`, integrated from `t_end`
+    /// down to `t_min`, with `g^2 = eta^2 (-dlambda/dt) sigma^2`; `eta = 0` is the probability-flow
+    /// ODE. Returns the drift and `g`.
+    fn reverse_sde(&self, z: &Tensor, xhat: &Tensor, t: f64, eta: f64) -> Result<(Tensor, f64)>;
 }

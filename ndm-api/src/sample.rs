@@ -1,6 +1,9 @@
 //! Sampling and evaluation over a pipeline.
 
-use crate::elbo::{discrete_nelbo, DiffEstimate};
+use crate::elbo::{continuous_nelbo, discrete_nelbo, DiffEstimate, ImportanceTable, TimeSampling};
+
+/// Stratified importance-sampled times per example when evaluating a continuous-time NELBO.
+pub const CONTINUOUS_EVAL_TIMES: usize = 64;
 use crate::pipeline::Pipeline;
 use crate::rng::Rng;
 use crate::solver::{Solver, TimeGrid};
@@ -69,7 +72,8 @@ pub struct NelboReport {
 }
 
 /// The NELBO of `n` held-out examples (the `Test` split), in batches of `batch`. Discrete-time
-/// models sum every KL term of their grid.
+/// models sum every KL term of their grid; continuous-time models average the diffusion loss over
+/// [`CONTINUOUS_EVAL_TIMES`] stratified, importance-sampled times per example.
 pub fn evaluate_nelbo(
     pipe: &Pipeline,
     data: &dyn Dataset,
@@ -77,12 +81,11 @@ pub fn evaluate_nelbo(
     batch: usize,
     rng: &mut Rng,
 ) -> Result<NelboReport> {
-    let t_total = pipe.spec.steps.ok_or_else(|| {
-        NdmError::Incompatible(
-            "the NELBO of a continuous-time model is not available yet (discrete models only)"
-                .into(),
-        )
-    })?;
+    let table = pipe
+        .spec
+        .steps
+        .is_none()
+        .then(|| ImportanceTable::new(pipe, 4096));
     if n == 0 || batch == 0 {
         return Err(NdmError::InvalidArgument(
             "evaluation needs at least one example".into(),
@@ -94,7 +97,17 @@ pub fn evaluate_nelbo(
     while done < n {
         let b = batch.min(n - done);
         let x = data.sample(b, crate::Split::Test, rng, &pipe.device)?;
-        let terms = discrete_nelbo(pipe, &x, t_total, DiffEstimate::Exhaustive, rng)?;
+        let terms = match pipe.spec.steps {
+            Some(t_total) => discrete_nelbo(pipe, &x, t_total, DiffEstimate::Exhaustive, rng)?,
+            None => continuous_nelbo(
+                pipe,
+                &x,
+                TimeSampling::Importance,
+                table.as_ref(),
+                CONTINUOUS_EVAL_TIMES,
+                rng,
+            )?,
+        };
         let v = |t: &Tensor| -> Result<Vec<f64>> { Ok(t.to_dtype(DType::F64)?.to_vec1::<f64>()?) };
         let (p, d, r) = (v(&terms.l_prior)?, v(&terms.l_diff)?, v(&terms.l_rec)?);
         for i in 0..b {

@@ -109,9 +109,11 @@ pub struct TrainConfig {
     /// Optimizer steps.
     pub steps: usize,
     pub batch_size: usize,
-    /// AdamW learning rate (after a linear warm-up).
+    /// AdamW peak learning rate, reached after a linear warm-up of `warmup` steps and then decayed
+    /// along a half cosine to `lr * final_lr_ratio` at the last step.
     pub lr: f64,
     pub warmup: usize,
+    pub final_lr_ratio: f64,
     pub weight_decay: f64,
     pub beta1: f64,
     pub beta2: f64,
@@ -133,6 +135,7 @@ impl Default for TrainConfig {
             batch_size: 512,
             lr: 2e-3,
             warmup: 100,
+            final_lr_ratio: 0.05,
             weight_decay: 0.0,
             beta1: 0.9,
             beta2: 0.999,
@@ -146,6 +149,15 @@ impl Default for TrainConfig {
 }
 
 impl TrainConfig {
+    /// The learning rate at optimizer step `step` (1-based).
+    pub fn lr_at(&self, step: usize) -> f64 {
+        let warm = (step as f64 / self.warmup.max(1) as f64).min(1.0);
+        let span = self.steps.saturating_sub(self.warmup).max(1) as f64;
+        let progress = (step.saturating_sub(self.warmup) as f64 / span).min(1.0);
+        let cosine = 0.5 * (1.0 + (std::f64::consts::PI * progress).cos());
+        self.lr * warm * (self.final_lr_ratio + (1.0 - self.final_lr_ratio) * cosine)
+    }
+
     /// Rejects values that cannot train.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: &str| Err(NdmError::InvalidArgument(m.to_string()));
@@ -154,6 +166,9 @@ impl TrainConfig {
         }
         if !(self.lr.is_finite() && self.lr > 0.0) {
             return bad("train.lr must be a positive number");
+        }
+        if !(0.0..=1.0).contains(&self.final_lr_ratio) {
+            return bad("train.final_lr_ratio must be in [0, 1]");
         }
         if !(0.0..1.0).contains(&self.ema_decay) {
             return bad("train.ema_decay must be in [0, 1)");

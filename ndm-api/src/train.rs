@@ -116,7 +116,7 @@ impl<'a> Trainer<'a> {
         } else {
             1.0
         };
-        let lr = cfg.lr * ((step as f64) / (cfg.warmup.max(1) as f64)).min(1.0);
+        let lr = cfg.lr_at(step);
         let (b1, b2) = (cfg.beta1, cfg.beta2);
         let (c1, c2) = (1.0 - b1.powi(step as i32), 1.0 - b2.powi(step as i32));
         let ema_decay = cfg

@@ -7,18 +7,38 @@ use candle_core::{Result, Tensor};
 /// in f64 a smaller step would do, but one step for every dtype keeps results comparable.
 pub const FD_STEP: f64 = 5e-3;
 
-/// `dF/dt` by a central difference in `t`, one-sided at the ends of `[0, 1]` so that `F` is never
-/// evaluated outside its domain. This is the one place ndm differentiates in time numerically.
+/// `dF/dt` by finite differences in `t` with step [`FD_STEP`]: the central difference
+/// `(F(t + h) - F(t - h)) / 2h` where `[t - h, t + h]` lies inside `[0, 1]`; otherwise the derivative
+/// at `t` of the quadratic through `F` at `lo, lo + h, lo + 2h` (`lo` clamped into `[0, 1 - 2h]`),
+/// which is second order too and never evaluates `F` outside its domain. This is the one place
+/// ndm differentiates in time numerically.
 pub fn central_difference_dt<F>(f: F, t: &Tensor) -> Result<Tensor>
 where
     F: Fn(&Tensor) -> Result<Tensor>,
 {
     let h = FD_STEP;
-    // Shift the stencil inward near the ends: t_lo = clamp(t - h, 0, 1 - 2h), t_hi = t_lo + 2h.
+    let ts: Vec<f64> = t.to_dtype(candle_core::DType::F64)?.to_vec1()?;
+    let interior = ts.iter().all(|&v| v - h >= 0.0 && v + h <= 1.0);
+    if interior {
+        let diff = (f(&t.affine(1.0, h)?)? - f(&t.affine(1.0, -h)?)?)?;
+        return diff.affine(1.0 / (2.0 * h), 0.0);
+    }
     let lo = t.affine(1.0, -h)?.clamp(0.0, 1.0 - 2.0 * h)?;
-    let hi = lo.affine(1.0, 2.0 * h)?;
-    let diff = (f(&hi)? - f(&lo)?)?;
-    diff.affine(1.0 / (2.0 * h), 0.0)
+    let (fa, fb, fc) = (
+        f(&lo)?,
+        f(&lo.affine(1.0, h)?)?,
+        f(&lo.affine(1.0, 2.0 * h)?)?,
+    );
+    // u = (t - lo) / h in [0, 2]; d/dt of the Lagrange quadratic at u.
+    let u = ((t - &lo)? / h)?;
+    let shape: Vec<usize> = std::iter::once(u.dim(0)?)
+        .chain(std::iter::repeat_n(1, fa.rank() - 1))
+        .collect();
+    let u = u.reshape(shape)?;
+    let ca = (u.affine(2.0, -3.0)? / (2.0 * h))?;
+    let cb = (u.affine(-2.0, 2.0)? / h)?;
+    let cc = (u.affine(2.0, -1.0)? / (2.0 * h))?;
+    (fa.broadcast_mul(&ca)? + fb.broadcast_mul(&cb)?)? + fc.broadcast_mul(&cc)?
 }
 
 /// A transformation `F(x, t)` of data `x` (shape `[B, ..D]`) into the latent space (shape `[B, ..L]`).

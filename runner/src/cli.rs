@@ -32,7 +32,7 @@ pub struct Global {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Train a model and write a run directory (spec, weights, state, samples, metrics).
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
     /// Sample from a trained run.
     Sample(SampleArgs),
     /// Evaluate a trained run: NELBO in nats and bits/dim on held-out data.

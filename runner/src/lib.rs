@@ -118,7 +118,8 @@ fn default_preset(a: &TrainArgs) -> Result<String> {
             Some("ddim") => "ddim".into(),
             _ => "ddpm".into(),
         }),
-        Some(other) => bail!("no preset uses transform `{other}` yet; name one with --model"),
+        Some("learned") => Ok("ndm".into()),
+        Some(other) => bail!("no preset uses transform `{other}`; name one with --model"),
     }
 }
 

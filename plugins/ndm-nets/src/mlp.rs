@@ -16,6 +16,10 @@ pub struct MlpConfig {
     pub blocks: usize,
     /// Size of the sinusoidal time embedding (even).
     pub time_dim: usize,
+    /// Highest embedding frequency in radians per unit time. 1000 follows DDPM; a network whose
+    /// time derivative matters (inside a learned transform, differentiated by a central difference
+    /// with step 5e-3) needs a smooth one, e.g. 10.
+    pub time_scale: f64,
 }
 
 impl Default for MlpConfig {
@@ -24,6 +28,7 @@ impl Default for MlpConfig {
             hidden: 128,
             blocks: 3,
             time_dim: 32,
+            time_scale: 1000.0,
         }
     }
 }
@@ -86,7 +91,11 @@ impl Backbone for Mlp {
         let z = input.z.reshape((shape[0], self.dims))?;
         let temb = self
             .time
-            .forward(&crate::sinusoidal_embedding(input.t, self.cfg.time_dim)?)?
+            .forward(&crate::sinusoidal_embedding(
+                input.t,
+                self.cfg.time_dim,
+                self.cfg.time_scale,
+            )?)?
             .silu()?;
         let mut h = self.input.forward(&z)?;
         for b in &self.blocks {

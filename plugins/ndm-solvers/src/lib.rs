@@ -1,86 +1,30 @@
-//! Solvers over `ReverseProcess`: `solver.ancestral` (eta = 1, DDPM) and `solver.ddim` (eta = 0),
-//! both NDM's posterior step `q(z_s | z_t, xhat)` on any sub-grid of the training grid.
+//! Solvers over `ReverseProcess`. None of them knows which transform, schedule or prior it runs.
+//!
+//! - `ancestral`, `ddim`: NDM's posterior step (discrete; one network evaluation per step).
+//! - `euler-maruyama`: the reverse SDE of MATH.md (any eta; eta = 0 is the probability-flow ODE).
+//! - `heun`: second-order solver of the probability-flow ODE (two evaluations per step).
+//! - `pc`: predictor-corrector (Song et al. 2021): Langevin corrector, then a reverse-diffusion or
+//!   Euler-Maruyama predictor; the last step returns the noise-free mean.
+//!
+//! NFE counts denoiser evaluations; a learned transform's own evaluations inside `dF/dt` are extra.
 
-use ndm_api::registry::BuildCtx;
-use ndm_api::{NdmError, ReverseProcess, Rng, SolveOutput, Solver, TimeGrid};
-use serde::{Deserialize, Serialize};
+mod pc;
+mod posterior;
+mod sde;
 
-/// One network evaluation per step (`eta` 1: DDPM's ancestral sampler, 0: DDIM's deterministic one): `xhat = xhat(z_t, t)`, then `z_s ~ q(z_s | z_t, xhat)`.
-#[derive(Debug, Clone)]
-pub struct PosteriorSolver {
-    pub eta: f64,
-}
+pub use pc::{PcConfig, PcSolver, Predictor};
+pub use posterior::PosteriorSolver;
+pub use sde::{EulerMaruyama, Heun};
 
-impl PosteriorSolver {
-    pub fn new(name: &str, eta: f64) -> ndm_api::Result<Self> {
-        if !(0.0..=1.0).contains(&eta) {
-            return Err(NdmError::config(
-                name,
-                format!("eta must be in [0, 1], got {eta}"),
-            ));
-        }
-        Ok(PosteriorSolver { eta })
+use ndm_api::candle_core::{Result, Tensor};
+use ndm_api::Rng;
+
+/// `mean + std * noise` (no draw when `std` is 0).
+pub fn add_noise(mean: Tensor, std: f64, rng: &mut Rng) -> Result<Tensor> {
+    if std > 0.0 {
+        let noise = rng.normal_tensor(mean.dims(), mean.dtype(), mean.device())?;
+        mean + (noise * std)?
+    } else {
+        Ok(mean)
     }
 }
-
-impl Solver for PosteriorSolver {
-    fn sample(
-        &self,
-        rp: &dyn ReverseProcess,
-        z_start: ndm_api::candle_core::Tensor,
-        grid: &TimeGrid,
-        rng: &mut Rng,
-    ) -> ndm_api::Result<SolveOutput> {
-        let mut z = z_start;
-        let mut nfe = 0;
-        for (t, s) in grid.intervals() {
-            let xhat = rp.predict_x(&z, t)?;
-            nfe += 1;
-            let post = rp.posterior(&z, &xhat, t, s, self.eta)?;
-            z = if post.std > 0.0 {
-                (post.mean + (rng.normal_tensor(z.dims(), z.dtype(), z.device())? * post.std)?)?
-            } else {
-                post.mean
-            };
-        }
-        Ok(SolveOutput { z, nfe })
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AncestralConfig {
-    /// Stochasticity in `[0, 1]` (default 1: DDPM).
-    pub eta: f64,
-}
-
-impl Default for AncestralConfig {
-    fn default() -> Self {
-        AncestralConfig { eta: 1.0 }
-    }
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct DdimConfig {
-    /// Stochasticity in `[0, 1]` (default 0: deterministic DDIM).
-    pub eta: f64,
-}
-
-ndm_api::register_plugin!(
-    Solver,
-    "ancestral",
-    "ancestral sampling with NDM's posterior (eta = 1: DDPM), any sub-grid",
-    AncestralConfig,
-    |c: AncestralConfig, _ctx: &BuildCtx| Ok(Box::new(PosteriorSolver::new(
-        "solver.ancestral",
-        c.eta
-    )?))
-);
-ndm_api::register_plugin!(
-    Solver,
-    "ddim",
-    "DDIM: the posterior step with eta = 0 (deterministic), any sub-grid",
-    DdimConfig,
-    |c: DdimConfig, _ctx: &BuildCtx| Ok(Box::new(PosteriorSolver::new("solver.ddim", c.eta)?))
-);

@@ -1,4 +1,9 @@
-//! Data transformations `F(x, t)`: `transform.identity` (DDPM, DDIM, VDM, flow matching).
+//! Data transformations `F(x, t)`: `transform.identity` (DDPM, DDIM, VDM, flow matching) and
+//! `transform.learned` (Neural Diffusion Models).
+
+mod learned;
+
+pub use learned::{Learned, LearnedConfig};
 
 use ndm_api::candle_core::{Result, Tensor};
 use ndm_api::registry::BuildCtx;

@@ -1,0 +1,91 @@
+//! NDM's learned transformation `F_phi(x, t)`.
+
+use ndm_api::candle_core::{Result, Tensor};
+use ndm_api::registry::BuildCtx;
+use ndm_api::{Backbone, NetInput, PluginSpec, Transform};
+use serde::{Deserialize, Serialize};
+
+/// `transform.learned` config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LearnedConfig {
+    /// The network `g_phi`: any backbone plugin (the MLP for flat data, the U-Net for images).
+    pub net: PluginSpec,
+}
+
+impl Default for LearnedConfig {
+    fn default() -> Self {
+        let mut net = PluginSpec::new("mlp");
+        net.set("hidden", "128");
+        net.set("blocks", "2");
+        net.set("time_scale", "10.0");
+        LearnedConfig { net }
+    }
+}
+
+/// `F_phi(x, t) = x + t g_phi(x, t)`.
+///
+/// Why this form: `F(x, 0) = x` exactly, so `z_0 ~ N(alpha_0 x, sigma_0^2)` stays next to the data
+/// and the Gaussian decoder of `L_rec` stays meaningful whatever `phi` learns; the deviation from
+/// the identity is free everywhere else (NDM lets the network reshape the whole path, and the prior
+/// term keeps `alpha_1 F(x, 1)` near 0). `g` is the backbone under the prefix `transform.net.`; it
+/// sees `x` as its input latent and `t` as its time (the schedule fields of its input carry `t`-only
+/// placeholders: the transform does not depend on the noise schedule). `dF/dt` is the default
+/// central difference of [`Transform`], so `g` must be smooth in `t` on the scale of its step
+/// (5e-3): the default MLP embeds time with frequencies up to 10, not DDPM's 1000, which would make
+/// `F` oscillate with a period of 0.006 and its derivative meaningless.
+#[derive(Debug)]
+pub struct Learned {
+    net: Box<dyn Backbone>,
+}
+
+impl Learned {
+    pub fn new(cfg: LearnedConfig, ctx: &BuildCtx) -> ndm_api::Result<Self> {
+        let inner = BuildCtx {
+            device: ctx.device,
+            dtype: ctx.dtype,
+            shape: ctx.shape,
+            vb: ctx.vb.pp("net"),
+            registry: ctx.registry,
+        };
+        let net = ctx.registry.build_backbone(&cfg.net, &inner)?;
+        if net.predicts_data() {
+            return Err(ndm_api::NdmError::config(
+                "transform.learned",
+                format!(
+                    "backbone {} has no weights to learn a transform with",
+                    cfg.net.kind
+                ),
+            ));
+        }
+        Ok(Learned { net })
+    }
+}
+
+impl Transform for Learned {
+    fn forward(&self, x: &Tensor, t: &Tensor) -> Result<Tensor> {
+        let ones = t.ones_like()?;
+        let zeros = t.zeros_like()?;
+        let g = self.net.forward(&NetInput {
+            z: x,
+            t,
+            alpha: &ones,
+            sigma: &ones,
+            log_snr: &zeros,
+        })?;
+        let mut shape = vec![t.dim(0)?];
+        shape.extend(std::iter::repeat_n(1, x.rank() - 1));
+        x + g.broadcast_mul(&t.reshape(shape)?)?
+    }
+    fn is_trainable(&self) -> bool {
+        true
+    }
+}
+
+ndm_api::register_plugin!(
+    Transform,
+    "learned",
+    "NDM: F(x, t) = x + t g_phi(x, t) with g any backbone (trained through the NELBO)",
+    LearnedConfig,
+    |cfg: LearnedConfig, ctx: &BuildCtx| Ok(Box::new(Learned::new(cfg, ctx)?))
+);
