@@ -2,7 +2,7 @@
 //! fused kernels, timed in one process with identical seeded weights and data.
 //!
 //! `cargo bench -p ndm-kernels --bench unet_step`
-//! Environment: `NDM_BENCH_ITERS` (timed steps per build, default 5), `NDM_BENCH_ONLY`
+//! Environment: `NDM_BENCH_ITERS` (timed steps per build, default 7), `NDM_BENCH_ONLY`
 //! (`native` or `fused`: run one build only, for peak-memory measurements),
 //! `NDM_BENCH_CONFIGS` (`mnist`, `cifar` or both, default both).
 
@@ -109,15 +109,16 @@ fn median(v: &mut [f64]) -> f64 {
     }
 }
 
-/// Medians of forward, backward, AdamW and the full step (ms).
-fn medians(samples: &[[f64; 3]]) -> [f64; 4] {
-    let mut out = [0.0; 4];
+/// Medians of forward, backward, AdamW and the full step, and the fastest full step (ms).
+fn medians(samples: &[[f64; 3]]) -> [f64; 5] {
+    let mut out = [0.0; 5];
     for (k, o) in out.iter_mut().enumerate().take(3) {
         let mut col: Vec<f64> = samples.iter().map(|s| s[k] * 1e3).collect();
         *o = median(&mut col);
     }
     let mut full: Vec<f64> = samples.iter().map(|s| (s[0] + s[1] + s[2]) * 1e3).collect();
     out[3] = median(&mut full);
+    out[4] = full.iter().copied().fold(f64::INFINITY, f64::min);
     out
 }
 
@@ -195,6 +196,14 @@ fn run_case(case: &Case, iters: usize, only: Option<&str>) -> Result<()> {
         };
         println!("| {name} | {:.1} | {:.1} | {ratio:.1}x |", mn[k], mf[k]);
     }
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "\n(loadavg after the timed steps: {})",
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
     if let Some(m) = fused.as_mut() {
         profile_table(case, m, &data, iters.max(3))?;
     }
@@ -261,12 +270,14 @@ fn main() -> Result<()> {
     let iters: usize = std::env::var("NDM_BENCH_ITERS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(5);
+        .unwrap_or(7);
     let only = std::env::var("NDM_BENCH_ONLY").ok();
     let configs = std::env::var("NDM_BENCH_CONFIGS").unwrap_or_else(|_| "mnist,cifar".into());
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
-        "U-Net training step, native candle vs ndm-kernels, {} rayon threads",
-        rayon::current_num_threads()
+        "U-Net training step, native candle vs ndm-kernels, {} rayon threads (loadavg at start: {})",
+        rayon::current_num_threads(),
+        load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
     );
     let cases = [
         Case {
