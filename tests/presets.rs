@@ -51,7 +51,7 @@ fn every_preset_builds_trains_20_steps_and_samples() {
         .unwrap();
         let s = sample(&pipe, solver.as_ref(), &grid, 32, &mut Rng::new(1)).unwrap();
         assert_eq!(s.x.dims(), &[32, 2], "{name}");
-        assert_eq!(s.nfe, steps + 1, "{name}");
+        assert!(s.nfe > steps, "{name}: NFE {} for {steps} steps", s.nfe);
         assert!(to_vec(&s.x).iter().all(|v| v.is_finite()), "{name}");
         // The preset's names resolve to registered plugins.
         reg.get(Family::Solver, &preset.sampler.solver.kind)
@@ -84,4 +84,35 @@ fn training_is_reproducible_from_the_seed() {
             .collect::<Vec<_>>()
     };
     assert_eq!(run(), run());
+}
+
+#[test]
+fn optimizer_state_keeps_no_autograd_history() {
+    // A tracked optimizer update chains every step's graph to the next: memory then grows with
+    // the number of steps (this happened: a 6000-step run was killed at 13 GB).
+    let file = registry_file();
+    let preset = file.preset("ndm").unwrap();
+    let reg = registry();
+    let vb = ndm_api::candle_nn::VarBuilder::zeros(ndm_api::candle_core::DType::F32, &Device::Cpu);
+    let ctx = BuildCtx {
+        device: &Device::Cpu,
+        dtype: ndm_api::candle_core::DType::F32,
+        shape: &[],
+        vb,
+        registry: &reg,
+    };
+    let data = reg.build_dataset(&PluginSpec::new("moons"), &ctx).unwrap();
+    let pipe = build(&preset.model, &[2]);
+    let mut cfg = preset.train.clone();
+    cfg.batch_size = 16;
+    let trainer = Trainer::new(&pipe, &cfg).unwrap();
+    let mut state = TrainState::new(&pipe, 0).unwrap();
+    for _ in 0..3 {
+        trainer.step(&mut state, data.as_ref()).unwrap();
+    }
+    for map in [&state.m, &state.v, &state.ema] {
+        for (name, t) in map.iter() {
+            assert!(!t.track_op(), "{name} records autograd history");
+        }
+    }
 }

@@ -94,7 +94,7 @@ impl RunDir {
     pub fn write_checkpoint(&self, pipe: &Pipeline, state: &TrainState) -> Result<()> {
         let mut t = HashMap::new();
         for (name, var) in pipe.vars() {
-            t.insert(format!("param/{name}"), var.as_tensor().copy()?);
+            t.insert(format!("param/{name}"), var.as_tensor().detach().copy()?);
         }
         for (prefix, map) in [
             ("adam_m", &state.m),

@@ -33,7 +33,7 @@ impl TrainState {
         for (name, var) in pipe.vars() {
             m.insert(name.clone(), var.zeros_like()?);
             v.insert(name.clone(), var.zeros_like()?);
-            ema.insert(name, var.as_tensor().copy()?);
+            ema.insert(name, var.as_tensor().detach().copy()?);
         }
         Ok(TrainState {
             step: 0,
@@ -124,20 +124,22 @@ impl<'a> Trainer<'a> {
             .min((1.0 + step as f64) / (10.0 + step as f64));
         let missing = |n: &str| NdmError::Spec(format!("training state has no entry for `{n}`"));
         for (name, var, g) in gs {
-            let g = (g * clip)?;
+            // Optimizer arithmetic must not be recorded: a tracked update would chain every step's
+            // graph to the next and memory would grow with the number of steps.
+            let g = (g.detach() * clip)?;
             let m = state.m.get(name).ok_or_else(|| missing(name))?;
             let v = state.v.get(name).ok_or_else(|| missing(name))?;
             let m = ((m * b1)? + (&g * (1.0 - b1))?)?;
             let v = ((v * b2)? + (g.sqr()? * (1.0 - b2))?)?;
             let upd = ((&m / c1)? / ((&v / c2)?.sqrt()? + cfg.adam_eps)?)?;
-            let w = var.as_tensor();
-            let new_w = ((w * (1.0 - lr * cfg.weight_decay))? - (upd * lr)?)?;
+            let w = var.as_tensor().detach();
+            let new_w = ((&w * (1.0 - lr * cfg.weight_decay))? - (upd * lr)?)?;
             var.set(&new_w)?;
             let e = state.ema.get(name).ok_or_else(|| missing(name))?;
             let e = ((e * ema_decay)? + (new_w * (1.0 - ema_decay))?)?;
-            state.ema.insert(name.clone(), e);
-            state.m.insert(name.clone(), m);
-            state.v.insert(name.clone(), v);
+            state.ema.insert(name.clone(), e.detach());
+            state.m.insert(name.clone(), m.detach());
+            state.v.insert(name.clone(), v.detach());
         }
         state.step = step;
         Ok(StepReport {

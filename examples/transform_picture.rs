@@ -1,0 +1,76 @@
+//! A picture of a trained model's transform `F(x, t)` at t = 0, 0.25, 0.5, 0.75, 1 (NDM's
+//! Figure 2a): held-out data pushed through `F`, one panel per time, side by side in one PNG.
+//!
+//!     cargo run --release --example transform_picture -- RUN_DIR [OUT.png]
+
+use anyhow::{bail, Context};
+use ndm_api::candle_core::{DType, Tensor};
+use ndm_api::{Rng, Split};
+use plotters::prelude::*;
+use std::path::PathBuf;
+
+fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let run = PathBuf::from(
+        args.next()
+            .context("usage: transform_picture RUN_DIR [OUT.png]")?,
+    );
+    let out = args
+        .next()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| run.join("transform.png"));
+    let env = runner::Env::new(&runner::cli::Global {
+        registry: None,
+        device: "cpu".into(),
+        quiet: true,
+    })?;
+    let (_, pipe, data) = runner::load_run(&env, &run)?;
+    if pipe.data_shape != [2] {
+        bail!(
+            "this picture is for 2-D data; the run has data shape {:?}",
+            pipe.data_shape
+        );
+    }
+    let n = 4000;
+    let x = data.sample(n, Split::Test, &mut Rng::new(5), &pipe.device)?;
+    let times = [0.0, 0.25, 0.5, 0.75, 1.0];
+    let (w, h) = (300u32, 300u32);
+    let root = BitMapBackend::new(&out, (w * times.len() as u32, h)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let panels = root.split_evenly((1, times.len()));
+    for (panel, &t) in panels.iter().zip(&times) {
+        let tt = Tensor::full(t as f32, n, &pipe.device)?;
+        let f = pipe.f(&x, &tt)?.to_dtype(DType::F64)?.to_vec2::<f64>()?;
+        let lim = 3.0;
+        let map = |v: f64| ((v + lim) / (2.0 * lim) * w as f64) as i32;
+        let grey = RGBColor(210, 210, 210);
+        panel
+            .draw(&Rectangle::new(
+                [(0, 0), (w as i32 - 1, h as i32 - 1)],
+                grey,
+            ))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        for (p, q) in x.to_dtype(DType::F64)?.to_vec2::<f64>()?.iter().zip(&f) {
+            // Colour by the data point's square so the reader can follow points through F.
+            let c = if (p[0].floor() as i64).rem_euclid(2) == 0 {
+                RGBAColor(200, 40, 40, 0.4)
+            } else {
+                RGBAColor(30, 70, 200, 0.4)
+            };
+            panel
+                .draw(&Circle::new((map(q[0]), map(-q[1])), 1, c.filled()))
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
+        println!(
+            "t = {t}: F(x, t) has mean |F| {:.3}",
+            f.iter()
+                .map(|r| (r[0] * r[0] + r[1] * r[1]).sqrt())
+                .sum::<f64>()
+                / n as f64
+        );
+    }
+    root.present()
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", out.display()))?;
+    println!("wrote {}", out.display());
+    Ok(())
+}
