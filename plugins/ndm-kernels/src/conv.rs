@@ -215,6 +215,7 @@ fn col2im<T: Float>(g: &ConvGeom, col: &[T], dx: &mut [T]) {
 fn conv_fwd<T: Float>(g: &ConvGeom, x: &[T], w: &[T], bias: Option<&[T]>) -> Vec<T> {
     let per_item = bias.is_some_and(|b| b.len() != g.cout);
     let (k, p, cout) = (g.k(), g.p(), g.cout);
+    let par = g.b < rayon::current_num_threads();
     let mut y = vec![T::zero(); g.b * cout * p];
     let pointwise = g.is_pointwise();
     y.par_chunks_mut((cout * p).max(1))
@@ -229,11 +230,11 @@ fn conv_fwd<T: Float>(g: &ConvGeom, x: &[T], w: &[T], bias: Option<&[T]>) -> Vec
             }
             let acc = bias.is_some();
             if pointwise {
-                matmul(cout, p, k, w, Trans::N, xb, Trans::N, yb, acc);
+                matmul(cout, p, k, w, Trans::N, xb, Trans::N, yb, acc, par);
             } else {
                 T::with_scratch(k * p, |col| {
                     im2col(g, xb, col);
-                    matmul(cout, p, k, w, Trans::N, col, Trans::N, yb, acc);
+                    matmul(cout, p, k, w, Trans::N, col, Trans::N, yb, acc, par);
                 });
             }
         });
@@ -286,16 +287,17 @@ fn conv_bwd_input<T: Float>(g: &ConvGeom, dy: &[T], w: &[T]) -> Vec<T> {
         return conv_fwd(&t, dy, &flip_weight(g, w), None);
     }
     let (k, p, cout) = (g.k(), g.p(), g.cout);
+    let par = g.b < rayon::current_num_threads();
     let mut dx = vec![T::zero(); g.b * g.in_len()];
     let pointwise = g.is_pointwise();
     dx.par_chunks_mut(g.in_len().max(1))
         .zip(dy.par_chunks((cout * p).max(1)))
         .for_each(|(dxb, dyb)| {
             if pointwise {
-                matmul(k, p, cout, w, Trans::T, dyb, Trans::N, dxb, false);
+                matmul(k, p, cout, w, Trans::T, dyb, Trans::N, dxb, false, par);
             } else {
                 T::with_scratch(k * p, |col| {
-                    matmul(k, p, cout, w, Trans::T, dyb, Trans::N, col, false);
+                    matmul(k, p, cout, w, Trans::T, dyb, Trans::N, col, false, par);
                     col2im(g, col, dxb);
                 });
             }
@@ -311,6 +313,7 @@ fn conv_bwd_weight_bias<T: Float>(g: &ConvGeom, x: &[T], dy: &[T], per_item: boo
     let (k, p, cout) = (g.k(), g.p(), g.cout);
     // A few chunks per thread so work stealing evens out a busy core; each chunk owns a dW.
     let chunks = (4 * rayon::current_num_threads()).clamp(1, g.b.max(1));
+    let par = g.b < rayon::current_num_threads();
     let per = g.b.div_ceil(chunks);
     let pointwise = g.is_pointwise();
     let partials: Vec<(Vec<T>, Vec<f64>)> = (0..chunks)
@@ -322,11 +325,22 @@ fn conv_bwd_weight_bias<T: Float>(g: &ConvGeom, x: &[T], dy: &[T], per_item: boo
                 let xb = &x[bi * g.in_len()..(bi + 1) * g.in_len()];
                 let dyb = &dy[bi * cout * p..(bi + 1) * cout * p];
                 if pointwise {
-                    matmul(cout, k, p, dyb, Trans::N, xb, Trans::T, &mut acc, true);
+                    matmul(cout, k, p, dyb, Trans::N, xb, Trans::T, &mut acc, true, par);
                 } else {
                     T::with_scratch(k * p, |col| {
                         im2col(g, xb, col);
-                        matmul(cout, k, p, dyb, Trans::N, col, Trans::T, &mut acc, true);
+                        matmul(
+                            cout,
+                            k,
+                            p,
+                            dyb,
+                            Trans::N,
+                            col,
+                            Trans::T,
+                            &mut acc,
+                            true,
+                            par,
+                        );
                     });
                 }
                 let off = if per_item { bi * cout } else { 0 };

@@ -12,7 +12,8 @@ pub(crate) enum Trans {
 /// `c[m, n] (+)= op(a)[m, k] * op(b)[k, n]`, all row-major and dense.
 ///
 /// `a` is stored `[m, k]` (or `[k, m]` if transposed), `b` `[k, n]` (or `[n, k]`).
-/// Runs single-threaded: callers parallelise over batch items themselves.
+/// Single-threaded unless `parallel`: callers parallelise over batch items themselves and ask
+/// for a threaded GEMM only when there are fewer items than threads (e.g. batch 1).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn matmul<T: Float>(
     m: usize,
@@ -24,6 +25,7 @@ pub(crate) fn matmul<T: Float>(
     tb: Trans,
     c: &mut [T],
     accumulate: bool,
+    parallel: bool,
 ) {
     assert!(
         a.len() >= m * k && b.len() >= k * n && c.len() >= m * n,
@@ -62,7 +64,11 @@ pub(crate) fn matmul<T: Float>(
             false,
             false,
             false,
-            gemm::Parallelism::None,
+            if parallel {
+                gemm::Parallelism::Rayon(rayon::current_num_threads())
+            } else {
+                gemm::Parallelism::None
+            },
         )
     }
 }
