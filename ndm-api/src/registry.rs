@@ -272,43 +272,57 @@ impl PluginRegistry {
     }
 }
 
-/// Registers a built-in plugin with `inventory`:
+/// A [`PluginInfo`] for a config type and a build function (a constant expression):
 ///
 /// ```ignore
-/// ndm_api::register_plugin!(Schedule, "cosine", "Nichol & Dhariwal's cosine schedule", CosineConfig,
+/// pub const COSINE: PluginInfo = ndm_api::plugin_info!(Schedule, "cosine",
+///     "Nichol & Dhariwal's cosine schedule", CosineConfig,
 ///     |cfg: CosineConfig, _ctx: &BuildCtx| Ok(Box::new(Cosine::new(cfg)?)));
 /// ```
 /// The config type must be `Serialize + DeserializeOwned + Default` with
 /// `#[serde(deny_unknown_fields, default)]`; the closure may not capture anything.
 #[macro_export]
+macro_rules! plugin_info {
+    ($family:ident, $name:literal, $summary:literal, $cfg:ty, $build:expr) => {
+        $crate::registry::PluginInfo {
+            name: $name,
+            summary: $summary,
+            defaults: $crate::registry::defaults_of::<$cfg>,
+            resolve: {
+                fn resolve(
+                    p: &$crate::registry::Params,
+                ) -> $crate::Result<$crate::registry::Params> {
+                    let full = concat!(stringify!($family), ".", $name).to_lowercase();
+                    let cfg: $cfg = $crate::registry::parse_config(&full, p)?;
+                    $crate::registry::config_table(&full, &cfg)
+                }
+                resolve
+            },
+            builder: $crate::registry::Builder::$family({
+                fn build(
+                    p: &$crate::registry::Params,
+                    ctx: &$crate::registry::BuildCtx,
+                ) -> $crate::Result<$crate::registry::built::$family> {
+                    let full = concat!(stringify!($family), ".", $name).to_lowercase();
+                    let cfg: $cfg = $crate::registry::parse_config(&full, p)?;
+                    let f: fn(
+                        $cfg,
+                        &$crate::registry::BuildCtx,
+                    ) -> $crate::Result<$crate::registry::built::$family> = $build;
+                    f(cfg, ctx)
+                }
+                build
+            }),
+        }
+    };
+}
+
+/// Registers a plugin linked into the binary (with `inventory`); same arguments as [`plugin_info!`].
+#[macro_export]
 macro_rules! register_plugin {
     ($family:ident, $name:literal, $summary:literal, $cfg:ty, $build:expr) => {
         $crate::inventory::submit! {
-            $crate::registry::PluginInfo {
-                name: $name,
-                summary: $summary,
-                defaults: $crate::registry::defaults_of::<$cfg>,
-                resolve: {
-                    fn resolve(p: &$crate::registry::Params) -> $crate::Result<$crate::registry::Params> {
-                        let full = concat!(stringify!($family), ".", $name).to_lowercase();
-                        let cfg: $cfg = $crate::registry::parse_config(&full, p)?;
-                        $crate::registry::config_table(&full, &cfg)
-                    }
-                    resolve
-                },
-                builder: $crate::registry::Builder::$family({
-                    fn build(
-                        p: &$crate::registry::Params,
-                        ctx: &$crate::registry::BuildCtx,
-                    ) -> $crate::Result<$crate::registry::built::$family> {
-                        let full = concat!(stringify!($family), ".", $name).to_lowercase();
-                        let cfg: $cfg = $crate::registry::parse_config(&full, p)?;
-                        let f: fn($cfg, &$crate::registry::BuildCtx) -> $crate::Result<$crate::registry::built::$family> = $build;
-                        f(cfg, ctx)
-                    }
-                    build
-                }),
-            }
+            $crate::plugin_info!($family, $name, $summary, $cfg, $build)
         }
     };
 }

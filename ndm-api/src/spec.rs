@@ -226,7 +226,12 @@ impl RegistryFile {
     pub fn read(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| NdmError::file(path, e))?;
         let mut reg = Self::parse(&text, &path.display().to_string())?;
-        let dir = path.parent().unwrap_or(Path::new("."));
+        // Absolute, so a bare file name is never looked up on the system's library path.
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
         for lib in &mut reg.libraries {
             if lib.path.is_relative() {
                 lib.path = dir.join(&lib.path);

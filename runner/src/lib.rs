@@ -42,18 +42,13 @@ impl Env {
             }
             None => RegistryFile::parse(BUILTIN_REGISTRY, "built-in registry")?,
         };
-        if let Some(lib) = file.libraries.first() {
-            bail!(
-                "{}: plugin libraries ([[library]] {}) are not supported by this runner yet",
-                file.source
-                    .as_deref()
-                    .unwrap_or(Path::new("registry"))
-                    .display(),
-                lib.path.display()
-            );
+        // Libraries load before any model spec is resolved, so their plugins resolve like built-ins.
+        let mut plugins = ndm_plugins_all::builtin_registry();
+        for lib in &file.libraries {
+            ndm_api::sdk::load_library(&mut plugins, &lib.path, lib.name.as_deref())?;
         }
         Ok(Env {
-            plugins: ndm_plugins_all::builtin_registry(),
+            plugins,
             file,
             device: parse_device(&g.device)?,
             quiet: g.quiet || !std::io::stderr().is_terminal(),
@@ -380,7 +375,7 @@ pub fn train(env: &Env, a: &TrainArgs) -> Result<Value> {
         )?;
         metrics["samples"] = s;
     }
-    if a.eval_examples > 0 && pipe.spec.steps.is_some() {
+    if a.eval_examples > 0 {
         metrics["eval"] = eval_pipeline(env, &pipe, data.as_ref(), a.eval_examples, 1)?;
     }
     write_text(

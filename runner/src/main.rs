@@ -10,8 +10,3 @@ fn main() {
         std::process::exit(1);
     }
 }
-
-// candle allocates a fresh buffer for every op result; glibc's malloc serves large ones with
-// mmap/munmap, and the page faults cost more system time than the math on small models.
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -20,6 +20,10 @@ pub struct MlpConfig {
     /// time derivative matters (inside a learned transform, differentiated by a central difference
     /// with step 5e-3) needs a smooth one, e.g. 10.
     pub time_scale: f64,
+    /// Fourier features of the input: `sin` and `cos` of `2^k pi z` for `k < input_fourier` per
+    /// coordinate, appended to `z` (0: raw input only). They counter an MLP's bias towards smooth
+    /// functions, which blurs sharp edges such as the checkerboard's.
+    pub input_fourier: usize,
 }
 
 impl Default for MlpConfig {
@@ -29,6 +33,7 @@ impl Default for MlpConfig {
             blocks: 3,
             time_dim: 32,
             time_scale: 1000.0,
+            input_fourier: 0,
         }
     }
 }
@@ -61,7 +66,7 @@ impl Mlp {
         }
         let dims: usize = shape.iter().product();
         let h = cfg.hidden;
-        let input = linear(dims, h, vb.pp("input"))?;
+        let input = linear(dims * (1 + 2 * cfg.input_fourier), h, vb.pp("input"))?;
         let time = linear(cfg.time_dim, h, vb.pp("time"))?;
         let blocks = (0..cfg.blocks)
             .map(|i| {
@@ -85,6 +90,22 @@ impl Mlp {
     }
 }
 
+impl Mlp {
+    /// `z` followed by its Fourier features.
+    fn features(&self, z: &Tensor) -> Result<Tensor> {
+        if self.cfg.input_fourier == 0 {
+            return Ok(z.clone());
+        }
+        let mut parts = vec![z.clone()];
+        for k in 0..self.cfg.input_fourier {
+            let arg = (z * (std::f64::consts::PI * 2f64.powi(k as i32)))?;
+            parts.push(arg.sin()?);
+            parts.push(arg.cos()?);
+        }
+        Tensor::cat(&parts, 1)
+    }
+}
+
 impl Backbone for Mlp {
     fn forward(&self, input: &NetInput) -> Result<Tensor> {
         let shape = input.z.dims().to_vec();
@@ -97,7 +118,7 @@ impl Backbone for Mlp {
                 self.cfg.time_scale,
             )?)?
             .silu()?;
-        let mut h = self.input.forward(&z)?;
+        let mut h = self.input.forward(&self.features(&z)?)?;
         for b in &self.blocks {
             let inner = (b.l1.forward(&h.silu()?)? + b.temb.forward(&temb)?)?;
             h = (h + b.l2.forward(&inner.silu()?)?)?;

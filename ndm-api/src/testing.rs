@@ -1,0 +1,212 @@
+//! Conformance checks a plugin crate calls from its own tests (the built-ins use them too):
+//! `ndm_api::testing::check_schedule(&my_schedule)?`. Each returns `Err` with a sentence naming the
+//! first property that fails.
+
+use crate::param::Coeffs;
+use crate::{NoiseSchedule, Parameterization, Rng, Transform};
+use candle_core::{DType, Device, Tensor};
+
+type Check = std::result::Result<(), String>;
+
+fn ensure(ok: bool, msg: impl FnOnce() -> String) -> Check {
+    if ok {
+        Ok(())
+    } else {
+        Err(msg())
+    }
+}
+
+/// A schedule: positive finite `alpha` and `sigma` on `[0, 1]`, strictly decreasing log-SNR,
+/// `log_snr` consistent with `alpha` and `sigma`, derivatives that match central differences, and a
+/// batch form that agrees with the scalar one.
+pub fn check_schedule(s: &dyn NoiseSchedule) -> Check {
+    let n = 200;
+    let mut prev = f64::INFINITY;
+    for i in 0..=n {
+        let t = i as f64 / n as f64;
+        let p = s.point(t);
+        let finite = [p.alpha, p.sigma, p.log_snr, p.dlog_alpha, p.dsigma2]
+            .iter()
+            .all(|v| v.is_finite());
+        ensure(finite, || format!("non-finite value at t = {t}: {p:?}"))?;
+        ensure(p.alpha > 0.0 && p.sigma > 0.0, || {
+            format!("alpha and sigma must be positive at t = {t}: {p:?}")
+        })?;
+        let lambda = 2.0 * (p.alpha.ln() - p.sigma.ln());
+        ensure(
+            (lambda - p.log_snr).abs() < 1e-8 * (1.0 + lambda.abs()),
+            || {
+                format!(
+                    "log_snr {} is not log(alpha^2 / sigma^2) = {lambda} at t = {t}",
+                    p.log_snr
+                )
+            },
+        )?;
+        ensure(p.log_snr < prev, || {
+            format!("log-SNR is not strictly decreasing at t = {t}")
+        })?;
+        ensure(p.dlog_snr() < 0.0, || {
+            format!(
+                "d log-SNR / dt = {} is not negative at t = {t}",
+                p.dlog_snr()
+            )
+        })?;
+        prev = p.log_snr;
+        // Interior points, away from grid kinks of discrete schedules.
+        if i > 0 && i < n {
+            let tm = t + 0.3 / n as f64;
+            let h = 1e-6;
+            let (q, a, b) = (s.point(tm), s.point(tm - h), s.point(tm + h));
+            let dla = (b.alpha.ln() - a.alpha.ln()) / (2.0 * h);
+            let ds2 = (b.sigma.powi(2) - a.sigma.powi(2)) / (2.0 * h);
+            let close = |x: f64, y: f64| (x - y).abs() <= 1e-4 * (1.0 + y.abs());
+            ensure(close(q.dlog_alpha, dla), || {
+                format!(
+                    "d log alpha / dt = {} but finite differences give {dla} at t = {tm}",
+                    q.dlog_alpha
+                )
+            })?;
+            ensure(close(q.dsigma2, ds2), || {
+                format!(
+                    "d sigma^2 / dt = {} but finite differences give {ds2} at t = {tm}",
+                    q.dsigma2
+                )
+            })?;
+        }
+    }
+    let ts = [0.0, 0.31, 0.77, 1.0];
+    let t = Tensor::new(&ts, &Device::Cpu)
+        .map_err(|e| e.to_string())?
+        .to_dtype(DType::F32)
+        .map_err(|e| e.to_string())?;
+    let b = s.batch(&t).map_err(|e| format!("batch form failed: {e}"))?;
+    let alpha: Vec<f32> = b.alpha.to_vec1().map_err(|e| e.to_string())?;
+    ensure(b.alpha.dims() == [4] && b.sigma.dims() == [4], || {
+        "batch form must return [B] tensors".into()
+    })?;
+    for (k, &tk) in ts.iter().enumerate() {
+        let p = s.point(tk);
+        ensure((alpha[k] as f64 - p.alpha).abs() < 1e-5, || {
+            format!(
+                "batch alpha {} differs from point alpha {} at t = {tk}",
+                alpha[k], p.alpha
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// A parameterization: `predict_x(raw_from_x(x)) = x` and `predict_x(target(x, eps)) = x` for
+/// `z = alpha x + sigma eps`, over a range of noise levels, with shapes preserved.
+pub fn check_parameterization(p: &dyn Parameterization) -> Check {
+    let dev = Device::Cpu;
+    let mut rng = Rng::new(17);
+    let (b, d) = (5, 3);
+    let f = |e: candle_core::Error| e.to_string();
+    let x = rng.normal_tensor(&[b, d], DType::F32, &dev).map_err(f)?;
+    let eps = rng.normal_tensor(&[b, d], DType::F32, &dev).map_err(f)?;
+    let theta: Vec<f64> = (0..b)
+        .map(|i| 0.05 + 1.45 * i as f64 / (b - 1) as f64)
+        .collect();
+    let col = |v: Vec<f64>| crate::rng::host_tensor(v, &[b, 1], DType::F32, &dev);
+    let c = Coeffs {
+        alpha: col(theta.iter().map(|t| t.cos()).collect()).map_err(f)?,
+        sigma: col(theta.iter().map(|t| t.sin()).collect()).map_err(f)?,
+        dalpha: col(theta.iter().map(|t| -t.sin()).collect()).map_err(f)?,
+        dsigma: col(theta.iter().map(|t| t.cos()).collect()).map_err(f)?,
+    };
+    let z = (x.broadcast_mul(&c.alpha).map_err(f)? + eps.broadcast_mul(&c.sigma).map_err(f)?)
+        .map_err(f)?;
+    let max_err = |a: &Tensor| -> std::result::Result<f64, String> {
+        let diff = (a - &x)
+            .map_err(f)?
+            .abs()
+            .map_err(f)?
+            .max_all()
+            .map_err(f)?;
+        Ok(diff
+            .to_dtype(DType::F64)
+            .map_err(f)?
+            .to_scalar::<f64>()
+            .map_err(f)?)
+    };
+    let raw = p.raw_from_x(&x, &z, &c).map_err(f)?;
+    ensure(raw.dims() == x.dims(), || {
+        format!("raw_from_x changed the shape to {:?}", raw.dims())
+    })?;
+    let e1 = max_err(&p.predict_x(&raw, &z, &c).map_err(f)?)?;
+    ensure(e1 < 1e-3, || {
+        format!("predict_x(raw_from_x(x)) is off by {e1}")
+    })?;
+    let e2 = max_err(
+        &p.predict_x(&p.target(&x, &eps, &c).map_err(f)?, &z, &c)
+            .map_err(f)?,
+    )?;
+    ensure(e2 < 1e-3, || {
+        format!("predict_x(target(x, eps)) is off by {e2}")
+    })?;
+    Ok(())
+}
+
+/// A transform: keeps the batch dimension, gives the declared latent shape, finite values, and a
+/// time derivative that matches a central difference of `forward` at interior times.
+pub fn check_transform(tf: &dyn Transform, data_shape: &[usize]) -> Check {
+    let dev = Device::Cpu;
+    let f = |e: candle_core::Error| e.to_string();
+    let b = 3;
+    let mut shape = vec![b];
+    shape.extend(data_shape);
+    let x = Rng::new(5)
+        .normal_tensor(&shape, DType::F32, &dev)
+        .map_err(f)?;
+    let t = Tensor::new(&[0.2f32, 0.5, 0.8], &dev).map_err(f)?;
+    let y = tf.forward(&x, &t).map_err(f)?;
+    let mut latent = vec![b];
+    latent.extend(tf.latent_shape(data_shape));
+    ensure(y.dims() == latent.as_slice(), || {
+        format!(
+            "forward gave shape {:?}, latent_shape says {latent:?}",
+            y.dims()
+        )
+    })?;
+    let finite = y
+        .to_dtype(DType::F64)
+        .map_err(f)?
+        .flatten_all()
+        .map_err(f)?
+        .to_vec1::<f64>()
+        .map_err(f)?
+        .iter()
+        .all(|v| v.is_finite());
+    ensure(finite, || "forward gave non-finite values".into())?;
+    let d = tf.time_derivative(&x, &t).map_err(f)?;
+    let h = 1e-2;
+    let fd = ((tf.forward(&x, &t.affine(1.0, h).map_err(f)?).map_err(f)?
+        - tf.forward(&x, &t.affine(1.0, -h).map_err(f)?).map_err(f)?)
+    .map_err(f)?
+        / (2.0 * h))
+        .map_err(f)?;
+    let err = (d - &fd)
+        .map_err(f)?
+        .abs()
+        .map_err(f)?
+        .max_all()
+        .map_err(f)?
+        .to_dtype(DType::F64)
+        .map_err(f)?
+        .to_scalar::<f64>()
+        .map_err(f)?;
+    let scale = fd
+        .abs()
+        .map_err(f)?
+        .max_all()
+        .map_err(f)?
+        .to_dtype(DType::F64)
+        .map_err(f)?
+        .to_scalar::<f64>()
+        .map_err(f)?;
+    ensure(err <= 1e-2 * (1.0 + scale), || {
+        format!("time_derivative differs from a central difference by {err}")
+    })?;
+    Ok(())
+}
