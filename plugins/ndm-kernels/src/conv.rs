@@ -1,9 +1,12 @@
 //! conv2d as im2col + GEMM, with input, weight and bias gradients as their own kernels.
 //!
 //! Each batch item is one GEMM: `y_b[Cout, P] = W[Cout, K] * col_b[K, P]` with
-//! `K = Cin * kh * kw` and `P = Ho * Wo`. The gradients reuse the same shapes:
-//! `dcol_b = W^T * dy_b` scattered back by col2im, and `dW = sum_b dy_b * col_b^T`.
-//! Work is split over batch items with rayon; each worker owns one `col` buffer.
+//! `K = Cin * kh * kw` and `P = Ho * Wo`. The input gradient of a stride-1 conv is the forward
+//! kernel run on `dy` with the flipped, transposed weight; other strides use
+//! `dcol_b = W^T * dy_b` scattered back by col2im. The weight gradient is accumulated as
+//! `dW^T += col_b * dy_b^T` (the fast orientation for the `gemm` crate), with the bias gradient
+//! summed in the same pass. Work is split over batch items with rayon; `col` lives in a
+//! per-thread scratch buffer.
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
