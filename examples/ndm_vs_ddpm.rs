@@ -46,8 +46,14 @@ fn main() -> anyhow::Result<()> {
             ("ddpm", Pipeline::build(&ddpm_spec, &[2], &reg, &dev, 0)?),
             ("ndm", Pipeline::build(&preset.model, &[2], &reg, &dev, 0)?),
         ];
-        let trainers = pipes.iter().map(|(_, p)| Trainer::new(p, &cfg)).collect::<Result<Vec<_>, _>>()?;
-        let mut states = pipes.iter().map(|(_, p)| TrainState::new(p, 0)).collect::<Result<Vec<_>, _>>()?;
+        let trainers = pipes
+            .iter()
+            .map(|(_, p)| Trainer::new(p, &cfg))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut states = pipes
+            .iter()
+            .map(|(_, p)| TrainState::new(p, 0))
+            .collect::<Result<Vec<_>, _>>()?;
         let mut times = [Vec::with_capacity(steps), Vec::with_capacity(steps)];
         // Alternate the two models step by step, so machine load affects both alike.
         for _ in 0..steps {

@@ -3,8 +3,6 @@
 mod common;
 
 use common::*;
-use ndm_api::candle_core::Device;
-use ndm_api::registry::BuildCtx;
 use ndm_api::sample::sample;
 use ndm_api::train::{TrainState, Trainer};
 use ndm_api::{Family, PluginSpec, Rng, TimeGrid};
@@ -14,14 +12,7 @@ fn every_preset_builds_trains_20_steps_and_samples() {
     let reg = registry();
     let file = registry_file();
     assert!(file.presets.len() >= 2);
-    let vb = ndm_api::candle_nn::VarBuilder::zeros(ndm_api::candle_core::DType::F32, &Device::Cpu);
-    let ctx = BuildCtx {
-        device: &Device::Cpu,
-        dtype: ndm_api::candle_core::DType::F32,
-        shape: &[],
-        vb,
-        registry: &reg,
-    };
+    let ctx = plain_ctx(&reg);
     let data = reg
         .build_dataset(&PluginSpec::new("checkerboard"), &ctx)
         .unwrap();
@@ -64,14 +55,7 @@ fn training_is_reproducible_from_the_seed() {
     let file = registry_file();
     let preset = file.preset("ddpm").unwrap();
     let reg = registry();
-    let vb = ndm_api::candle_nn::VarBuilder::zeros(ndm_api::candle_core::DType::F32, &Device::Cpu);
-    let ctx = BuildCtx {
-        device: &Device::Cpu,
-        dtype: ndm_api::candle_core::DType::F32,
-        shape: &[],
-        vb,
-        registry: &reg,
-    };
+    let ctx = plain_ctx(&reg);
     let data = reg.build_dataset(&PluginSpec::new("moons"), &ctx).unwrap();
     let run = || {
         let pipe = build(&preset.model, &[2]);
@@ -93,14 +77,7 @@ fn optimizer_state_keeps_no_autograd_history() {
     let file = registry_file();
     let preset = file.preset("ndm").unwrap();
     let reg = registry();
-    let vb = ndm_api::candle_nn::VarBuilder::zeros(ndm_api::candle_core::DType::F32, &Device::Cpu);
-    let ctx = BuildCtx {
-        device: &Device::Cpu,
-        dtype: ndm_api::candle_core::DType::F32,
-        shape: &[],
-        vb,
-        registry: &reg,
-    };
+    let ctx = plain_ctx(&reg);
     let data = reg.build_dataset(&PluginSpec::new("moons"), &ctx).unwrap();
     let pipe = build(&preset.model, &[2]);
     let mut cfg = preset.train.clone();

@@ -96,117 +96,92 @@ pub fn check_schedule(s: &dyn NoiseSchedule) -> Check {
     Ok(())
 }
 
+/// The largest absolute entry of a tensor.
+fn max_abs(t: &Tensor) -> candle_core::Result<f64> {
+    t.abs()?.max_all()?.to_dtype(DType::F64)?.to_scalar::<f64>()
+}
+
+/// Runs a check whose tensor errors are failures too.
+fn run_check(check: impl FnOnce() -> candle_core::Result<Check>) -> Check {
+    check().unwrap_or_else(|e| Err(format!("tensor error: {e}")))
+}
+
 /// A parameterization: `predict_x(raw_from_x(x)) = x` and `predict_x(target(x, eps)) = x` for
 /// `z = alpha x + sigma eps`, over a range of noise levels, with shapes preserved.
 pub fn check_parameterization(p: &dyn Parameterization) -> Check {
-    let dev = Device::Cpu;
-    let mut rng = Rng::new(17);
-    let (b, d) = (5, 3);
-    let f = |e: candle_core::Error| e.to_string();
-    let x = rng.normal_tensor(&[b, d], DType::F32, &dev).map_err(f)?;
-    let eps = rng.normal_tensor(&[b, d], DType::F32, &dev).map_err(f)?;
-    let theta: Vec<f64> = (0..b)
-        .map(|i| 0.05 + 1.45 * i as f64 / (b - 1) as f64)
-        .collect();
-    let col = |v: Vec<f64>| crate::rng::host_tensor(v, &[b, 1], DType::F32, &dev);
-    let c = Coeffs {
-        alpha: col(theta.iter().map(|t| t.cos()).collect()).map_err(f)?,
-        sigma: col(theta.iter().map(|t| t.sin()).collect()).map_err(f)?,
-        dalpha: col(theta.iter().map(|t| -t.sin()).collect()).map_err(f)?,
-        dsigma: col(theta.iter().map(|t| t.cos()).collect()).map_err(f)?,
-    };
-    let z = (x.broadcast_mul(&c.alpha).map_err(f)? + eps.broadcast_mul(&c.sigma).map_err(f)?)
-        .map_err(f)?;
-    let max_err = |a: &Tensor| -> std::result::Result<f64, String> {
-        let diff = (a - &x)
-            .map_err(f)?
-            .abs()
-            .map_err(f)?
-            .max_all()
-            .map_err(f)?;
-        Ok(diff
-            .to_dtype(DType::F64)
-            .map_err(f)?
-            .to_scalar::<f64>()
-            .map_err(f)?)
-    };
-    let raw = p.raw_from_x(&x, &z, &c).map_err(f)?;
-    ensure(raw.dims() == x.dims(), || {
-        format!("raw_from_x changed the shape to {:?}", raw.dims())
-    })?;
-    let e1 = max_err(&p.predict_x(&raw, &z, &c).map_err(f)?)?;
-    ensure(e1 < 1e-3, || {
-        format!("predict_x(raw_from_x(x)) is off by {e1}")
-    })?;
-    let e2 = max_err(
-        &p.predict_x(&p.target(&x, &eps, &c).map_err(f)?, &z, &c)
-            .map_err(f)?,
-    )?;
-    ensure(e2 < 1e-3, || {
-        format!("predict_x(target(x, eps)) is off by {e2}")
-    })?;
-    Ok(())
+    run_check(|| {
+        let dev = Device::Cpu;
+        let mut rng = Rng::new(17);
+        let (b, d) = (5, 3);
+        let x = rng.normal_tensor(&[b, d], DType::F32, &dev)?;
+        let eps = rng.normal_tensor(&[b, d], DType::F32, &dev)?;
+        let theta: Vec<f64> = (0..b)
+            .map(|i| 0.05 + 1.45 * i as f64 / (b - 1) as f64)
+            .collect();
+        let col = |f: fn(f64) -> f64| {
+            crate::rng::host_tensor(
+                theta.iter().map(|&t| f(t)).collect(),
+                &[b, 1],
+                DType::F32,
+                &dev,
+            )
+        };
+        let c = Coeffs {
+            alpha: col(f64::cos)?,
+            sigma: col(f64::sin)?,
+            dalpha: col(|t| -t.sin())?,
+            dsigma: col(f64::cos)?,
+        };
+        let z = (x.broadcast_mul(&c.alpha)? + eps.broadcast_mul(&c.sigma)?)?;
+        let raw = p.raw_from_x(&x, &z, &c)?;
+        if raw.dims() != x.dims() {
+            return Ok(Err(format!(
+                "raw_from_x changed the shape to {:?}",
+                raw.dims()
+            )));
+        }
+        let e1 = max_abs(&(p.predict_x(&raw, &z, &c)? - &x)?)?;
+        let e2 = max_abs(&(p.predict_x(&p.target(&x, &eps, &c)?, &z, &c)? - &x)?)?;
+        Ok(ensure(e1 < 1e-3, || {
+            format!("predict_x(raw_from_x(x)) is off by {e1}")
+        })
+        .and_then(|_| {
+            ensure(e2 < 1e-3, || {
+                format!("predict_x(target(x, eps)) is off by {e2}")
+            })
+        }))
+    })
 }
 
 /// A transform: keeps the batch dimension, gives the declared latent shape, finite values, and a
 /// time derivative that matches a central difference of `forward` at interior times.
 pub fn check_transform(tf: &dyn Transform, data_shape: &[usize]) -> Check {
-    let dev = Device::Cpu;
-    let f = |e: candle_core::Error| e.to_string();
-    let b = 3;
-    let mut shape = vec![b];
-    shape.extend(data_shape);
-    let x = Rng::new(5)
-        .normal_tensor(&shape, DType::F32, &dev)
-        .map_err(f)?;
-    let t = Tensor::new(&[0.2f32, 0.5, 0.8], &dev).map_err(f)?;
-    let y = tf.forward(&x, &t).map_err(f)?;
-    let mut latent = vec![b];
-    latent.extend(tf.latent_shape(data_shape));
-    ensure(y.dims() == latent.as_slice(), || {
-        format!(
-            "forward gave shape {:?}, latent_shape says {latent:?}",
-            y.dims()
-        )
-    })?;
-    let finite = y
-        .to_dtype(DType::F64)
-        .map_err(f)?
-        .flatten_all()
-        .map_err(f)?
-        .to_vec1::<f64>()
-        .map_err(f)?
-        .iter()
-        .all(|v| v.is_finite());
-    ensure(finite, || "forward gave non-finite values".into())?;
-    let d = tf.time_derivative(&x, &t).map_err(f)?;
-    let h = 1e-2;
-    let fd = ((tf.forward(&x, &t.affine(1.0, h).map_err(f)?).map_err(f)?
-        - tf.forward(&x, &t.affine(1.0, -h).map_err(f)?).map_err(f)?)
-    .map_err(f)?
-        / (2.0 * h))
-        .map_err(f)?;
-    let err = (d - &fd)
-        .map_err(f)?
-        .abs()
-        .map_err(f)?
-        .max_all()
-        .map_err(f)?
-        .to_dtype(DType::F64)
-        .map_err(f)?
-        .to_scalar::<f64>()
-        .map_err(f)?;
-    let scale = fd
-        .abs()
-        .map_err(f)?
-        .max_all()
-        .map_err(f)?
-        .to_dtype(DType::F64)
-        .map_err(f)?
-        .to_scalar::<f64>()
-        .map_err(f)?;
-    ensure(err <= 1e-2 * (1.0 + scale), || {
-        format!("time_derivative differs from a central difference by {err}")
-    })?;
-    Ok(())
+    run_check(|| {
+        let dev = Device::Cpu;
+        let b = 3;
+        let mut shape = vec![b];
+        shape.extend(data_shape);
+        let x = Rng::new(5).normal_tensor(&shape, DType::F32, &dev)?;
+        let t = Tensor::new(&[0.2f32, 0.5, 0.8], &dev)?;
+        let y = tf.forward(&x, &t)?;
+        let mut latent = vec![b];
+        latent.extend(tf.latent_shape(data_shape));
+        if y.dims() != latent.as_slice() {
+            return Ok(Err(format!(
+                "forward gave shape {:?}, latent_shape says {latent:?}",
+                y.dims()
+            )));
+        }
+        if !max_abs(&y)?.is_finite() {
+            return Ok(Err("forward gave non-finite values".into()));
+        }
+        let d = tf.time_derivative(&x, &t)?;
+        let h = 1e-2;
+        let fd = ((tf.forward(&x, &t.affine(1.0, h)?)? - tf.forward(&x, &t.affine(1.0, -h)?)?)?
+            / (2.0 * h))?;
+        let (err, scale) = (max_abs(&(d - &fd)?)?, max_abs(&fd)?);
+        Ok(ensure(err <= 1e-2 * (1.0 + scale), || {
+            format!("time_derivative differs from a central difference by {err}")
+        }))
+    })
 }

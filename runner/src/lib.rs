@@ -91,6 +91,17 @@ pub fn parse_device(s: &str) -> Result<Device> {
     Device::new_cuda(n).with_context(|| format!("cannot open device {s}"))
 }
 
+/// The whole program: parse the command line, run it, print an error as one `Error:` line and
+/// exit 1. A binary that links extra plugin crates calls this from its `main`.
+pub fn main_entry() {
+    use clap::Parser;
+    if let Err(e) = run(Cli::parse()) {
+        let chain: Vec<String> = e.chain().map(|c| ndm_api::error::one_line(c)).collect();
+        eprintln!("Error: {}", chain.join(": "));
+        std::process::exit(1);
+    }
+}
+
 /// Runs one command line.
 pub fn run(cli: Cli) -> Result<()> {
     let env = Env::new(&cli.global)?;

@@ -4,7 +4,8 @@
 
 use ndm_api::candle_core::{Result, Tensor};
 use ndm_api::elbo::{
-    continuous_nelbo, discrete_nelbo, noise_like, DiffEstimate, ImportanceTable, TimeSampling,
+    continuous_nelbo, discrete_nelbo, noise_like, DiffEstimate, ImportanceTable, NelboTerms,
+    TimeSampling,
 };
 use ndm_api::registry::BuildCtx;
 use ndm_api::rng::host_tensor;
@@ -25,6 +26,16 @@ pub fn draw_times(pipe: &Pipeline, b: usize, rng: &mut Rng) -> Result<Tensor> {
         None => (0..b).map(|_| t_end * (1.0 - rng.uniform())).collect(),
     };
     host_tensor(ts, &[b], pipe.dtype, &pipe.device)
+}
+
+/// The NELBO objectives' loss: the batch mean of the NELBO per data dimension (nats per dimension,
+/// scale-free across data sets), with the terms in nats per example for logs.
+fn nelbo_loss(terms: &NelboTerms, x: &Tensor) -> Result<LossOutput> {
+    let dims = (x.elem_count() / x.dim(0)?) as f64;
+    Ok(LossOutput {
+        loss: (terms.total()?.mean_all()? / dims)?,
+        terms: terms.means()?,
+    })
 }
 
 /// `objective.eps-mse` config.
@@ -112,12 +123,7 @@ impl Objective for ElboDiscrete {
             ndm_api::candle_core::Error::Msg("ndm-elbo-discrete needs model.steps".into())
         })?;
         let terms = discrete_nelbo(pipe, x, t_total, DiffEstimate::Sampled, rng)?;
-        let dims = (x.elem_count() / x.dim(0)?) as f64;
-        let loss = (terms.total()?.mean_all()? / dims)?;
-        Ok(LossOutput {
-            loss,
-            terms: terms.means()?,
-        })
+        nelbo_loss(&terms, x)
     }
 }
 
@@ -168,12 +174,7 @@ impl Objective for ElboContinuous {
             }
         };
         let terms = continuous_nelbo(pipe, x, self.rule, table, 1, rng)?;
-        let dims = (x.elem_count() / x.dim(0)?) as f64;
-        let loss = (terms.total()?.mean_all()? / dims)?;
-        Ok(LossOutput {
-            loss,
-            terms: terms.means()?,
-        })
+        nelbo_loss(&terms, x)
     }
 }
 
