@@ -280,19 +280,42 @@ impl ReverseProcess for Pipeline {
         t: f64,
         eta: f64,
     ) -> candle_core::Result<(Tensor, f64)> {
+        let (drift, g) = self.sde_drift(z, xhat, t, eta)?;
+        Ok((drift.detach(), g))
+    }
+}
+
+impl Pipeline {
+    /// The reverse-SDE drift and diffusion of MATH.md without detaching, so the likelihood can
+    /// differentiate the probability-flow drift with respect to `z` (see [`ReverseProcess::reverse_sde`]).
+    pub fn sde_drift(
+        &self,
+        z: &Tensor,
+        xhat: &Tensor,
+        t: f64,
+        eta: f64,
+    ) -> candle_core::Result<(Tensor, f64)> {
         let p = self.schedule.point(t);
         let s2 = p.sigma * p.sigma;
         let g2 = eta * eta * (-p.dlog_snr()) * s2;
         let c = p.dsigma2 - 2.0 * p.dlog_alpha * s2 + g2;
-        let score = self.score(z, xhat, t)?;
+        let tt = self.time_tensor(t, z.dim(0)?)?;
+        // score = (alpha F(xhat, t) - z) / sigma^2
+        let score = (((self.f(xhat, &tt)? * p.alpha)? - z)? / s2)?;
         let mut drift = ((z * p.dlog_alpha)? - (score * (c / 2.0))?)?;
         if !self.transform.is_identity() {
-            let fdot = self
-                .transform
-                .time_derivative(xhat, &self.time_tensor(t, z.dim(0)?)?)?;
+            let fdot = self.transform.time_derivative(xhat, &tt)?;
             drift = (drift + (fdot * p.alpha)?)?;
         }
-        Ok((drift.detach(), g2.max(0.0).sqrt()))
+        Ok((drift, g2.max(0.0).sqrt()))
+    }
+
+    /// The probability-flow ODE drift at `(z, t)` with gradients kept (one network evaluation).
+    pub fn ode_drift(&self, z: &Tensor, t: f64) -> candle_core::Result<Tensor> {
+        let tt = self.time_tensor(t, z.dim(0)?)?;
+        let sb = self.schedule.batch(&tt)?;
+        let xhat = self.xhat(z, &tt, &sb)?;
+        Ok(self.sde_drift(z, &xhat, t, 0.0)?.0)
     }
 }
 

@@ -27,26 +27,63 @@ pub trait Solver: Send + Sync + std::fmt::Debug {
 }
 
 /// How `--steps N` places its times.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub enum Spacing {
-    /// Evenly spaced from `t_end` to `t_min`, both included (rounded to the training grid).
+    /// Evenly spaced in `t` from `t_end` to `t_min`, both included (rounded to the training grid).
     #[default]
     Uniform,
     /// A fixed integer stride down from `t_end` (diffusers' "trailing"), the last step to `t_min`.
     Trailing,
+    /// Evenly spaced in log-SNR (continuous-time models).
+    LogSnr,
+    /// Karras et al.'s noise levels: `sigma_ve = sigma / alpha` evenly spaced in `sigma_ve^(1/rho)`
+    /// (continuous-time models); written `karras` (rho 7) or `karras:RHO`.
+    Karras(f64),
 }
 
 impl std::str::FromStr for Spacing {
     type Err = NdmError;
     fn from_str(s: &str) -> Result<Self> {
+        let bad = || {
+            NdmError::InvalidArgument(format!(
+                "unknown spacing `{s}`; known: uniform, trailing, log-snr, karras, karras:RHO"
+            ))
+        };
         match s {
             "uniform" => Ok(Spacing::Uniform),
             "trailing" => Ok(Spacing::Trailing),
-            _ => Err(NdmError::InvalidArgument(format!(
-                "unknown spacing `{s}`; known: uniform, trailing"
-            ))),
+            "log-snr" => Ok(Spacing::LogSnr),
+            "karras" => Ok(Spacing::Karras(7.0)),
+            _ => match s.strip_prefix("karras:").map(str::parse::<f64>) {
+                Some(Ok(rho)) if rho > 0.0 && rho.is_finite() => Ok(Spacing::Karras(rho)),
+                _ => Err(bad()),
+            },
         }
+    }
+}
+
+impl TryFrom<String> for Spacing {
+    type Error = NdmError;
+    fn try_from(s: String) -> Result<Self> {
+        s.parse()
+    }
+}
+
+impl From<Spacing> for String {
+    fn from(s: Spacing) -> String {
+        match s {
+            Spacing::Uniform => "uniform".into(),
+            Spacing::Trailing => "trailing".into(),
+            Spacing::LogSnr => "log-snr".into(),
+            Spacing::Karras(rho) => format!("karras:{rho}"),
+        }
+    }
+}
+
+impl std::fmt::Display for Spacing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&String::from(*self))
     }
 }
 
@@ -60,6 +97,61 @@ impl TimeGrid {
     /// `steps` solver steps over `[t_min, t_end]`. For a discrete-time model (`training_steps = Some(T)`)
     /// every time lies on the training grid `i / T` and `steps` may not exceed the number of training
     /// intervals inside `[t_min, t_end]`.
+    /// The grid for a reverse process: its time range, its training grid and, for `log-snr` and
+    /// `karras` spacing, its schedule.
+    pub fn for_process(steps: usize, spacing: Spacing, rp: &dyn ReverseProcess) -> Result<Self> {
+        let (t_min, t_end) = (rp.t_min(), rp.t_end());
+        let level: Box<dyn Fn(f64) -> f64 + '_> = match spacing {
+            Spacing::Uniform | Spacing::Trailing => {
+                return Self::new(steps, spacing, rp.training_steps(), t_min, t_end)
+            }
+            _ if rp.training_steps().is_some() => {
+                return Err(NdmError::InvalidArgument(format!(
+                    "spacing {spacing} needs a continuous-time model; this one has a training grid (use uniform or trailing)"
+                )))
+            }
+            // An increasing function of t, to be spaced evenly.
+            Spacing::LogSnr => Box::new(|t: f64| -rp.schedule_point(t).log_snr),
+            Spacing::Karras(rho) => {
+                Box::new(move |t: f64| (-rp.schedule_point(t).log_snr / (2.0 * rho)).exp())
+            }
+        };
+        if steps == 0 {
+            return Err(NdmError::InvalidArgument(
+                "--steps must be at least 1".into(),
+            ));
+        }
+        let (hi, lo) = (level(t_end), level(t_min));
+        let mut times = Vec::with_capacity(steps + 1);
+        for k in 0..=steps {
+            times.push(match k {
+                0 => t_end,
+                k if k == steps => t_min,
+                k => {
+                    let target = hi + (lo - hi) * k as f64 / steps as f64;
+                    let (mut a, mut b) = (t_min, t_end);
+                    for _ in 0..100 {
+                        let m = 0.5 * (a + b);
+                        if level(m) < target {
+                            a = m;
+                        } else {
+                            b = m;
+                        }
+                    }
+                    0.5 * (a + b)
+                }
+            });
+        }
+        if times.windows(2).any(|w| w[1] >= w[0]) {
+            return Err(NdmError::InvalidArgument(format!(
+                "--steps {steps} is too many for spacing {spacing}"
+            )));
+        }
+        Ok(TimeGrid { times })
+    }
+
+    /// `steps` solver steps over `[t_min, t_end]` with `uniform` or `trailing` spacing (the others
+    /// need the schedule: [`TimeGrid::for_process`]).
     pub fn new(
         steps: usize,
         spacing: Spacing,
@@ -67,6 +159,11 @@ impl TimeGrid {
         t_min: f64,
         t_end: f64,
     ) -> Result<Self> {
+        if matches!(spacing, Spacing::LogSnr | Spacing::Karras(_)) {
+            return Err(NdmError::InvalidArgument(format!(
+                "spacing {spacing} needs the schedule: use TimeGrid::for_process"
+            )));
+        }
         if steps == 0 {
             return Err(NdmError::InvalidArgument(
                 "--steps must be at least 1".into(),
@@ -104,7 +201,7 @@ impl TimeGrid {
                     Spacing::Uniform => (0..=steps)
                         .map(|k| hi - ((k as f64 * n as f64 / steps as f64).round() as usize))
                         .collect(),
-                    Spacing::Trailing => {
+                    _ => {
                         let stride = n / steps;
                         (0..=steps)
                             .map(|k| if k == steps { lo } else { hi - stride * k })

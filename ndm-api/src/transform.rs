@@ -77,6 +77,12 @@ pub trait Transform: Send + Sync + std::fmt::Debug {
         false
     }
 
+    /// True when `F(x, 0) = x` exactly, which makes the probability-flow ODE's density at `t = 0`
+    /// a likelihood of `x` itself (see `ndm_api::likelihood`).
+    fn identity_at_zero(&self) -> bool {
+        self.is_identity()
+    }
+
     /// True when `F` owns trainable weights.
     fn is_trainable(&self) -> bool {
         false

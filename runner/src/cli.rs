@@ -134,4 +134,18 @@ pub struct EvalArgs {
     pub examples: usize,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
+    /// Also the NLL under the probability-flow ODE (RK45), for transforms that are the identity at t = 0.
+    #[arg(long)]
+    pub nll: bool,
+    /// Divergence of the drift: auto (exact up to 16 dimensions), exact, rademacher, gaussian.
+    #[arg(long, default_value = "auto")]
+    pub trace: String,
+    /// Hutchinson probes (independent solves) averaged per example.
+    #[arg(long, default_value_t = 1)]
+    pub probes: usize,
+    /// RK45 relative and absolute tolerances.
+    #[arg(long, default_value_t = 1e-5)]
+    pub rtol: f64,
+    #[arg(long, default_value_t = 1e-5)]
+    pub atol: f64,
 }

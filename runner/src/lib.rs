@@ -409,7 +409,7 @@ pub fn draw_samples(
 ) -> Result<Value> {
     let solver = env.plugins.build_solver(&sampler.solver, &env.ctx(&[]))?;
     let steps = sampler.steps.or(pipe.spec.steps).unwrap_or(100);
-    let grid = TimeGrid::new(steps, sampler.spacing, pipe.spec.steps, 0.0, pipe.t_end())?;
+    let grid = TimeGrid::for_process(steps, sampler.spacing, pipe)?;
     let mut rng = Rng::derived(seed, "sample");
     let t0 = Instant::now();
     let s = sample(pipe, solver.as_ref(), &grid, n, &mut rng)?;
@@ -483,6 +483,58 @@ fn eval_pipeline(
     Ok(v)
 }
 
+fn nll_pipeline(pipe: &Pipeline, data: &dyn Dataset, a: &EvalArgs) -> Result<Value> {
+    use ndm_api::likelihood::{ode_nll, NllOptions, Trace};
+    let dims: usize = pipe.data_shape.iter().product();
+    let mut opts = NllOptions::default_for(dims);
+    opts.trace = match a.trace.as_str() {
+        "auto" => opts.trace,
+        "exact" => Trace::Exact,
+        "rademacher" => Trace::Rademacher,
+        "gaussian" => Trace::Gaussian,
+        other => bail!("unknown --trace `{other}`; known: auto, exact, rademacher, gaussian"),
+    };
+    if a.probes == 0 || !(a.rtol > 0.0 && a.atol > 0.0) {
+        bail!("--probes must be at least 1 and --rtol, --atol positive");
+    }
+    opts.probes = a.probes;
+    opts.tol.rtol = a.rtol;
+    opts.tol.atol = a.atol;
+    let mut rng = Rng::derived(a.seed, "nll");
+    let x = data.sample(a.examples, ndm_api::Split::Test, &mut rng, &pipe.device)?;
+    let t0 = Instant::now();
+    let mut all = Vec::with_capacity(a.examples);
+    let mut nfe = 0;
+    for start in (0..a.examples).step_by(500) {
+        let b = 500.min(a.examples - start);
+        let r = ode_nll(pipe, &x.narrow(0, start, b)?, &opts, &mut rng)?;
+        all.extend(r.nll);
+        nfe += r.stats.nfe;
+    }
+    let n = all.len() as f64;
+    let mean = all.iter().sum::<f64>() / n;
+    let se = (all.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0) / n).sqrt();
+    let bpd = mean / (dims as f64 * std::f64::consts::LN_2);
+    println!(
+        "ODE NLL {mean:.4} ± {se:.4} nats ({bpd:.4} bits/dim) on {} held-out examples, trace {:?} x{}, rk45 NFE {nfe}{}",
+        all.len(),
+        opts.trace,
+        if opts.trace == Trace::Exact { 1 } else { opts.probes },
+        data.entropy().map(|h| format!(" (data entropy {h:.4} nats)")).unwrap_or_default()
+    );
+    Ok(json!({
+        "nll_nats": mean,
+        "stderr_nats": se,
+        "bits_per_dim": bpd,
+        "trace": format!("{:?}", opts.trace),
+        "probes": opts.probes,
+        "rtol": opts.tol.rtol,
+        "atol": opts.tol.atol,
+        "nfe": nfe,
+        "seconds": t0.elapsed().as_secs_f64(),
+    }))
+}
+
 /// Loads a trained run: its spec, pipeline (EMA weights) and dataset.
 pub fn load_run(env: &Env, dir: &Path) -> Result<(RunSpec, Pipeline, Box<dyn Dataset>)> {
     let rd = RunDir::new(dir);
@@ -521,7 +573,10 @@ pub fn sample_cmd(env: &Env, a: &SampleArgs) -> Result<Value> {
 /// `runner eval`.
 pub fn eval_cmd(env: &Env, a: &EvalArgs) -> Result<Value> {
     let (_, pipe, data) = load_run(env, &a.run)?;
-    let v = eval_pipeline(env, &pipe, data.as_ref(), a.examples, a.seed)?;
+    let mut v = eval_pipeline(env, &pipe, data.as_ref(), a.examples, a.seed)?;
+    if a.nll {
+        v["ode_nll"] = nll_pipeline(&pipe, data.as_ref(), a)?;
+    }
     write_text(&a.run.join("eval.json"), &serde_json::to_string_pretty(&v)?)?;
     Ok(v)
 }

@@ -3,17 +3,23 @@
 //! - `ancestral`, `ddim`: NDM's posterior step (discrete; one network evaluation per step).
 //! - `euler-maruyama`: the reverse SDE of MATH.md (any eta; eta = 0 is the probability-flow ODE).
 //! - `heun`: second-order solver of the probability-flow ODE (two evaluations per step).
+//! - `rk45`: adaptive Dormand-Prince on the probability-flow ODE.
+//! - `dpmpp-2m`: DPM-Solver++(2M), second order in log-SNR, one evaluation per step.
 //! - `pc`: predictor-corrector (Song et al. 2021): Langevin corrector, then a reverse-diffusion or
 //!   Euler-Maruyama predictor; the last step returns the noise-free mean.
 //!
 //! NFE counts denoiser evaluations; a learned transform's own evaluations inside `dF/dt` are extra.
 
+mod dpm;
 mod pc;
 mod posterior;
+mod rk45;
 mod sde;
 
+pub use dpm::DpmSolver2M;
 pub use pc::{PcConfig, PcSolver, Predictor};
 pub use posterior::PosteriorSolver;
+pub use rk45::Rk45;
 pub use sde::{EulerMaruyama, Heun};
 
 use ndm_api::candle_core::{Result, Tensor};

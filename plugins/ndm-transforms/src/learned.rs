@@ -80,6 +80,9 @@ impl Transform for Learned {
     fn is_trainable(&self) -> bool {
         true
     }
+    fn identity_at_zero(&self) -> bool {
+        true
+    }
 }
 
 ndm_api::register_plugin!(
