@@ -108,3 +108,12 @@ fn unet_rejects_bad_sizes() {
     let e = net.forward(&x, &t).unwrap_err().to_string();
     assert!(e.contains("divisible by 2"), "{e}");
 }
+
+#[test]
+fn default_config_has_the_documented_size() {
+    let vm = VarMap::new();
+    let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
+    UNet::new(vb, &UNetConfig::default(), KernelBackend::Fused).unwrap();
+    let n: usize = vm.all_vars().iter().map(|v| v.elem_count()).sum();
+    assert_eq!(n, 410_721);
+}
