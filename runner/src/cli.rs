@@ -123,6 +123,9 @@ pub struct SampleArgs {
     /// Output path prefix: writes PREFIX.png and PREFIX.safetensors; default RUN/samples-<solver>-<steps>.
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// Set one solver param: `solver.snr=0.1`, `solver.rtol=1e-4` (repeatable).
+    #[arg(long = "set", value_name = "solver.FIELD=VALUE")]
+    pub set: Vec<String>,
 }
 
 #[derive(Debug, Args, Clone)]

@@ -553,6 +553,13 @@ pub fn sample_cmd(env: &Env, a: &SampleArgs) -> Result<Value> {
     let (spec, pipe, data) = load_run(env, &a.run)?;
     let mut sampler = spec.sampler.clone();
     apply_sampler_args(&mut sampler, &a.sampler)?;
+    for s in &a.set {
+        let (field, value) = s
+            .strip_prefix("solver.")
+            .and_then(|r| r.split_once('='))
+            .ok_or_else(|| anyhow!("--set {s}: sample takes solver.FIELD=VALUE"))?;
+        sampler.solver.set(field, value);
+    }
     sampler.solver = sampler.solver.resolve(Family::Solver, &env.plugins)?;
     let steps = sampler.steps.or(pipe.spec.steps).unwrap_or(100);
     let prefix = a.out.clone().unwrap_or_else(|| {
