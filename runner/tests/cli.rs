@@ -10,8 +10,9 @@ fn runner(dir: &Path) -> Command {
     c
 }
 
+/// The workspace root (these tests live in the runner package).
 fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
 }
 
 /// Runs and returns (success, stdout, stderr).
