@@ -290,3 +290,20 @@ fn nelbo_gradients_reach_both_the_denoiser_and_the_transform() {
         assert_eq!(names, ["nelbo", "l_prior", "l_diff", "l_rec"]);
     }
 }
+
+#[test]
+fn reverse_process_outputs_carry_no_autograd_history() {
+    // With a learned F, a tracked posterior mean chained every solver step's graph to the next:
+    // sampling 10,000 points slowed to a crawl and was killed for memory.
+    let pipe = build(&preset("ndm"), &[2]);
+    let z = tensor(&[0.5, -1.3, 1.7, 0.2], &[2, 2]);
+    let xhat = pipe.predict_x(&z, 0.5).unwrap();
+    assert!(!xhat.track_op());
+    assert!(!pipe
+        .posterior(&z, &xhat, 0.5, 0.4, 1.0)
+        .unwrap()
+        .mean
+        .track_op());
+    assert!(!pipe.score(&z, &xhat, 0.5).unwrap().track_op());
+    assert!(!pipe.reverse_sde(&z, &xhat, 0.5, 1.0).unwrap().0.track_op());
+}

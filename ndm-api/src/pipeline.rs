@@ -263,15 +263,17 @@ impl ReverseProcess for Pipeline {
         let f_s = self.f(xhat, &self.time_tensor(s, n)?)?;
         // mean = alpha_s F(xhat, s) + k (z_t - alpha_t F(xhat, t))
         let mean = ((f_s * ps.alpha)? + ((z_t - (f_t * pt.alpha)?)? * c.k)?)?;
+        // Detached like everything a solver gets: with a learned F the mean would otherwise carry
+        // the transform's graph, and z would chain every step's graph to the next.
         Ok(Gaussian {
-            mean,
+            mean: mean.detach(),
             std: c.var.sqrt(),
         })
     }
     fn score(&self, z: &Tensor, xhat: &Tensor, t: f64) -> candle_core::Result<Tensor> {
         let p = self.schedule.point(t);
         let f = self.f(xhat, &self.time_tensor(t, z.dim(0)?)?)?;
-        ((f * p.alpha)? - z)? / (p.sigma * p.sigma)
+        Ok((((f * p.alpha)? - z)? / (p.sigma * p.sigma))?.detach())
     }
     fn reverse_sde(
         &self,
