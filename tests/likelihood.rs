@@ -6,15 +6,7 @@ use common::*;
 use ndm_api::candle_core::{DType, Device, Tensor};
 use ndm_api::likelihood::{divergence, ode_nll, NllOptions, Trace};
 use ndm_api::sample::sample;
-use ndm_api::{Dataset, Pipeline, PluginSpec, ReverseProcess, Rng, Spacing, Split, TimeGrid};
-
-fn oracle_continuous() -> Pipeline {
-    let mut spec = ddpm_oracle();
-    spec.steps = None;
-    spec.objective = PluginSpec::new("ndm-elbo-continuous");
-    spec.schedule.set("form", "\"continuous\"");
-    build(&spec, &[2])
-}
+use ndm_api::{Dataset, PluginSpec, ReverseProcess, Rng, Spacing, Split, TimeGrid};
 
 fn gaussian_data() -> Box<dyn Dataset> {
     let reg = registry();

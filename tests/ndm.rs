@@ -177,14 +177,6 @@ fn identity_reverse_drift_is_the_vp_reverse_sde() {
     }
 }
 
-fn oracle_continuous() -> Pipeline {
-    let mut spec = ddpm_oracle();
-    spec.steps = None;
-    spec.objective = PluginSpec::new("ndm-elbo-continuous");
-    spec.schedule.set("form", "\"continuous\"");
-    build(&spec, &[2])
-}
-
 #[test]
 fn importance_sampled_and_uniform_estimators_agree() {
     let pipe = oracle_continuous();

@@ -23,6 +23,15 @@ pub fn ddpm_oracle() -> ModelSpec {
     m
 }
 
+/// The exact Gaussian denoiser in continuous time (continuous VP schedule, continuous NELBO).
+pub fn oracle_continuous() -> Pipeline {
+    let mut spec = ddpm_oracle();
+    spec.steps = None;
+    spec.objective = PluginSpec::new("ndm-elbo-continuous");
+    spec.schedule.set("form", "\"continuous\"");
+    build(&spec, &[2])
+}
+
 pub fn build(spec: &ModelSpec, shape: &[usize]) -> Pipeline {
     Pipeline::build(spec, shape, &registry(), &Device::Cpu, 0).unwrap()
 }

@@ -30,7 +30,7 @@ impl Default for LearnedConfig {
 /// the identity is free everywhere else (NDM lets the network reshape the whole path, and the prior
 /// term keeps `alpha_1 F(x, 1)` near 0). `g` is the backbone under the prefix `transform.net.`; it
 /// sees `x` as its input latent and `t` as its time (the schedule fields of its input carry `t`-only
-/// placeholders: the transform does not depend on the noise schedule). `dF/dt` is the default
+/// stand-ins: the transform does not depend on the noise schedule). `dF/dt` is the default
 /// central difference of [`Transform`], so `g` must be smooth in `t` on the scale of its step
 /// (5e-3): the default MLP embeds time with frequencies up to 10, not DDPM's 1000, which would make
 /// `F` oscillate with a period of 0.006 and its derivative meaningless.
