@@ -4,7 +4,7 @@
 //!
 //!     cargo run --release --example ndm_vs_ddpm -- [train_steps] [batch] [eval_points]
 
-use ndm_api::candle_core::{DType, Device};
+use ndm_api::candle_core::Device;
 use ndm_api::registry::BuildCtx;
 use ndm_api::sample::evaluate_nelbo;
 use ndm_api::train::{TrainState, Trainer};
@@ -22,13 +22,7 @@ fn main() -> anyhow::Result<()> {
     let reg = ndm_plugins_all::builtin_registry();
     let file = RegistryFile::parse(include_str!("../registry.toml"), "registry.toml")?;
     let dev = Device::Cpu;
-    let ctx = BuildCtx {
-        device: &dev,
-        dtype: DType::F32,
-        shape: &[],
-        vb: ndm_api::candle_nn::VarBuilder::zeros(DType::F32, &dev),
-        registry: &reg,
-    };
+    let ctx = BuildCtx::without_weights(&dev, &reg);
     let data = reg.build_dataset(&PluginSpec::new("checkerboard"), &ctx)?;
     println!("checkerboard, {steps} training steps of batch {batch}, NELBO on {eval_points} held-out points (data entropy ln 8 = 2.0794 nats)\n");
     println!("| model | T | params | NELBO (nats) | L_prior | L_diff | L_rec | ms / train step |");

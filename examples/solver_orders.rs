@@ -32,13 +32,7 @@ fn main() -> anyhow::Result<()> {
     spec.schedule.set("form", "\"continuous\"");
     let dev = Device::Cpu;
     let pipe = Pipeline::build(&spec, &[2], &reg, &dev, 0)?;
-    let ctx = BuildCtx {
-        device: &dev,
-        dtype: DType::F32,
-        shape: &[],
-        vb: ndm_api::candle_nn::VarBuilder::zeros(DType::F32, &dev),
-        registry: &reg,
-    };
+    let ctx = BuildCtx::without_weights(&dev, &reg);
     let solver = |kind: &str, set: &[(&str, &str)]| -> anyhow::Result<Box<dyn Solver>> {
         let mut s = PluginSpec::new(kind);
         for (k, v) in set {

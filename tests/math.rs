@@ -11,11 +11,8 @@ use ndm_api::{Coeffs, Family, NoiseSchedule, PluginSpec, ReverseProcess, Rng, Sp
 
 fn ctx<'a>(reg: &'a ndm_api::PluginRegistry, shape: &'a [usize]) -> BuildCtx<'a> {
     BuildCtx {
-        device: &Device::Cpu,
-        dtype: DType::F32,
         shape,
-        vb: ndm_api::candle_nn::VarBuilder::zeros(DType::F32, &Device::Cpu),
-        registry: reg,
+        ..BuildCtx::without_weights(&Device::Cpu, reg)
     }
 }
 

@@ -3,24 +3,13 @@
 mod common;
 
 use common::*;
-use ndm_api::candle_core::{DType, Device, Result, Tensor};
+use ndm_api::candle_core::{Device, Result, Tensor};
 use ndm_api::elbo::{
     continuous_diff, continuous_diff_integrand, discrete_kl, ImportanceTable, TimeSampling,
 };
-use ndm_api::registry::BuildCtx;
 use ndm_api::sample::sample;
 use ndm_api::transform::central_difference_dt;
 use ndm_api::{ModelSpec, Pipeline, PluginSpec, ReverseProcess, Rng, Split, TimeGrid, Transform};
-
-fn ctx(reg: &ndm_api::PluginRegistry) -> BuildCtx<'_> {
-    BuildCtx {
-        device: &Device::Cpu,
-        dtype: DType::F32,
-        shape: &[],
-        vb: ndm_api::candle_nn::VarBuilder::zeros(DType::F32, &Device::Cpu),
-        registry: reg,
-    }
-}
 
 fn preset(name: &str) -> ModelSpec {
     registry_file().preset(name).unwrap().model.clone()
@@ -182,7 +171,7 @@ fn importance_sampled_and_uniform_estimators_agree() {
     let pipe = oracle_continuous();
     let reg = registry();
     let data = reg
-        .build_dataset(&PluginSpec::new("gaussian"), &ctx(&reg))
+        .build_dataset(&PluginSpec::new("gaussian"), &plain_ctx(&reg))
         .unwrap();
     let x = data
         .sample(1, Split::Test, &mut Rng::new(2), &Device::Cpu)
@@ -216,10 +205,10 @@ fn pc_sampler_with_the_oracle_reproduces_the_data_moments() {
     let pipe = oracle_continuous();
     let reg = registry();
     let data = reg
-        .build_dataset(&PluginSpec::new("gaussian"), &ctx(&reg))
+        .build_dataset(&PluginSpec::new("gaussian"), &plain_ctx(&reg))
         .unwrap();
     let solver = reg
-        .build_solver(&PluginSpec::new("pc"), &ctx(&reg))
+        .build_solver(&PluginSpec::new("pc"), &plain_ctx(&reg))
         .unwrap();
     let grid = TimeGrid::new(500, ndm_api::Spacing::Uniform, None, 0.0, 1.0).unwrap();
     let n = 20_000;
@@ -249,7 +238,7 @@ fn eps_mse_refuses_a_learned_transform() {
 fn nelbo_gradients_reach_both_the_denoiser_and_the_transform() {
     let reg = registry();
     let data = reg
-        .build_dataset(&PluginSpec::new("checkerboard"), &ctx(&reg))
+        .build_dataset(&PluginSpec::new("checkerboard"), &plain_ctx(&reg))
         .unwrap();
     for name in ["ndm", "ndm-discrete-10"] {
         let pipe = build(&preset(name), &[2]);

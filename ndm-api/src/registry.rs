@@ -68,6 +68,20 @@ pub struct BuildCtx<'a> {
     pub registry: &'a PluginRegistry,
 }
 
+impl<'a> BuildCtx<'a> {
+    /// A context for plugins without weights (solvers, datasets): no shape, a `VarBuilder` that
+    /// only hands out zeros.
+    pub fn without_weights(device: &'a Device, registry: &'a PluginRegistry) -> Self {
+        BuildCtx {
+            device,
+            dtype: DType::F32,
+            shape: &[],
+            vb: VarBuilder::zeros(DType::F32, device),
+            registry,
+        }
+    }
+}
+
 impl std::fmt::Debug for BuildCtx<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BuildCtx")

@@ -56,18 +56,12 @@ impl Env {
     }
 
     /// A context for plugins without weights (solvers, datasets).
-    fn ctx<'a>(&'a self, shape: &'a [usize]) -> BuildCtx<'a> {
-        BuildCtx {
-            device: &self.device,
-            dtype: DType::F32,
-            shape,
-            vb: candle_nn::VarBuilder::zeros(DType::F32, &self.device),
-            registry: &self.plugins,
-        }
+    fn ctx(&self) -> BuildCtx<'_> {
+        BuildCtx::without_weights(&self.device, &self.plugins)
     }
 
     pub fn dataset(&self, spec: &PluginSpec) -> Result<Box<dyn Dataset>> {
-        Ok(self.plugins.build_dataset(spec, &self.ctx(&[]))?)
+        Ok(self.plugins.build_dataset(spec, &self.ctx())?)
     }
 }
 
@@ -387,7 +381,7 @@ pub fn train(env: &Env, a: &TrainArgs) -> Result<Value> {
         metrics["samples"] = s;
     }
     if a.eval_examples > 0 {
-        metrics["eval"] = eval_pipeline(env, &pipe, data.as_ref(), a.eval_examples, 1)?;
+        metrics["eval"] = eval_pipeline(&pipe, data.as_ref(), a.eval_examples, 1)?;
     }
     write_text(
         &rd.file(METRICS_FILE),
@@ -407,7 +401,7 @@ pub fn draw_samples(
     seed: u64,
     prefix: &Path,
 ) -> Result<Value> {
-    let solver = env.plugins.build_solver(&sampler.solver, &env.ctx(&[]))?;
+    let solver = env.plugins.build_solver(&sampler.solver, &env.ctx())?;
     let steps = sampler.steps.or(pipe.spec.steps).unwrap_or(100);
     let grid = TimeGrid::for_process(steps, sampler.spacing, pipe)?;
     let mut rng = Rng::derived(seed, "sample");
@@ -454,14 +448,7 @@ pub fn draw_samples(
     Ok(m)
 }
 
-fn eval_pipeline(
-    env: &Env,
-    pipe: &Pipeline,
-    data: &dyn Dataset,
-    n: usize,
-    seed: u64,
-) -> Result<Value> {
-    let _ = env;
+fn eval_pipeline(pipe: &Pipeline, data: &dyn Dataset, n: usize, seed: u64) -> Result<Value> {
     let t0 = Instant::now();
     let r = evaluate_nelbo(pipe, data, n, 500, &mut Rng::derived(seed, "eval"))?;
     println!(
@@ -580,7 +567,7 @@ pub fn sample_cmd(env: &Env, a: &SampleArgs) -> Result<Value> {
 /// `runner eval`.
 pub fn eval_cmd(env: &Env, a: &EvalArgs) -> Result<Value> {
     let (_, pipe, data) = load_run(env, &a.run)?;
-    let mut v = eval_pipeline(env, &pipe, data.as_ref(), a.examples, a.seed)?;
+    let mut v = eval_pipeline(&pipe, data.as_ref(), a.examples, a.seed)?;
     if a.nll {
         v["ode_nll"] = nll_pipeline(&pipe, data.as_ref(), a)?;
     }

@@ -54,11 +54,5 @@ pub fn to_vec(t: &Tensor) -> Vec<f64> {
 
 /// A build context without weights (datasets, solvers).
 pub fn plain_ctx(reg: &PluginRegistry) -> ndm_api::registry::BuildCtx<'_> {
-    ndm_api::registry::BuildCtx {
-        device: &Device::Cpu,
-        dtype: DType::F32,
-        shape: &[],
-        vb: ndm_api::candle_nn::VarBuilder::zeros(DType::F32, &Device::Cpu),
-        registry: reg,
-    }
+    ndm_api::registry::BuildCtx::without_weights(&Device::Cpu, reg)
 }

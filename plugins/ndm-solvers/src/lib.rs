@@ -25,6 +25,16 @@ pub use sde::{EulerMaruyama, Heun};
 use ndm_api::candle_core::{Result, Tensor};
 use ndm_api::Rng;
 
+/// The stochastic solvers' step rule: the last step returns the noise-free mean (as score_sde's
+/// samplers do), every other step `mean + std * noise`.
+pub fn noise_unless_last(mean: Tensor, std: f64, last: bool, rng: &mut Rng) -> Result<Tensor> {
+    if last {
+        Ok(mean)
+    } else {
+        add_noise(mean, std, rng)
+    }
+}
+
 /// `mean + std * noise` (no draw when `std` is 0).
 pub fn add_noise(mean: Tensor, std: f64, rng: &mut Rng) -> Result<Tensor> {
     if std > 0.0 {

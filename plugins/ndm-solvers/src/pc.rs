@@ -1,6 +1,6 @@
 //! Predictor-corrector sampling (Song et al. 2021), as DiNof uses it (MATH.md).
 
-use crate::add_noise;
+use crate::noise_unless_last;
 use crate::sde::em_step;
 use ndm_api::candle_core::{DType, Tensor};
 use ndm_api::registry::BuildCtx;
@@ -109,11 +109,7 @@ impl Solver for PcSolver {
                 }
                 Predictor::EulerMaruyama => em_step(rp, &z, t, s, 1.0)?,
             };
-            z = if k + 1 == last {
-                mean
-            } else {
-                add_noise(mean, std, rng)?
-            };
+            z = noise_unless_last(mean, std, k + 1 == last, rng)?;
         }
         Ok(SolveOutput {
             z,

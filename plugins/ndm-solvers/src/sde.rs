@@ -1,6 +1,6 @@
 //! Solvers of the reverse SDE / probability-flow ODE of MATH.md.
 
-use crate::add_noise;
+use crate::noise_unless_last;
 use ndm_api::candle_core::Tensor;
 use ndm_api::registry::BuildCtx;
 use ndm_api::{NdmError, ReverseProcess, Rng, SolveOutput, Solver, TimeGrid};
@@ -53,11 +53,7 @@ impl Solver for EulerMaruyama {
         let last = grid.steps();
         for (k, (t, s)) in grid.intervals().enumerate() {
             let (mean, std) = em_step(rp, &z, t, s, self.eta)?;
-            z = if k + 1 == last {
-                mean
-            } else {
-                add_noise(mean, std, rng)?
-            };
+            z = noise_unless_last(mean, std, k + 1 == last, rng)?;
         }
         Ok(SolveOutput {
             z,
