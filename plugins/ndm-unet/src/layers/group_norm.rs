@@ -3,7 +3,7 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
-use crate::ops::KernelBackend;
+use crate::kernels::KernelBackend;
 
 /// GroupNorm with per-channel affine `weight` (init 1) and `bias` (init 0).
 #[derive(Debug, Clone)]

@@ -5,8 +5,8 @@ mod common;
 
 use candle_core::{DType, Result, Tensor};
 use common::*;
-use ndm_kernels::rng::SplitMix64;
-use ndm_kernels::KernelBackend::{self, Fused, Native};
+use ndm_unet::rng::SplitMix64;
+use ndm_unet::KernelBackend::{self, Fused, Native};
 
 /// Fused vs native forward and input gradients, in f32 and f64, then central differences.
 fn check_op(
@@ -65,7 +65,7 @@ fn conv2d_stride2_mixed_parity_central_differences() {
         .iter()
         .map(|s| randn(&mut rng, s, DType::F64))
         .collect();
-    let f = |t: &[Tensor]| ndm_kernels::conv2d(&t[0], &t[1], Some(&t[2]), 2, 1);
+    let f = |t: &[Tensor]| ndm_unet::conv2d(&t[0], &t[1], Some(&t[2]), 2, 1);
     let y = f(&ins).unwrap();
     assert_eq!(y.dims(), &[2, 4, 4, 3]);
     let r = randn(&mut rng, y.dims(), DType::F64);
@@ -157,18 +157,18 @@ fn bad_shapes_error_clearly() {
         assert!(e.contains("do not divide"), "{e}");
     }
     let w = randn(&mut rng, &[3, 5, 3, 3], DType::F32);
-    let e = ndm_kernels::conv2d(&x, &w, None, 1, 1)
+    let e = ndm_unet::conv2d(&x, &w, None, 1, 1)
         .unwrap_err()
         .to_string();
     assert!(e.contains("6 channels but the weight expects 5"), "{e}");
     let w = randn(&mut rng, &[3, 6, 7, 7], DType::F32);
-    let e = ndm_kernels::conv2d(&x, &w, None, 1, 1)
+    let e = ndm_unet::conv2d(&x, &w, None, 1, 1)
         .unwrap_err()
         .to_string();
     assert!(e.contains("larger than padded input"), "{e}");
-    let e = ndm_kernels::upsample_nearest2x(&g).unwrap_err().to_string();
+    let e = ndm_unet::upsample_nearest2x(&g).unwrap_err().to_string();
     assert!(e.contains("[B, C, H, W]"), "{e}");
-    let e = ndm_kernels::group_norm(&g.reshape((2, 3)).unwrap(), 1, &g, &g, 1e-5)
+    let e = ndm_unet::group_norm(&g.reshape((2, 3)).unwrap(), 1, &g, &g, 1e-5)
         .unwrap_err()
         .to_string();
     assert!(e.contains("rank >= 3") || e.contains("gamma"), "{e}");
@@ -181,10 +181,10 @@ fn non_contiguous_inputs_are_accepted() {
         .transpose(2, 3)
         .unwrap();
     let w = randn(&mut rng, &[2, 3, 3, 3], DType::F64);
-    let a = ndm_kernels::conv2d(&x, &w, None, 1, 1).unwrap();
+    let a = ndm_unet::conv2d(&x, &w, None, 1, 1).unwrap();
     let b = Native.conv2d(&x, &w, None, 1, 1).unwrap();
     assert_close("strided conv", &a, &b, 1e-12);
-    let a = ndm_kernels::silu(&x).unwrap();
+    let a = ndm_unet::silu(&x).unwrap();
     assert_close("strided silu", &a, &x.silu().unwrap(), 1e-12);
 }
 

@@ -11,9 +11,9 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::float::{dispatch_float, lane_sum, slice, Float};
-use crate::gemm::{matmul, Trans};
-use crate::profile::timed;
+use super::float::{dispatch_float, lane_sum, slice, Float};
+use super::gemm::{matmul, Trans};
+use super::profile::timed;
 
 /// Sizes of one convolution (no groups, no dilation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,6 +1,6 @@
 //! A safe, row-major wrapper over the `gemm` crate (the same GEMM candle uses on CPU).
 
-use crate::float::Float;
+use super::float::Float;
 
 /// Whether a matrix operand is read as stored or transposed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,7 +4,7 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::{linear, Linear, VarBuilder};
 
 use crate::layers::{Conv2d, GroupNorm};
-use crate::ops::KernelBackend;
+use crate::kernels::KernelBackend;
 
 #[derive(Debug, Clone)]
 pub struct ResBlock {

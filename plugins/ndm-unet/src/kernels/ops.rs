@@ -7,7 +7,7 @@
 
 use candle_core::{DType, Module, Result, Tensor};
 
-use crate::{conv, group_norm as gn_kernel, silu as silu_kernel, upsample};
+use super::{conv, group_norm as gn_kernel, silu as silu_kernel, upsample};
 
 /// Which implementation the ops (and the layers built on them) use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -1,7 +1,7 @@
 //! The reference U-Net's training step, built from candle's native ops and from this crate's
 //! fused kernels, timed in one process with identical seeded weights and data.
 //!
-//! `cargo bench -p ndm-kernels --bench unet_step`
+//! `cargo bench -p ndm-unet --bench unet_step`
 //! Environment: `NDM_BENCH_ITERS` (timed steps per build, default 7), `NDM_BENCH_ONLY`
 //! (`native` or `fused`: run one build only, for peak-memory measurements),
 //! `NDM_BENCH_CONFIGS` (`mnist`, `cifar` or both, default both).
@@ -10,10 +10,10 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
-use ndm_kernels::profile;
-use ndm_kernels::rng::{seed_varmap, SplitMix64};
-use ndm_kernels::unet::{UNet, UNetConfig};
-use ndm_kernels::KernelBackend;
+use ndm_unet::kernels::profile;
+use ndm_unet::rng::{seed_varmap, SplitMix64};
+use ndm_unet::unet::{UNet, UNetConfig};
+use ndm_unet::KernelBackend;
 
 struct Case {
     key: &'static str,
@@ -279,7 +279,7 @@ fn main() -> Result<()> {
     let configs = std::env::var("NDM_BENCH_CONFIGS").unwrap_or_else(|_| "mnist,cifar".into());
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
-        "U-Net training step, native candle vs ndm-kernels, {} rayon threads (loadavg at start: {})",
+        "U-Net training step, native candle vs ndm-unet, {} rayon threads (loadavg at start: {})",
         rayon::current_num_threads(),
         load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
     );

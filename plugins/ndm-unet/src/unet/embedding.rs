@@ -3,7 +3,7 @@
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{linear, Linear, VarBuilder};
 
-use crate::ops::KernelBackend;
+use crate::kernels::KernelBackend;
 
 /// `[B]` times in [0, 1] -> `[B, dim]` as `[sin(1000 t f_i), cos(1000 t f_i)]`,
 /// `f_i = 10000^(-i / (dim/2))`.

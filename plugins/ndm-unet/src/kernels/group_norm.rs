@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::float::{dispatch_float, lane_sum, slice, Float, FLUSH, LANES};
-use crate::profile::timed;
+use super::float::{dispatch_float, lane_sum, slice, Float, FLUSH, LANES};
+use super::profile::timed;
 
 /// Sizes of one group norm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

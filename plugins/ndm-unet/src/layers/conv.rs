@@ -3,7 +3,7 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{Init, VarBuilder};
 
-use crate::ops::KernelBackend;
+use crate::kernels::KernelBackend;
 
 /// `Conv2d` with weight `[Cout, Cin, k, k]` (variable `weight`) and bias `[Cout]` (`bias`).
 #[derive(Debug, Clone)]

@@ -1,12 +1,12 @@
 //! Single-op timings, native candle vs fused, forward and forward+backward (medians, ms).
 //!
-//! `cargo bench -p ndm-kernels --bench ops`
+//! `cargo bench -p ndm-unet --bench ops`
 
 use std::time::Instant;
 
 use candle_core::{Device, Result, Tensor, Var};
-use ndm_kernels::rng::SplitMix64;
-use ndm_kernels::KernelBackend::{self, Fused, Native};
+use ndm_unet::rng::SplitMix64;
+use ndm_unet::KernelBackend::{self, Fused, Native};
 
 type OpFn = Box<dyn Fn(KernelBackend, &[Tensor]) -> Result<Tensor>>;
 
@@ -89,16 +89,16 @@ fn main() -> Result<()> {
             .map(|s| Var::from_tensor(&randn(&mut rng, s)?))
             .collect::<Result<_>>()?;
         let (nf, nb) = time(Native, &f, &ins, iters)?;
-        ndm_kernels::profile::set_enabled(true);
+        ndm_unet::kernels::profile::set_enabled(true);
         let (ff, fb) = time(Fused, &f, &ins, iters)?;
-        ndm_kernels::profile::set_enabled(false);
+        ndm_unet::kernels::profile::set_enabled(false);
         println!(
             "| {name} | {nf:.1} | {ff:.1} | {nb:.1} | {fb:.1} | {:.1}x |",
             nb / fb
         );
     }
     println!("\n| fused kernel (inside the ops above) | calls | mean ms |\n|---|---:|---:|");
-    for (name, d, n) in ndm_kernels::profile::snapshot() {
+    for (name, d, n) in ndm_unet::kernels::profile::snapshot() {
         println!("| {name} | {n} | {:.2} |", d.as_secs_f64() * 1e3 / n as f64);
     }
     Ok(())

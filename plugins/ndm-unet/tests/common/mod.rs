@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use candle_core::{DType, Device, Result, Tensor, Var};
-use ndm_kernels::rng::SplitMix64;
+use ndm_unet::rng::SplitMix64;
 
 pub fn randn(rng: &mut SplitMix64, dims: &[usize], dtype: DType) -> Tensor {
     rng.randn(dims, &Device::Cpu)

@@ -6,9 +6,9 @@ mod common;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{Optimizer, VarBuilder, VarMap};
 use common::*;
-use ndm_kernels::rng::{seed_varmap, SplitMix64};
-use ndm_kernels::unet::{UNet, UNetConfig};
-use ndm_kernels::KernelBackend;
+use ndm_unet::rng::{seed_varmap, SplitMix64};
+use ndm_unet::unet::{UNet, UNetConfig};
+use ndm_unet::KernelBackend;
 
 fn tiny() -> UNetConfig {
     UNetConfig {

@@ -5,7 +5,7 @@ use candle_nn::VarBuilder;
 
 use super::{ResBlock, TimeEmbedding, UNetConfig};
 use crate::layers::{Conv2d, GroupNorm};
-use crate::ops::KernelBackend;
+use crate::kernels::KernelBackend;
 
 /// DDPM-style U-Net; `forward(x, t)` with `x: [B, in, H, W]`, `t: [B]` in [0, 1].
 #[derive(Debug, Clone)]

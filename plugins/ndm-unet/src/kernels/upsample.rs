@@ -3,8 +3,8 @@
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use crate::float::{dispatch_float, slice, Float};
-use crate::profile::timed;
+use super::float::{dispatch_float, slice, Float};
+use super::profile::timed;
 
 fn dims4(d: &[usize], op: &str) -> Result<(usize, usize, usize, usize)> {
     match *d {
