@@ -38,7 +38,7 @@ pub fn sample(
     shape.extend(&pipe.latent_shape);
     let z_start = pipe.prior.sample(&shape, rng, pipe.dtype, &pipe.device)?;
     let out = solver.sample(pipe, z_start.clone(), grid, rng)?;
-    let t_min = grid.times.last().copied().unwrap_or(0.0);
+    let t_min = grid.end();
     let x = pipe.decode(&out.z, t_min)?;
     let finite = x
         .to_dtype(DType::F64)?

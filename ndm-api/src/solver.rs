@@ -16,7 +16,7 @@ pub struct SolveOutput {
 
 /// A stateless sampler over a reverse process.
 pub trait Solver: Send + Sync + std::fmt::Debug {
-    /// Integrates from `z_start` at `grid.times[0]` down to the grid's last time.
+    /// Integrates from `z_start` at `grid.start()` down to `grid.end()`.
     fn sample(
         &self,
         rp: &dyn ReverseProcess,
@@ -87,13 +87,43 @@ impl std::fmt::Display for Spacing {
     }
 }
 
-/// A strictly decreasing list of times from `t_end` down to `t_min`.
+/// A strictly decreasing list of at least two finite times in `[0, 1]`, from `t_end` down to
+/// `t_min`. The field is private so that every grid a solver sees keeps these invariants: build
+/// one with [`TimeGrid::new`], [`TimeGrid::for_process`] or [`TimeGrid::from_times`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct TimeGrid {
-    pub times: Vec<f64>,
+    times: Vec<f64>,
 }
 
 impl TimeGrid {
+    /// A grid from explicit times, checked: at least two of them, finite, in `[0, 1]` and strictly
+    /// decreasing.
+    pub fn from_times(times: Vec<f64>) -> Result<Self> {
+        if times.len() < 2 {
+            return Err(NdmError::InvalidArgument(format!(
+                "a time grid needs at least 2 times, got {}",
+                times.len()
+            )));
+        }
+        if let Some(t) = times.iter().find(|t| !t.is_finite()) {
+            return Err(NdmError::InvalidArgument(format!(
+                "time grid times must be finite, got {t}"
+            )));
+        }
+        if let Some(t) = times.iter().find(|t| !(0.0..=1.0).contains(*t)) {
+            return Err(NdmError::InvalidArgument(format!(
+                "time grid times must lie in [0, 1], got {t}"
+            )));
+        }
+        if let Some(w) = times.windows(2).find(|w| w[1] >= w[0]) {
+            return Err(NdmError::InvalidArgument(format!(
+                "time grid times must be strictly decreasing, got {} then {}",
+                w[0], w[1]
+            )));
+        }
+        Ok(TimeGrid { times })
+    }
+
     /// `steps` solver steps over `[t_min, t_end]`. For a discrete-time model (`training_steps = Some(T)`)
     /// every time lies on the training grid `i / T` and `steps` may not exceed the number of training
     /// intervals inside `[t_min, t_end]`.
@@ -147,7 +177,7 @@ impl TimeGrid {
                 "--steps {steps} is too many for spacing {spacing}"
             )));
         }
-        Ok(TimeGrid { times })
+        Self::from_times(times)
     }
 
     /// `steps` solver steps over `[t_min, t_end]` with `uniform` or `trailing` spacing (the others
@@ -211,10 +241,25 @@ impl TimeGrid {
                 idx.into_iter().map(|i| i as f64 / t_total as f64).collect()
             }
         };
-        Ok(TimeGrid { times })
+        Self::from_times(times)
     }
 
-    /// Number of solver steps (intervals).
+    /// The times, strictly decreasing.
+    pub fn times(&self) -> &[f64] {
+        &self.times
+    }
+
+    /// The first (largest) time, where solving starts.
+    pub fn start(&self) -> f64 {
+        self.times[0]
+    }
+
+    /// The last (smallest) time, where solving ends.
+    pub fn end(&self) -> f64 {
+        self.times[self.times.len() - 1]
+    }
+
+    /// Number of solver steps (intervals), at least 1.
     pub fn steps(&self) -> usize {
         self.times.len() - 1
     }
@@ -246,5 +291,35 @@ mod tests {
         }
         assert!(TimeGrid::new(0, Spacing::Uniform, None, 0.0, 1.0).is_err());
         assert!(TimeGrid::new(11, Spacing::Uniform, Some(10), 0.0, 1.0).is_err());
+    }
+
+    #[test]
+    fn from_times_keeps_a_valid_grid() {
+        let g = TimeGrid::from_times(vec![1.0, 0.6, 0.25, 0.0]).unwrap();
+        assert_eq!(g.times(), &[1.0, 0.6, 0.25, 0.0]);
+        assert_eq!((g.start(), g.end(), g.steps()), (1.0, 0.0, 3));
+        assert_eq!(
+            g.intervals().collect::<Vec<_>>(),
+            vec![(1.0, 0.6), (0.6, 0.25), (0.25, 0.0)]
+        );
+        assert_eq!(TimeGrid::from_times(vec![0.5, 0.4]).unwrap().steps(), 1);
+    }
+
+    #[test]
+    fn from_times_refuses_bad_grids() {
+        let msg = |times: Vec<f64>| TimeGrid::from_times(times).unwrap_err().to_string();
+        assert!(msg(vec![]).contains("at least 2 times, got 0"));
+        assert!(msg(vec![1.0]).contains("at least 2 times, got 1"));
+        assert!(msg(vec![1.0, f64::NAN, 0.0]).contains("finite"));
+        assert!(msg(vec![f64::INFINITY, 0.0]).contains("finite"));
+        assert!(msg(vec![1.5, 0.0]).contains("[0, 1]"));
+        assert!(msg(vec![1.0, -0.1]).contains("[0, 1]"));
+        assert!(msg(vec![0.0, 1.0]).contains("strictly decreasing"));
+        assert!(msg(vec![1.0, 0.5, 0.5, 0.0]).contains("strictly decreasing"));
+        // Every message is one line.
+        assert!(!msg(vec![0.0, 1.0]).contains('\n'));
+        // The step-count constructor checks its range too.
+        assert!(TimeGrid::new(4, Spacing::Uniform, None, 0.0, f64::NAN).is_err());
+        assert!(TimeGrid::new(4, Spacing::Uniform, None, -0.5, 1.0).is_err());
     }
 }

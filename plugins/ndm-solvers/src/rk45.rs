@@ -43,7 +43,7 @@ impl Solver for Rk45 {
         grid: &TimeGrid,
         _rng: &mut Rng,
     ) -> ndm_api::Result<SolveOutput> {
-        let (t0, t1) = (grid.times[0], *grid.times.last().unwrap_or(&0.0));
+        let (t0, t1) = (grid.start(), grid.end());
         let mut f = |t: f64, y: &Vec<Tensor>| -> ndm_api::Result<Vec<Tensor>> {
             let xhat = rp.predict_x(&y[0], t)?;
             Ok(vec![rp.reverse_sde(&y[0], &xhat, t, 0.0)?.0])
