@@ -5,6 +5,7 @@ pub mod backbone;
 pub mod checkpoint;
 pub mod dataset;
 pub mod elbo;
+pub mod embedding;
 pub mod error;
 pub mod likelihood;
 pub mod linalg;

@@ -2,6 +2,7 @@
 
 use ndm_api::candle_core::{Module, Result, Tensor};
 use ndm_api::candle_nn::{linear, Linear, VarBuilder};
+use ndm_api::embedding::sinusoidal_embedding;
 use ndm_api::registry::BuildCtx;
 use ndm_api::{Backbone, NdmError, NetInput};
 use serde::{Deserialize, Serialize};
@@ -112,7 +113,7 @@ impl Backbone for Mlp {
         let z = input.z.reshape((shape[0], self.dims))?;
         let temb = self
             .time
-            .forward(&crate::sinusoidal_embedding(
+            .forward(&sinusoidal_embedding(
                 input.t,
                 self.cfg.time_dim,
                 self.cfg.time_scale,

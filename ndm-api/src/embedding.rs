@@ -1,0 +1,79 @@
+//! The sinusoidal time embedding the backbones share (the MLP of `ndm-nets`, the U-Net of
+//! `ndm-unet`).
+
+use candle_core::{Device, Result, Tensor};
+
+/// Sinusoidal embedding of times `t` (shape `[B]`, in `[0, 1]`) multiplied by `scale`: `[B, dim]`
+/// holding `sin(scale f_k t)` in the first half and `cos(scale f_k t)` in the second, with
+/// `f_k = 10000^(-k / (dim / 2))` for `k < dim / 2`, so frequencies run from `scale` down to about
+/// `scale / 10^4`. `scale` 1000 follows DDPM, whose times are the integers 0..1000.
+///
+/// The frequencies are computed in f64 and rounded once to `t`'s dtype. Errors when `dim` is odd
+/// or zero.
+pub fn sinusoidal_embedding(t: &Tensor, dim: usize, scale: f64) -> Result<Tensor> {
+    if dim == 0 || dim % 2 != 0 {
+        candle_core::bail!("sinusoidal_embedding: dim must be even and positive, got {dim}");
+    }
+    let half = dim / 2;
+    let freqs: Vec<f64> = (0..half)
+        .map(|k| (-(10000f64.ln()) * k as f64 / half as f64).exp() * scale)
+        .collect();
+    // Built on the host: not every device holds f64.
+    let freqs = Tensor::from_vec(freqs, (1, half), &Device::Cpu)?
+        .to_dtype(t.dtype())?
+        .to_device(t.device())?;
+    let args = t.unsqueeze(1)?.broadcast_mul(&freqs)?;
+    Tensor::cat(&[args.sin()?, args.cos()?], 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::DType;
+
+    #[test]
+    fn values_frequencies_and_odd_sizes() {
+        let t = Tensor::new(&[0.0f32, 0.25, 1.0], &Device::Cpu).unwrap();
+        let e = sinusoidal_embedding(&t, 4, 1000.0).unwrap();
+        assert_eq!(e.dims(), &[3, 4]);
+        let v: Vec<Vec<f32>> = e.to_vec2().unwrap();
+        // t = 0: sin 0 = 0, cos 0 = 1.
+        assert_eq!(v[0], vec![0.0, 0.0, 1.0, 1.0]);
+        // Frequencies scale * [1, 10000^(-1/2)] = [1000, 10].
+        let (a, b) = (250f32, 2.5f32);
+        let want = [a.sin(), b.sin(), a.cos(), b.cos()];
+        for (x, y) in v[1].iter().zip(want) {
+            assert!((x - y).abs() < 1e-4, "{:?} vs {want:?}", v[1]);
+        }
+        let f64_t = t.to_dtype(DType::F64).unwrap();
+        assert_eq!(
+            sinusoidal_embedding(&f64_t, 8, 10.0).unwrap().dtype(),
+            DType::F64
+        );
+        assert!(sinusoidal_embedding(&t, 5, 1000.0).is_err());
+        assert!(sinusoidal_embedding(&t, 0, 1000.0).is_err());
+    }
+
+    /// In f32 the result is bit for bit the one of frequencies rounded to f32 on the host (how the
+    /// MLP computed its embedding before the U-Net shared this function).
+    #[test]
+    fn f32_matches_host_rounded_frequencies_exactly() {
+        let ts: Vec<f32> = (0..=64).map(|i| i as f32 / 64.0).collect();
+        let t = Tensor::new(ts.as_slice(), &Device::Cpu).unwrap();
+        for (dim, scale) in [(32, 1000.0), (16, 10.0), (2, 1.0), (128, 1000.0)] {
+            let half = dim / 2;
+            let freqs: Vec<f32> = (0..half)
+                .map(|k| ((-(10000f64.ln()) * k as f64 / half as f64).exp() * scale) as f32)
+                .collect();
+            let freqs = Tensor::from_vec(freqs, (1, half), &Device::Cpu).unwrap();
+            let args = t.unsqueeze(1).unwrap().broadcast_mul(&freqs).unwrap();
+            let want = Tensor::cat(&[args.sin().unwrap(), args.cos().unwrap()], 1).unwrap();
+            let got = sinusoidal_embedding(&t, dim, scale).unwrap();
+            assert_eq!(
+                got.to_vec2::<f32>().unwrap(),
+                want.to_vec2::<f32>().unwrap(),
+                "dim {dim}, scale {scale}"
+            );
+        }
+    }
+}
