@@ -118,7 +118,26 @@ fn error_norm(err: &State, y0: &State, y1: &State, tol: &Tolerance) -> Result<f6
     Ok((sum / n.max(1) as f64).sqrt())
 }
 
-/// Integrates `dy/dt = f(t, y)` from `t0` to `t1` (either direction) with adaptive steps.
+/// How an adaptive solve ended.
+#[derive(Debug, Clone)]
+pub enum Ending {
+    /// It reached the end time: the state there.
+    Reached(State),
+    /// It used up [`Tolerance::max_steps`] (accepted and rejected) at time `t`, short of the end.
+    StepLimit { t: f64 },
+}
+
+/// The one-line error for a solve that ran out of steps at `t` on its way to `t1`; `knob` names
+/// the setting that raises the limit where the caller knows it (`solver.max_steps`).
+pub fn step_limit_error(max_steps: usize, t: f64, t1: f64, knob: &str) -> NdmError {
+    NdmError::Spec(format!(
+        "rk45 reached its limit of {max_steps} steps at t = {t:.6} before t = {t1}; raise {knob} or loosen rtol/atol"
+    ))
+}
+
+/// Integrates `dy/dt = f(t, y)` from `t0` to `t1` (either direction) with adaptive steps. Running
+/// out of steps is an error ([`step_limit_error`]), distinct from a state that stops being finite
+/// ([`NdmError::NonFinite`]).
 pub fn dopri5(
     f: &mut dyn FnMut(f64, &State) -> Result<State>,
     y0: State,
@@ -126,10 +145,25 @@ pub fn dopri5(
     t1: f64,
     tol: &Tolerance,
 ) -> Result<(State, OdeStats)> {
+    match dopri5_until(f, y0, t0, t1, tol)? {
+        (Ending::Reached(y), stats) => Ok((y, stats)),
+        (Ending::StepLimit { t }, _) => Err(step_limit_error(tol.max_steps, t, t1, "max_steps")),
+    }
+}
+
+/// [`dopri5`], reporting a run out of steps as [`Ending::StepLimit`] rather than as an error, so
+/// that the caller can name its own setting for the limit.
+pub fn dopri5_until(
+    f: &mut dyn FnMut(f64, &State) -> Result<State>,
+    y0: State,
+    t0: f64,
+    t1: f64,
+    tol: &Tolerance,
+) -> Result<(Ending, OdeStats)> {
     let mut stats = OdeStats::default();
     let span = t1 - t0;
     if span == 0.0 {
-        return Ok((y0, stats));
+        return Ok((Ending::Reached(y0), stats));
     }
     let dir = span.signum();
     let mut t = t0;
@@ -139,10 +173,7 @@ pub fn dopri5(
     let mut h = dir * (span.abs() * 0.01).max(1e-6);
     while (t1 - t) * dir > 0.0 {
         if stats.accepted + stats.rejected >= tol.max_steps {
-            return Err(NdmError::NonFinite(format!(
-                "rk45 took {} steps without reaching t = {t1} (now at t = {t}); loosen rtol/atol",
-                tol.max_steps
-            )));
+            return Ok((Ending::StepLimit { t }, stats));
         }
         if (t + h - t1) * dir > 0.0 {
             h = t1 - t;
@@ -184,7 +215,7 @@ pub fn dopri5(
         };
         h *= factor;
     }
-    Ok((y, stats))
+    Ok((Ending::Reached(y), stats))
 }
 
 #[cfg(test)]
@@ -230,5 +261,51 @@ mod tests {
             .to_scalar()
             .unwrap();
         assert!(d < 1e-7, "{d}");
+    }
+
+    #[test]
+    fn the_step_limit_is_its_own_error() {
+        let y0 = Tensor::new(&[[1.0f64, 0.5]], &Device::Cpu).unwrap();
+        let a = Tensor::new(&[[-1.0f64, -2.0], [2.0, -1.0]], &Device::Cpu).unwrap();
+        let mut f = |_t: f64, y: &State| -> Result<State> { Ok(vec![y[0].matmul(&a)?]) };
+        let tol = Tolerance {
+            rtol: 1e-10,
+            atol: 1e-12,
+            max_steps: 3,
+        };
+        let (end, stats) = dopri5_until(&mut f, vec![y0.clone()], 0.0, 3.0, &tol).unwrap();
+        assert_eq!(stats.accepted + stats.rejected, 3);
+        assert_eq!(stats.nfe, 1 + 6 * 3);
+        let t = match end {
+            Ending::StepLimit { t } => t,
+            Ending::Reached(_) => panic!("3 steps at rtol 1e-10 cannot reach t = 3"),
+        };
+        assert!((0.0..3.0).contains(&t), "{t}");
+        let e = dopri5(&mut f, vec![y0.clone()], 0.0, 3.0, &tol).unwrap_err();
+        assert!(matches!(e, NdmError::Spec(_)), "{e:?}");
+        let msg = e.to_string();
+        assert!(
+            msg.starts_with("rk45 reached its limit of 3 steps at t = ")
+                && msg.contains("before t = 3;")
+                && msg.ends_with("raise max_steps or loosen rtol/atol"),
+            "{msg}"
+        );
+        assert!(!msg.contains("non-finite") && !msg.contains('\n'), "{msg}");
+        // Enough steps: the same solve reaches the end.
+        let tol = Tolerance {
+            max_steps: 100_000,
+            ..tol
+        };
+        assert!(dopri5(&mut f, vec![y0.clone()], 0.0, 3.0, &tol).is_ok());
+    }
+
+    #[test]
+    fn a_non_finite_state_is_not_a_step_limit() {
+        let y0 = Tensor::new(&[[1.0f64, 0.5]], &Device::Cpu).unwrap();
+        let mut nan = |_t: f64, y: &State| -> Result<State> { Ok(vec![(&y[0] * f64::NAN)?]) };
+        let e = dopri5(&mut nan, vec![y0], 0.0, 1.0, &Tolerance::default()).unwrap_err();
+        assert!(matches!(e, NdmError::NonFinite(_)), "{e:?}");
+        assert!(e.to_string().contains("non-finite"), "{e}");
+        assert!(!e.to_string().contains("limit"), "{e}");
     }
 }

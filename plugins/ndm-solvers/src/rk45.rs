@@ -1,7 +1,7 @@
 //! `solver.rk45`: adaptive Dormand-Prince on the probability-flow ODE.
 
 use ndm_api::candle_core::Tensor;
-use ndm_api::ode::{dopri5, Tolerance};
+use ndm_api::ode::{dopri5_until, step_limit_error, Ending, Tolerance};
 use ndm_api::registry::BuildCtx;
 use ndm_api::{NdmError, ReverseProcess, Rng, SolveOutput, Solver, TimeGrid};
 use serde::{Deserialize, Serialize};
@@ -48,7 +48,17 @@ impl Solver for Rk45 {
             let xhat = rp.predict_x(&y[0], t)?;
             Ok(vec![rp.reverse_sde(&y[0], &xhat, t, 0.0)?.0])
         };
-        let (y, stats) = dopri5(&mut f, vec![z_start], t0, t1, &self.tol)?;
+        let (y, stats) = match dopri5_until(&mut f, vec![z_start], t0, t1, &self.tol)? {
+            (Ending::Reached(y), stats) => (y, stats),
+            (Ending::StepLimit { t }, _) => {
+                return Err(step_limit_error(
+                    self.tol.max_steps,
+                    t,
+                    t1,
+                    "solver.max_steps",
+                ))
+            }
+        };
         let z = y
             .into_iter()
             .next()
