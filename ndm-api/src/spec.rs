@@ -173,6 +173,22 @@ impl TrainConfig {
         if !(0.0..1.0).contains(&self.ema_decay) {
             return bad("train.ema_decay must be in [0, 1)");
         }
+        // AdamW divides by 1 - beta^t and by sqrt(v) + eps: beta = 1 or eps = 0 divide by zero.
+        if !(0.0..1.0).contains(&self.beta1) {
+            return bad("train.beta1 must be in [0, 1)");
+        }
+        if !(0.0..1.0).contains(&self.beta2) {
+            return bad("train.beta2 must be in [0, 1)");
+        }
+        if !(self.adam_eps.is_finite() && self.adam_eps > 0.0) {
+            return bad("train.adam_eps must be a positive number");
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return bad("train.weight_decay must be a non-negative number");
+        }
+        if !(self.grad_clip.is_finite() && self.grad_clip >= 0.0) {
+            return bad("train.grad_clip must be a non-negative number (0 disables clipping)");
+        }
         if self.checkpoint_every == 0 {
             return bad("train.checkpoint_every must be at least 1");
         }
