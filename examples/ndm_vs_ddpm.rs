@@ -6,7 +6,7 @@
 
 use ndm_api::candle_core::Device;
 use ndm_api::registry::BuildCtx;
-use ndm_api::sample::evaluate_nelbo;
+use ndm_api::eval::evaluate_nelbo;
 use ndm_api::train::{TrainState, Trainer};
 use ndm_api::{Pipeline, PluginSpec, RegistryFile, Rng};
 use std::time::Instant;
@@ -65,10 +65,9 @@ fn main() -> anyhow::Result<()> {
             pipe.set_weights(&states[k].ema)?;
             let r = evaluate_nelbo(pipe, data.as_ref(), eval_points, 500, &mut Rng::new(123))?;
             println!(
-                "| {model} | {t_total} | {} | {:.3} ± {:.3} | {:.4} | {:.3} | {:.3} | {:.1} |",
+                "| {model} | {t_total} | {} | {:.3} | {:.4} | {:.3} | {:.3} | {:.1} |",
                 pipe.num_params(),
-                r.nelbo_nats,
-                r.stderr_nats,
+                r.nelbo,
                 r.l_prior,
                 r.l_diff,
                 r.l_rec,

@@ -4,7 +4,8 @@
 //!     cargo run --release --example transform_picture -- RUN_DIR [OUT.png]
 
 use anyhow::{bail, Context};
-use ndm_api::candle_core::{DType, Tensor};
+use ndm_api::candle_core::{DType, Device, Tensor};
+use ndm_api::checkpoint::RunDir;
 use ndm_api::{Rng, Split};
 use plotters::prelude::*;
 use std::path::PathBuf;
@@ -19,12 +20,9 @@ fn main() -> anyhow::Result<()> {
         .next()
         .map(PathBuf::from)
         .unwrap_or_else(|| run.join("transform.png"));
-    let env = runner::Env::new(&runner::cli::Global {
-        registry: None,
-        device: "cpu".into(),
-        quiet: true,
-    })?;
-    let (_, pipe, data) = runner::load_run(&env, &run)?;
+    let setup = ndm_plugins_all::setup(None)?;
+    let loaded = RunDir::new(&run).load(&setup.plugins, &Device::Cpu)?;
+    let (pipe, data) = (loaded.pipe, loaded.data);
     if pipe.data_shape != [2] {
         bail!(
             "this picture is for 2-D data; the run has data shape {:?}",

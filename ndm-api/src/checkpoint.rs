@@ -17,16 +17,40 @@ pub const WEIGHTS_FILE: &str = "weights.safetensors";
 pub const STATE_FILE: &str = "train-state.safetensors";
 pub const METRICS_FILE: &str = "metrics.json";
 
-/// Writes `path` atomically: the bytes go to a temporary sibling first, then a rename.
+/// Writes `path` atomically and durably: the bytes go to a temporary sibling, which is flushed to
+/// disk, then renamed over `path`, and the directory is flushed so the rename survives a crash.
 pub fn write_atomic(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
     let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
-    let res =
-        write(&tmp).and_then(|_| std::fs::rename(&tmp, path).map_err(|e| NdmError::file(path, e)));
+    let res = write(&tmp)
+        .and_then(|_| sync_file(&tmp))
+        .and_then(|_| std::fs::rename(&tmp, path).map_err(|e| NdmError::file(path, e)))
+        .and_then(|_| sync_dir(path));
     if res.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
     res
+}
+
+fn sync_file(path: &Path) -> Result<()> {
+    std::fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| NdmError::file(path, format!("cannot flush to disk: {e}")))
+}
+
+/// Flushes the directory holding `path` (its entry for `path`). Only Unix can open a directory
+/// for this; elsewhere the rename is as durable as the platform makes it.
+fn sync_dir(path: &Path) -> Result<()> {
+    if cfg!(unix) {
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        std::fs::File::open(dir)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| NdmError::file(dir, format!("cannot flush to disk: {e}")))?;
+    }
+    Ok(())
 }
 
 /// Writes text atomically.

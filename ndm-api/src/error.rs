@@ -35,6 +35,13 @@ pub enum NdmError {
     /// A dynamic plugin library that cannot be loaded or does not match this host.
     #[error("plugin library {}: {message}", path.display())]
     Library { path: PathBuf, message: String },
+    /// An error raised while building a plugin, with the plugin's `family.name`.
+    #[error("{plugin}: {source}")]
+    Plugin {
+        plugin: String,
+        #[source]
+        source: Box<NdmError>,
+    },
     /// An error raised by candle while computing.
     #[error("tensor error: {}", one_line(.0))]
     Candle(#[from] candle_core::Error),
@@ -49,6 +56,21 @@ impl NdmError {
         NdmError::File {
             path: path.into(),
             message: message.to_string(),
+        }
+    }
+    /// Attributes an error to a plugin (`family.name`), unless it already names that plugin.
+    pub fn in_plugin(self, plugin: &str) -> Self {
+        let named = match &self {
+            NdmError::Config { plugin: p, .. } | NdmError::Plugin { plugin: p, .. } => p == plugin,
+            other => other.to_string().starts_with(plugin),
+        };
+        if named {
+            self
+        } else {
+            NdmError::Plugin {
+                plugin: plugin.to_string(),
+                source: Box::new(self),
+            }
         }
     }
     /// A config error attributed to a plugin (`family.name`).

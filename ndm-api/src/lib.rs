@@ -1,5 +1,6 @@
 //! ndm-api: the traits every plugin implements, the composed [`Pipeline`], the NELBO, training,
-//! sampling, the plugin registry and the error type. See DESIGN.md and MATH.md at the project root.
+//! sampling, evaluation, the plugin registry and the error type. The math is described in
+//! `docs/math.md` and the architecture in `docs/architecture.md` of the repository.
 
 pub mod backbone;
 pub mod checkpoint;
@@ -7,6 +8,7 @@ pub mod dataset;
 pub mod elbo;
 pub mod embedding;
 pub mod error;
+pub mod eval;
 pub mod likelihood;
 pub mod linalg;
 pub mod objective;
@@ -14,14 +16,18 @@ pub mod ode;
 pub mod param;
 pub mod pipeline;
 pub mod prior;
+pub mod overrides;
 pub mod registry;
+pub mod registry_file;
 pub mod reverse;
 pub mod rng;
+pub mod run;
 pub mod sample;
 pub mod schedule;
 pub mod sdk;
 pub mod solver;
 pub mod spec;
+pub mod stats;
 pub mod testing;
 pub mod train;
 pub mod transform;
@@ -39,7 +45,9 @@ pub use reverse::{Gaussian, ReverseProcess};
 pub use rng::Rng;
 pub use schedule::{NoiseSchedule, ScheduleBatch, SchedulePoint};
 pub use solver::{SolveOutput, Solver, Spacing, TimeGrid};
-pub use spec::{ModelSpec, PluginSpec, Preset, RegistryFile, RunSpec, SamplerSpec, TrainConfig};
+pub use registry_file::{RegistryFile, RegistrySource, Setup};
+pub use spec::{ModelSpec, PluginSpec, Preset, RunSpec, SamplerSpec, TrainConfig};
+pub use stats::Estimate;
 pub use transform::Transform;
 
 // Re-exported for `register_plugin!` and plugin crates.

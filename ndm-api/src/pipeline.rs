@@ -137,6 +137,11 @@ impl Pipeline {
         sorted_vars(&self.varmap)
     }
 
+    /// Number of data dimensions (the product of the data shape): the `D` of bits per dimension.
+    pub fn data_dims(&self) -> usize {
+        self.data_shape.iter().product()
+    }
+
     /// Number of trainable scalars.
     pub fn num_params(&self) -> usize {
         self.vars().iter().map(|(_, v)| v.elem_count()).sum()
@@ -344,8 +349,13 @@ macro_rules! family_builders {
             $(
                 #[doc = concat!("Builds a `", stringify!($family), "` plugin from its spec.")]
                 pub fn $fn_name(&self, spec: &crate::spec::PluginSpec, ctx: &BuildCtx) -> Result<Box<dyn $ty>> {
-                    match self.get(Family::$family, &spec.kind)?.builder {
-                        crate::registry::Builder::$family(f) => f(&spec.params, ctx),
+                    let info = self.get(Family::$family, &spec.kind)?;
+                    match info.builder {
+                        // Every error of a plugin's build names the plugin (`schedule.cosine: ...`),
+                        // so plugin authors write only what is wrong.
+                        crate::registry::Builder::$family(f) => {
+                            f(&spec.params, ctx).map_err(|e| e.in_plugin(&info.full_name()))
+                        }
                         _ => Err(NdmError::Spec(format!("plugin {} is not a {}", spec.kind, Family::$family))),
                     }
                 }

@@ -148,8 +148,10 @@ impl Builder {
 pub struct PluginInfo {
     pub name: &'static str,
     pub summary: &'static str,
+    /// The module that declared it (`module_path!()`; its first segment is the crate).
+    pub module: &'static str,
     /// The config's `Default`, as a table (the paper's values).
-    pub defaults: fn() -> Params,
+    pub defaults: fn() -> Result<Params>,
     /// Parses a params table into the config (rejecting unknown fields) and returns it with every
     /// default filled in: what a checkpoint records.
     pub resolve: fn(&Params) -> Result<Params>,
@@ -171,6 +173,7 @@ impl std::fmt::Debug for PluginInfo {
         f.debug_struct("PluginInfo")
             .field("name", &self.full_name())
             .field("summary", &self.summary)
+            .field("module", &self.module)
             .finish()
     }
 }
@@ -187,9 +190,10 @@ pub fn config_table<C: Serialize>(plugin: &str, cfg: &C) -> Result<Params> {
     toml::Table::try_from(cfg).map_err(|e| NdmError::config(plugin, e))
 }
 
-/// `C::default()` as a table (for [`PluginInfo::defaults`]).
-pub fn defaults_of<C: Serialize + Default>() -> Params {
-    toml::Table::try_from(C::default()).unwrap_or_default()
+/// `C::default()` as a table (for [`PluginInfo::defaults`]); a config that TOML cannot represent
+/// is an error naming the type.
+pub fn defaults_of<C: Serialize + Default>() -> Result<Params> {
+    config_table(std::any::type_name::<C>(), &C::default())
 }
 
 /// Where a registered plugin came from.
@@ -301,6 +305,7 @@ macro_rules! plugin_info {
         $crate::registry::PluginInfo {
             name: $name,
             summary: $summary,
+            module: module_path!(),
             defaults: $crate::registry::defaults_of::<$cfg>,
             resolve: {
                 fn resolve(

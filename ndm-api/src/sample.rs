@@ -1,13 +1,9 @@
-//! Sampling and evaluation over a pipeline.
+//! Sampling from a pipeline: prior draw, solver, decoder.
 
-use crate::elbo::{continuous_nelbo, discrete_nelbo, DiffEstimate, ImportanceTable, TimeSampling};
-
-/// Stratified importance-sampled times per example when evaluating a continuous-time NELBO.
-pub const CONTINUOUS_EVAL_TIMES: usize = 64;
 use crate::pipeline::Pipeline;
 use crate::rng::Rng;
 use crate::solver::{Solver, TimeGrid};
-use crate::{Dataset, NdmError, Result};
+use crate::{NdmError, Result};
 use candle_core::{DType, Tensor};
 
 /// Samples and what they cost.
@@ -58,80 +54,36 @@ pub fn sample(
     })
 }
 
-/// A NELBO estimate on held-out data, in nats per example and bits per dimension.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct NelboReport {
-    pub examples: usize,
-    pub nelbo_nats: f64,
-    pub bits_per_dim: f64,
-    pub l_prior: f64,
-    pub l_diff: f64,
-    pub l_rec: f64,
-    /// Standard error of the NELBO mean.
-    pub stderr_nats: f64,
+/// Solver steps when a sampler spec names none: continuous-time models take this many.
+pub const DEFAULT_CONTINUOUS_STEPS: usize = 100;
+
+impl crate::spec::SamplerSpec {
+    /// The number of solver steps: the spec's, else the training grid (discrete-time models), else
+    /// [`DEFAULT_CONTINUOUS_STEPS`].
+    pub fn steps_for(&self, pipe: &Pipeline) -> usize {
+        self.steps
+            .or(pipe.spec.steps)
+            .unwrap_or(DEFAULT_CONTINUOUS_STEPS)
+    }
+
+    /// The time grid this spec asks for on `pipe`.
+    pub fn grid(&self, pipe: &Pipeline) -> Result<TimeGrid> {
+        TimeGrid::for_process(self.steps_for(pipe), self.spacing, pipe)
+    }
 }
 
-/// The NELBO of `n` held-out examples (the `Test` split), in batches of `batch`. Discrete-time
-/// models sum every KL term of their grid; continuous-time models average the diffusion loss over
-/// [`CONTINUOUS_EVAL_TIMES`] stratified, importance-sampled times per example.
-pub fn evaluate_nelbo(
+/// Draws `n` samples the way a sampler spec says (its solver, steps and spacing).
+pub fn sample_with(
     pipe: &Pipeline,
-    data: &dyn Dataset,
+    sampler: &crate::spec::SamplerSpec,
+    plugins: &crate::PluginRegistry,
     n: usize,
-    batch: usize,
     rng: &mut Rng,
-) -> Result<NelboReport> {
-    let table = pipe
-        .spec
-        .steps
-        .is_none()
-        .then(|| ImportanceTable::new(pipe, 4096));
-    if n == 0 || batch == 0 {
-        return Err(NdmError::InvalidArgument(
-            "evaluation needs at least one example".into(),
-        ));
-    }
-    let mut totals: Vec<f64> = Vec::with_capacity(n);
-    let mut sums = [0.0f64; 3];
-    let mut done = 0;
-    while done < n {
-        let b = batch.min(n - done);
-        let x = data.sample(b, crate::Split::Test, rng, &pipe.device)?;
-        let terms = match pipe.spec.steps {
-            Some(t_total) => discrete_nelbo(pipe, &x, t_total, DiffEstimate::Exhaustive, rng)?,
-            None => continuous_nelbo(
-                pipe,
-                &x,
-                TimeSampling::Importance,
-                table.as_ref(),
-                CONTINUOUS_EVAL_TIMES,
-                rng,
-            )?,
-        };
-        let v = |t: &Tensor| -> Result<Vec<f64>> { Ok(t.to_dtype(DType::F64)?.to_vec1::<f64>()?) };
-        let (p, d, r) = (v(&terms.l_prior)?, v(&terms.l_diff)?, v(&terms.l_rec)?);
-        for i in 0..b {
-            sums[0] += p[i];
-            sums[1] += d[i];
-            sums[2] += r[i];
-            totals.push(p[i] + d[i] + r[i]);
-        }
-        done += b;
-    }
-    let nf = n as f64;
-    let mean = totals.iter().sum::<f64>() / nf;
-    let var = totals.iter().map(|t| (t - mean).powi(2)).sum::<f64>() / (nf - 1.0).max(1.0);
-    if !mean.is_finite() {
-        return Err(NdmError::NonFinite("the NELBO is not finite".into()));
-    }
-    let dims: usize = pipe.data_shape.iter().product();
-    Ok(NelboReport {
-        examples: n,
-        nelbo_nats: mean,
-        bits_per_dim: mean / (dims as f64 * std::f64::consts::LN_2),
-        l_prior: sums[0] / nf,
-        l_diff: sums[1] / nf,
-        l_rec: sums[2] / nf,
-        stderr_nats: (var / nf).sqrt(),
-    })
+) -> Result<(Samples, TimeGrid)> {
+    let solver = plugins.build_solver(
+        &sampler.solver,
+        &crate::BuildCtx::without_weights(&pipe.device, plugins),
+    )?;
+    let grid = sampler.grid(pipe)?;
+    Ok((sample(pipe, solver.as_ref(), &grid, n, rng)?, grid))
 }

@@ -8,10 +8,11 @@
 //!   library was built with;
 //! - `ndm_plugin_register`: fills a [`Registrar`] with the library's plugins.
 //!
-//! The host ([`load_library`]) checks the manifest field by field before it calls anything else,
+//! The host ([`load_library`]) checks the manifest field by field (ABI version, then the
+//! [`FINGERPRINT`] of ndm-api's source, then the versions) before it calls anything else,
 //! then calls the registration, and keeps the library loaded for the life of the process (plugins
-//! hold function pointers into it). Loading a library runs its code: only libraries a user names in
-//! `registry.toml` are ever loaded.
+//! hold function pointers into it). Loading a library runs its code: only libraries of a registry
+//! file the user names are ever loaded (see [`crate::registry_file`]).
 //!
 //! Panics: a cdylib carries its own copy of std, and a panic unwinding out of it is a *foreign*
 //! exception to the host, which Rust cannot catch (the process aborts). So the registration entry
@@ -31,7 +32,10 @@ use std::ffi::{c_char, CStr};
 use std::path::Path;
 
 /// Version of the manifest layout and of the registration protocol.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
+/// A hash of ndm-api's source files and of the features that change its types, computed when it
+/// is built: two builds share it only if every type that crosses the boundary is the same.
+pub const FINGERPRINT: &str = env!("NDM_API_FINGERPRINT");
 /// The candle version ndm-api is pinned to (checked against Cargo.lock by a test).
 pub const CANDLE_VERSION: &str = "0.11.1";
 /// `rustc --version` of the compiler that built this crate.
@@ -45,6 +49,7 @@ pub const FEATURES: &str = if cfg!(feature = "cuda") { "cuda" } else { "" };
 pub mod c {
     //! NUL-terminated copies of the manifest strings, for `export_plugins!`.
     pub const NDM_API_VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), "\0");
+    pub const FINGERPRINT: &str = concat!(env!("NDM_API_FINGERPRINT"), "\0");
     pub const RUSTC_VERSION: &str = concat!(env!("NDM_RUSTC_VERSION"), "\0");
     pub const CANDLE_VERSION: &str = "0.11.1\0";
     pub const TARGET: &str = concat!(env!("NDM_TARGET"), "\0");
@@ -61,6 +66,8 @@ pub mod c {
 #[derive(Debug)]
 pub struct PluginManifest {
     pub abi_version: u32,
+    /// [`FINGERPRINT`] of the ndm-api the library was built against; compared first.
+    pub fingerprint: *const c_char,
     pub ndm_api_version: *const c_char,
     pub rustc_version: *const c_char,
     pub candle_version: *const c_char,
@@ -89,25 +96,58 @@ pub unsafe fn guard(out: *mut Registrar, body: impl FnOnce(&mut Registrar)) {
     // SAFETY: guaranteed by the caller.
     let out = unsafe { &mut *out };
     let message = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
-    let sink = message.clone();
-    let previous = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        let text = info
-            .payload()
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| info.payload().downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "unknown panic".into());
-        if let Ok(mut m) = sink.lock() {
-            *m = Some(text);
-        }
-    }));
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(out)));
-    std::panic::set_hook(previous);
+    let outcome = {
+        // The library's hook is replaced for the registration only: `_restore` puts the previous
+        // hook back when this block ends, however it ends.
+        let _restore = HookGuard::replace(message.clone());
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| body(out)))
+    };
     if outcome.is_err() {
         out.plugins.clear();
         let text = message.lock().ok().and_then(|m| m.clone());
         out.panic = Some(text.unwrap_or_else(|| "unknown panic".into()));
+    }
+}
+
+type PanicHook = Box<dyn Fn(&std::panic::PanicHookInfo<'_>) + Sync + Send + 'static>;
+
+/// Holds the panic hook that was in place before [`guard`] and restores it on drop.
+struct HookGuard {
+    previous: Option<PanicHook>,
+}
+
+impl HookGuard {
+    /// Installs a hook that records a panic's message into `sink` instead of printing it.
+    fn replace(sink: std::sync::Arc<std::sync::Mutex<Option<String>>>) -> HookGuard {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let text = info
+                .payload()
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| info.payload().downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            if let Ok(mut m) = sink.lock() {
+                *m = Some(text);
+            }
+        }));
+        HookGuard {
+            previous: Some(previous),
+        }
+    }
+}
+
+impl Drop for HookGuard {
+    fn drop(&mut self) {
+        if let Some(previous) = self.previous.take() {
+            std::panic::set_hook(previous);
+        }
+    }
+}
+
+impl std::fmt::Debug for HookGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HookGuard")
     }
 }
 
@@ -134,6 +174,7 @@ macro_rules! export_plugins {
         pub extern "C" fn ndm_plugin_manifest() -> *const $crate::sdk::PluginManifest {
             static MANIFEST: $crate::sdk::PluginManifest = $crate::sdk::PluginManifest {
                 abi_version: $crate::sdk::ABI_VERSION,
+                fingerprint: $crate::sdk::c::FINGERPRINT.as_ptr() as *const ::std::ffi::c_char,
                 ndm_api_version: $crate::sdk::c::NDM_API_VERSION.as_ptr() as *const ::std::ffi::c_char,
                 rustc_version: $crate::sdk::c::RUSTC_VERSION.as_ptr() as *const ::std::ffi::c_char,
                 candle_version: $crate::sdk::c::CANDLE_VERSION.as_ptr() as *const ::std::ffi::c_char,
@@ -212,6 +253,11 @@ pub fn load_library(
     let m = unsafe { &*m };
     let checks = [
         (
+            "ndm-api fingerprint",
+            read_str(m.fingerprint),
+            FINGERPRINT.to_string(),
+        ),
+        (
             "ndm-api version",
             read_str(m.ndm_api_version),
             crate::VERSION.to_string(),
@@ -232,7 +278,7 @@ pub fn load_library(
     for (what, plugin, host) in checks {
         if plugin != host {
             return Err(err(format!(
-                "built with {what} `{plugin}`, this host has `{host}`"
+                "built with {what} `{plugin}`, this host has `{host}` (rebuild the library against this host's ndm-api)"
             )));
         }
     }
@@ -274,4 +320,34 @@ pub fn load_library(
     }
     *reg = staged;
     Ok(added)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn guard_reports_the_panic_and_restores_the_previous_hook() {
+        static CALLS: AtomicUsize = AtomicUsize::new(0);
+        std::panic::set_hook(Box::new(|_| {
+            CALLS.fetch_add(1, Ordering::SeqCst);
+        }));
+        let mut r = Registrar::default();
+        // SAFETY: a valid, exclusive pointer for the duration of the call.
+        unsafe { guard(&mut r, |_| panic!("registration fails")) };
+        assert_eq!(r.panic.as_deref(), Some("registration fails"));
+        assert_eq!(CALLS.load(Ordering::SeqCst), 0, "the guard's hook was not in place");
+        // After the registration, panics reach the hook that was there before it.
+        let _ = std::panic::catch_unwind(|| panic!("after"));
+        assert_eq!(CALLS.load(Ordering::SeqCst), 1, "the previous hook was not restored");
+        drop(std::panic::take_hook());
+    }
+
+    #[test]
+    fn fingerprint_is_a_hash() {
+        assert_eq!(FINGERPRINT.len(), 16);
+        assert!(FINGERPRINT.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_eq!(c::FINGERPRINT.trim_end_matches('\0'), FINGERPRINT);
+    }
 }

@@ -4,8 +4,6 @@ use crate::registry::{Family, Params, PluginRegistry};
 use crate::solver::Spacing;
 use crate::{NdmError, Result};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 
 /// One part of a model: a plugin name within its family and its params (`{ kind = "cosine", s = 0.008 }`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -126,6 +124,22 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Steps between checkpoints.
     pub checkpoint_every: usize,
+    /// Changes of `steps` made when a run was resumed with another step count, oldest first. From
+    /// each change's `at_step` on, the rate follows a half cosine from the rate the run had reached
+    /// at that step down to `lr * final_lr_ratio` at the new `steps`: no jump, and the first
+    /// `at_step` steps keep the schedule they were trained with. Empty for a run never changed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub step_changes: Vec<StepChange>,
+}
+
+/// One change of a run's step count (see [`TrainConfig::step_changes`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepChange {
+    /// The step the run had reached when it was resumed.
+    pub at_step: usize,
+    /// `steps` before the change.
+    pub previous_steps: usize,
 }
 
 impl Default for TrainConfig {
@@ -144,18 +158,50 @@ impl Default for TrainConfig {
             ema_decay: 0.995,
             seed: 0,
             checkpoint_every: 1000,
+            step_changes: Vec::new(),
         }
     }
 }
 
 impl TrainConfig {
-    /// The learning rate at optimizer step `step` (1-based).
+    /// The learning rate at optimizer step `step` (1-based): linear warm-up, then a half cosine to
+    /// `lr * final_lr_ratio` at `steps`, continued through [`TrainConfig::step_changes`].
     pub fn lr_at(&self, step: usize) -> f64 {
-        let warm = (step as f64 / self.warmup.max(1) as f64).min(1.0);
-        let span = self.steps.saturating_sub(self.warmup).max(1) as f64;
-        let progress = (step.saturating_sub(self.warmup) as f64 / span).min(1.0);
-        let cosine = 0.5 * (1.0 + (std::f64::consts::PI * progress).cos());
-        self.lr * warm * (self.final_lr_ratio + (1.0 - self.final_lr_ratio) * cosine)
+        let changes = &self.step_changes;
+        // Segment k runs from changes[k-1].at_step (0 for k = 0) to its total steps.
+        let total = |k: usize| changes.get(k).map_or(self.steps, |c| c.previous_steps);
+        let k = changes.iter().take_while(|c| step > c.at_step).count();
+        let cosine = |progress: f64| 0.5 * (1.0 + (std::f64::consts::PI * progress.min(1.0)).cos());
+        let end = self.lr * self.final_lr_ratio;
+        if k == 0 {
+            let warm = (step as f64 / self.warmup.max(1) as f64).min(1.0);
+            let span = total(0).saturating_sub(self.warmup).max(1) as f64;
+            let progress = step.saturating_sub(self.warmup) as f64 / span;
+            return self.lr * warm * (self.final_lr_ratio + (1.0 - self.final_lr_ratio) * cosine(progress));
+        }
+        let at = changes[k - 1].at_step;
+        let from = self.lr_at(at);
+        let span = total(k).saturating_sub(at).max(1) as f64;
+        end + (from - end) * cosine((step - at) as f64 / span)
+    }
+
+    /// Changes the total number of steps of a run that has reached `at_step`, recording the change
+    /// so the learning rate continues without a jump. The same total is no change.
+    pub fn change_steps(&mut self, at_step: usize, steps: usize) -> Result<()> {
+        if steps == self.steps {
+            return Ok(());
+        }
+        if steps <= at_step {
+            return Err(NdmError::InvalidArgument(format!(
+                "the run is at step {at_step}; --train-steps must be larger to continue it"
+            )));
+        }
+        self.step_changes.push(StepChange {
+            at_step,
+            previous_steps: self.steps,
+        });
+        self.steps = steps;
+        Ok(())
     }
 
     /// Rejects values that cannot train.
@@ -205,67 +251,6 @@ pub struct Preset {
     pub sampler: SamplerSpec,
     #[serde(default)]
     pub train: TrainConfig,
-}
-
-/// A shared library of plugins named in `registry.toml`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LibrarySpec {
-    /// Path of the library; relative paths resolve against the registry file's folder.
-    pub path: PathBuf,
-    /// If given, the name the library's manifest must declare.
-    #[serde(default)]
-    pub name: Option<String>,
-}
-
-/// The registry file: presets by name and plugin libraries.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct RegistryFile {
-    #[serde(default)]
-    pub presets: BTreeMap<String, Preset>,
-    #[serde(default, rename = "library")]
-    pub libraries: Vec<LibrarySpec>,
-    /// Where the file was read from (`None` for the copy compiled into the binary).
-    #[serde(skip)]
-    pub source: Option<PathBuf>,
-}
-
-impl RegistryFile {
-    /// Parses registry text; `origin` names it in errors.
-    pub fn parse(text: &str, origin: &str) -> Result<Self> {
-        toml::from_str(text)
-            .map_err(|e| NdmError::Spec(format!("{origin}: {}", crate::error::one_line(&e))))
-    }
-
-    /// Reads and parses a registry file; relative library paths are made absolute against its folder.
-    pub fn read(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| NdmError::file(path, e))?;
-        let mut reg = Self::parse(&text, &path.display().to_string())?;
-        // Absolute, so a bare file name is never looked up on the system's library path.
-        let dir = path
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
-        for lib in &mut reg.libraries {
-            if lib.path.is_relative() {
-                lib.path = dir.join(&lib.path);
-            }
-        }
-        reg.source = Some(path.to_path_buf());
-        Ok(reg)
-    }
-
-    /// A preset by name; an unknown name lists the known ones.
-    pub fn preset(&self, name: &str) -> Result<&Preset> {
-        self.presets.get(name).ok_or_else(|| {
-            NdmError::Spec(format!(
-                "unknown preset `{name}`; known: {}",
-                self.presets.keys().cloned().collect::<Vec<_>>().join(", ")
-            ))
-        })
-    }
 }
 
 /// Everything a run directory's `spec.toml` records: the resolved model, sampler, training

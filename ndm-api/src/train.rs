@@ -150,3 +150,85 @@ impl<'a> Trainer<'a> {
         })
     }
 }
+
+/// What the step hook tells the loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Control {
+    Continue,
+    /// Save a checkpoint at this step boundary and return (Ctrl-C, a time budget, early stopping).
+    Stop,
+}
+
+/// How a training run ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainSummary {
+    /// The step the state is at now.
+    pub step: usize,
+    /// Steps taken by this call.
+    pub steps_run: usize,
+    pub seconds: f64,
+    /// Mean loss over the last (up to) 100 steps of this call; NaN if none ran.
+    pub final_loss: f64,
+    /// Whether the step hook stopped the run before `steps`.
+    pub stopped_early: bool,
+}
+
+impl TrainSummary {
+    pub fn steps_per_second(&self) -> f64 {
+        self.steps_run as f64 / self.seconds.max(1e-9)
+    }
+}
+
+/// Trains until `cfg.steps`: calls `on_step` after every step, and `checkpoint` every
+/// `cfg.checkpoint_every` steps, when `on_step` says [`Control::Stop`], and at the last step. A
+/// non-finite loss or gradient checkpoints the last good state and returns
+/// [`NdmError::NonFinite`] naming its step.
+pub fn train_loop(
+    trainer: &Trainer,
+    state: &mut TrainState,
+    data: &dyn Dataset,
+    on_step: &mut dyn FnMut(&StepReport) -> Control,
+    checkpoint: &mut dyn FnMut(&TrainState) -> Result<()>,
+) -> Result<TrainSummary> {
+    let t0 = std::time::Instant::now();
+    let start = state.step;
+    let mut recent = std::collections::VecDeque::with_capacity(100);
+    let mut stopped_early = false;
+    while state.step < trainer.cfg.steps {
+        let report = match trainer.step(state, data) {
+            Ok(r) => r,
+            Err(NdmError::NonFinite(m)) => {
+                checkpoint(state)?;
+                return Err(NdmError::NonFinite(format!(
+                    "{m}; training stopped, the last good state (step {}) is saved",
+                    state.step
+                )));
+            }
+            Err(e) => return Err(e),
+        };
+        if recent.len() == 100 {
+            recent.pop_front();
+        }
+        recent.push_back(report.loss);
+        let stop = on_step(&report) == Control::Stop;
+        let last = state.step == trainer.cfg.steps;
+        if stop || last || state.step % trainer.cfg.checkpoint_every == 0 {
+            checkpoint(state)?;
+        }
+        if stop {
+            stopped_early = !last;
+            break;
+        }
+    }
+    Ok(TrainSummary {
+        step: state.step,
+        steps_run: state.step - start,
+        seconds: t0.elapsed().as_secs_f64(),
+        final_loss: if recent.is_empty() {
+            f64::NAN
+        } else {
+            recent.iter().sum::<f64>() / recent.len() as f64
+        },
+        stopped_early,
+    })
+}

@@ -1,6 +1,7 @@
 //! Command-line arguments.
 
 use clap::{Args, Parser, Subcommand};
+use ndm_api::{Family, SamplerSpec};
 use std::path::PathBuf;
 
 /// ndm: composable diffusion models. `runner --transform X --solver Y` trains and samples in one go.
@@ -18,7 +19,8 @@ pub struct Cli {
 
 #[derive(Debug, Args, Clone)]
 pub struct Global {
-    /// Registry file (presets, plugin libraries); default ./registry.toml, else the built-in copy.
+    /// Registry file (presets, plugin libraries): its libraries load. Default: $NDM_REGISTRY (whose
+    /// libraries load too), else ./registry.toml (presets only), else the built-in presets.
     #[arg(long, global = true)]
     pub registry: Option<PathBuf>,
     /// cpu or cuda:N (cuda needs a build with `--features cuda`).
@@ -63,6 +65,20 @@ pub struct PartArgs {
 }
 
 /// Sampler choices shared by `train`, `sample` and the flat form.
+impl PartArgs {
+    /// The plugin flags by family.
+    pub fn plugins(&self) -> [(Family, Option<&str>); 6] {
+        [
+            (Family::Transform, self.transform.as_deref()),
+            (Family::Schedule, self.schedule.as_deref()),
+            (Family::Param, self.param.as_deref()),
+            (Family::Backbone, self.backbone.as_deref()),
+            (Family::Prior, self.prior.as_deref()),
+            (Family::Objective, self.objective.as_deref()),
+        ]
+    }
+}
+
 #[derive(Debug, Args, Clone, Default)]
 pub struct SamplerArgs {
     #[arg(long)]
@@ -70,7 +86,7 @@ pub struct SamplerArgs {
     /// Solver steps (a sub-grid of the training grid for discrete models).
     #[arg(long)]
     pub steps: Option<usize>,
-    /// uniform or trailing.
+    /// uniform, trailing, log-snr, karras or karras:RHO.
     #[arg(long)]
     pub spacing: Option<String>,
     /// Stochasticity of posterior solvers in [0, 1].
@@ -81,18 +97,39 @@ pub struct SamplerArgs {
     pub samples: usize,
 }
 
+impl SamplerArgs {
+    /// Applies `--steps`, `--spacing` and `--eta` to a sampler spec (`--solver` is a plugin swap).
+    pub fn apply(&self, sampler: &mut SamplerSpec) -> anyhow::Result<()> {
+        if let Some(n) = self.steps {
+            anyhow::ensure!(n > 0, "--steps must be at least 1");
+            sampler.steps = Some(n);
+        }
+        if let Some(s) = &self.spacing {
+            sampler.spacing = s.parse()?;
+        }
+        if let Some(eta) = self.eta {
+            sampler
+                .solver
+                .params
+                .insert("eta".into(), toml::Value::Float(eta));
+        }
+        Ok(())
+    }
+}
+
 #[derive(Debug, Args, Clone, Default)]
 pub struct TrainArgs {
     /// A preset of the registry (ddpm, ddim, ...).
     #[arg(long)]
     pub model: Option<String>,
-    /// A dataset plugin (checkerboard, moons, 8gaussians, swissroll, gaussian).
-    #[arg(long, default_value = "checkerboard")]
-    pub dataset: String,
+    /// A dataset plugin (checkerboard, moons, 8gaussians, swissroll, gaussian); default checkerboard.
+    #[arg(long)]
+    pub dataset: Option<String>,
     /// Run directory; default runs/<model>-<dataset>.
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Continue the run in --out from its last checkpoint.
+    /// Continue the run in --out from its last checkpoint, exactly as its spec.toml records it
+    /// (--train-steps may change its length; flags that would change the run are refused).
     #[arg(long)]
     pub resume: bool,
     #[arg(long)]

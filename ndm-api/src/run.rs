@@ -1,0 +1,79 @@
+//! A run from a program's point of view: a [`RunSpec`] made from a preset and overrides, resolved
+//! against the plugin registry, built into a [`Pipeline`] and a dataset, and loaded back from a
+//! run directory. The runner is one user of these functions; examples and other programs are others.
+
+use crate::checkpoint::RunDir;
+use crate::registry::{BuildCtx, Family, PluginRegistry};
+use crate::registry_file::RegistryFile;
+use crate::spec::{PluginSpec, RunSpec};
+use crate::{Dataset, Pipeline, Result};
+use candle_core::Device;
+
+impl RunSpec {
+    /// The spec of preset `name` on dataset `dataset` (plugin names not yet checked: apply
+    /// overrides, then [`RunSpec::resolve`]).
+    pub fn from_preset(file: &RegistryFile, name: &str, dataset: &str) -> Result<RunSpec> {
+        let preset = file.preset(name)?.clone();
+        Ok(RunSpec {
+            preset: Some(name.to_string()),
+            ndm_version: crate::VERSION.into(),
+            data_shape: vec![],
+            dataset: PluginSpec::new(dataset),
+            model: preset.model,
+            sampler: preset.sampler,
+            train: preset.train,
+        })
+    }
+
+    /// Checks every part against the registry, fills in every default and the data shape, and
+    /// validates the training config: what `spec.toml` records.
+    pub fn resolve(&self, plugins: &PluginRegistry, device: &Device) -> Result<RunSpec> {
+        let mut out = self.clone();
+        out.model = self.model.resolve(plugins)?;
+        out.sampler.solver = self.sampler.solver.resolve(Family::Solver, plugins)?;
+        out.dataset = self.dataset.resolve(Family::Dataset, plugins)?;
+        out.train.validate()?;
+        out.data_shape = out.build_dataset(plugins, device)?.data_shape();
+        Ok(out)
+    }
+
+    /// The run's dataset.
+    pub fn build_dataset(
+        &self,
+        plugins: &PluginRegistry,
+        device: &Device,
+    ) -> Result<Box<dyn Dataset>> {
+        plugins.build_dataset(&self.dataset, &BuildCtx::without_weights(device, plugins))
+    }
+
+    /// The run's pipeline, with freshly initialised weights (seeded by `train.seed`).
+    pub fn build_pipeline(&self, plugins: &PluginRegistry, device: &Device) -> Result<Pipeline> {
+        Pipeline::build(
+            &self.model,
+            &self.data_shape,
+            plugins,
+            device,
+            self.train.seed,
+        )
+    }
+}
+
+/// A trained run, ready to sample and evaluate.
+#[derive(Debug)]
+pub struct LoadedRun {
+    pub spec: RunSpec,
+    /// The pipeline with the run's EMA weights.
+    pub pipe: Pipeline,
+    pub data: Box<dyn Dataset>,
+}
+
+impl RunDir {
+    /// Loads a trained run: its spec, its pipeline with the EMA weights, and its dataset.
+    pub fn load(&self, plugins: &PluginRegistry, device: &Device) -> Result<LoadedRun> {
+        let spec = self.read_spec()?;
+        let pipe = spec.build_pipeline(plugins, device)?;
+        self.load_weights(&pipe)?;
+        let data = spec.build_dataset(plugins, device)?;
+        Ok(LoadedRun { spec, pipe, data })
+    }
+}

@@ -1,0 +1,65 @@
+//! `runner eval`: the NELBO of a trained run and, on request, its ODE NLL, printed and written to
+//! `eval.json`.
+
+use crate::cli::EvalArgs;
+use crate::env::Env;
+use anyhow::{bail, Result};
+use ndm_api::checkpoint::{write_text, RunDir};
+use ndm_api::eval::{evaluate_nelbo, evaluate_ode_nll};
+use ndm_api::likelihood::{NllOptions, Trace};
+use ndm_api::{Dataset, Pipeline, Rng};
+use serde_json::{json, Value};
+use std::time::Instant;
+
+/// Examples per batch of the NELBO and of the ODE solves.
+const EVAL_BATCH: usize = 500;
+
+fn entropy_note(data: &dyn Dataset) -> String {
+    data.entropy()
+        .map(|h| format!(" (data entropy {h:.4} nats)"))
+        .unwrap_or_default()
+}
+
+/// The NELBO on `n` held-out examples, printed; returns its JSON.
+pub fn nelbo(pipe: &Pipeline, data: &dyn Dataset, n: usize, seed: u64) -> Result<Value> {
+    let t0 = Instant::now();
+    let r = evaluate_nelbo(pipe, data, n, EVAL_BATCH, &mut Rng::derived(seed, "eval"))?;
+    println!("{r}{}", entropy_note(data));
+    let mut v = serde_json::to_value(&r)?;
+    v["seconds"] = json!(t0.elapsed().as_secs_f64());
+    if let Some(h) = data.entropy() {
+        v["data_entropy_nats"] = json!(h);
+    }
+    Ok(v)
+}
+
+fn nll(pipe: &Pipeline, data: &dyn Dataset, a: &EvalArgs) -> Result<Value> {
+    let mut opts = NllOptions::default_for(pipe.data_dims());
+    opts.trace = match a.trace.as_str() {
+        "auto" => opts.trace,
+        "exact" => Trace::Exact,
+        "rademacher" => Trace::Rademacher,
+        "gaussian" => Trace::Gaussian,
+        other => bail!("unknown --trace `{other}`; known: auto, exact, rademacher, gaussian"),
+    };
+    opts.probes = a.probes;
+    opts.tol.rtol = a.rtol;
+    opts.tol.atol = a.atol;
+    let t0 = Instant::now();
+    let mut rng = Rng::derived(a.seed, "nll");
+    let r = evaluate_ode_nll(pipe, data, a.examples, EVAL_BATCH, &opts, &mut rng)?;
+    println!("{r}{}", entropy_note(data));
+    let mut v = serde_json::to_value(&r)?;
+    v["seconds"] = json!(t0.elapsed().as_secs_f64());
+    Ok(v)
+}
+
+pub fn run(env: &Env, a: &EvalArgs) -> Result<Value> {
+    let run = RunDir::new(&a.run).load(env.plugins(), &env.device)?;
+    let mut v = nelbo(&run.pipe, run.data.as_ref(), a.examples, a.seed)?;
+    if a.nll {
+        v["ode_nll"] = nll(&run.pipe, run.data.as_ref(), a)?;
+    }
+    write_text(&a.run.join("eval.json"), &serde_json::to_string_pretty(&v)?)?;
+    Ok(v)
+}

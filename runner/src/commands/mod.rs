@@ -1,0 +1,6 @@
+//! One module per command.
+
+pub mod eval;
+pub mod list;
+pub mod sample;
+pub mod train;

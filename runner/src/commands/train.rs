@@ -1,0 +1,231 @@
+//! `runner train` and the flat form: make or resume a run directory, train with a progress bar and
+//! Ctrl-C handling, then sample and evaluate.
+
+use crate::cli::TrainArgs;
+use crate::env::Env;
+use crate::Outcome;
+use anyhow::{bail, Context, Result};
+use ndm_api::checkpoint::{write_text, RunDir, METRICS_FILE, SPEC_FILE};
+use ndm_api::train::{train_loop, Control, TrainState, Trainer};
+use ndm_api::{Family, RunSpec};
+use serde_json::json;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+
+/// The dataset when none is named.
+const DEFAULT_DATASET: &str = "checkerboard";
+
+/// The preset the flat form resolves to when `--model` is not given.
+fn default_preset(a: &TrainArgs) -> Result<String> {
+    match a.parts.transform.as_deref() {
+        None | Some("identity") => Ok(match a.sampler.solver.as_deref() {
+            Some("ddim") => "ddim".into(),
+            _ => "ddpm".into(),
+        }),
+        Some("learned") => Ok("ndm".into()),
+        Some(other) => bail!("no preset uses transform `{other}`; name one with --model"),
+    }
+}
+
+fn preset_name(a: &TrainArgs) -> Result<String> {
+    a.model.clone().map_or_else(|| default_preset(a), Ok)
+}
+
+fn dataset_name(a: &TrainArgs) -> &str {
+    a.dataset.as_deref().unwrap_or(DEFAULT_DATASET)
+}
+
+/// The run spec a new training run asks for: a preset with the command's overrides, resolved.
+fn new_spec(env: &Env, a: &TrainArgs) -> Result<RunSpec> {
+    let mut spec = RunSpec::from_preset(&env.setup.file, &preset_name(a)?, dataset_name(a))?;
+    for (family, kind) in a.parts.plugins() {
+        if let Some(k) = kind {
+            spec.swap_plugin(family, k);
+        }
+    }
+    if let Some(s) = &a.sampler.solver {
+        spec.swap_plugin(Family::Solver, s);
+    }
+    a.sampler.apply(&mut spec.sampler)?;
+    let t = &mut spec.train;
+    t.steps = a.train_steps.unwrap_or(t.steps);
+    t.batch_size = a.batch_size.unwrap_or(t.batch_size);
+    t.lr = a.lr.unwrap_or(t.lr);
+    t.seed = a.seed.unwrap_or(t.seed);
+    for s in &a.parts.set {
+        spec.set(s).context("--set")?;
+    }
+    Ok(spec.resolve(env.plugins(), &env.device)?)
+}
+
+/// Flags that choose what a run is. A resumed run is what its `spec.toml` records, so these are
+/// refused rather than silently ignored.
+fn flags_resume_cannot_honour(a: &TrainArgs) -> Vec<&'static str> {
+    let p = &a.parts;
+    let s = &a.sampler;
+    [
+        ("--model", a.model.is_some()),
+        ("--dataset", a.dataset.is_some()),
+        ("--batch-size", a.batch_size.is_some()),
+        ("--lr", a.lr.is_some()),
+        ("--seed", a.seed.is_some()),
+        ("--set", !p.set.is_empty()),
+        ("--solver", s.solver.is_some()),
+        ("--steps", s.steps.is_some()),
+        ("--spacing", s.spacing.is_some()),
+        ("--eta", s.eta.is_some()),
+    ]
+    .into_iter()
+    .chain(
+        p.plugins()
+            .into_iter()
+            .map(|(f, k)| (family_flag(f), k.is_some())),
+    )
+    .filter_map(|(flag, given)| given.then_some(flag))
+    .collect()
+}
+
+fn family_flag(f: Family) -> &'static str {
+    match f {
+        Family::Transform => "--transform",
+        Family::Schedule => "--schedule",
+        Family::Param => "--param",
+        Family::Prior => "--prior",
+        Family::Objective => "--objective",
+        Family::Backbone => "--backbone",
+        Family::Solver => "--solver",
+        Family::Dataset => "--dataset",
+    }
+}
+
+/// Set by Ctrl-C; the training loop stops at the next step boundary and saves a checkpoint.
+fn interrupt_flag() -> Arc<AtomicBool> {
+    static FLAG: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+    FLAG.get_or_init(|| {
+        let flag = Arc::new(AtomicBool::new(false));
+        let f = flag.clone();
+        // If a handler cannot be installed, Ctrl-C keeps its default meaning (the last
+        // checkpoint is still on disk, written atomically).
+        let _ = ctrlc::set_handler(move || f.store(true, Ordering::SeqCst));
+        flag
+    })
+    .clone()
+}
+
+pub fn run(env: &Env, a: &TrainArgs) -> Result<Outcome> {
+    let out = match &a.out {
+        Some(o) => o.clone(),
+        None => PathBuf::from("runs").join(format!("{}-{}", preset_name(a)?, dataset_name(a))),
+    };
+    let rd = RunDir::new(&out);
+    let interrupted = interrupt_flag();
+    let (spec, pipe, mut state) = if a.resume {
+        let refused = flags_resume_cannot_honour(a);
+        if !refused.is_empty() {
+            bail!(
+                "--resume continues the run recorded in {} and cannot change {}; only --train-steps, -n and --eval-examples apply (start a new run with another --out)",
+                rd.file(SPEC_FILE).display(),
+                refused.join(", ")
+            );
+        }
+        let mut spec = rd.read_spec()?;
+        let pipe = spec.build_pipeline(env.plugins(), &env.device)?;
+        let state = rd.load_state(&pipe)?;
+        if let Some(n) = a.train_steps {
+            spec.train.change_steps(state.step, n)?;
+            rd.write_spec(&spec)?;
+        }
+        (spec, pipe, state)
+    } else {
+        if rd.file(SPEC_FILE).exists() {
+            bail!(
+                "{} already holds a run; pass --resume to continue it or --out DIR for a new one",
+                out.display()
+            );
+        }
+        let spec = new_spec(env, a)?;
+        let pipe = spec.build_pipeline(env.plugins(), &env.device)?;
+        rd.create()?;
+        rd.write_spec(&spec)?;
+        let state = TrainState::new(&pipe, spec.train.seed)?;
+        (spec, pipe, state)
+    };
+    let data = spec.build_dataset(env.plugins(), &env.device)?;
+    let trainer = Trainer::new(&pipe, &spec.train)?;
+    let pb = env.progress(spec.train.steps as u64, "train");
+    pb.set_position(state.step as u64);
+    let mut on_step = |r: &ndm_api::train::StepReport| {
+        pb.set_position(r.step as u64);
+        if r.step % 25 == 0 {
+            pb.set_message(format!("loss {:.4}", r.loss));
+        }
+        if interrupted.load(Ordering::SeqCst) {
+            Control::Stop
+        } else {
+            Control::Continue
+        }
+    };
+    let mut save = |s: &TrainState| rd.write_checkpoint(&pipe, s);
+    let summary = match train_loop(&trainer, &mut state, data.as_ref(), &mut on_step, &mut save) {
+        Ok(s) => s,
+        Err(e) => {
+            pb.abandon();
+            return Err(e).with_context(|| format!("run {}", out.display()));
+        }
+    };
+    pb.finish_and_clear();
+    if summary.stopped_early {
+        eprintln!(
+            "interrupted at step {} of {}; the checkpoint is saved in {}; continue with: runner train --out {} --resume",
+            summary.step,
+            spec.train.steps,
+            out.display(),
+            out.display()
+        );
+        return Ok(Outcome::Interrupted);
+    }
+    pipe.set_weights(&state.ema)?;
+    let mut metrics = json!({
+        "preset": spec.preset,
+        "dataset": spec.dataset.kind,
+        "params": pipe.num_params(),
+        "train": {
+            "steps": summary.step,
+            "steps_this_run": summary.steps_run,
+            "seconds": summary.seconds,
+            "steps_per_second": summary.steps_per_second(),
+            "final_loss_mean_last_100": summary.final_loss,
+        },
+    });
+    println!(
+        "trained {} on {} for {} steps ({} params) in {:.1} s ({:.1} steps/s), final loss {:.4}",
+        spec.preset.as_deref().unwrap_or("model"),
+        spec.dataset.kind,
+        summary.step,
+        pipe.num_params(),
+        summary.seconds,
+        summary.steps_per_second(),
+        summary.final_loss
+    );
+    if a.sampler.samples > 0 {
+        metrics["samples"] = super::sample::draw(
+            env,
+            &pipe,
+            data.as_ref(),
+            &spec.sampler,
+            a.sampler.samples,
+            spec.train.seed,
+            &rd.file("samples"),
+        )?;
+    }
+    if a.eval_examples > 0 {
+        metrics["eval"] = super::eval::nelbo(&pipe, data.as_ref(), a.eval_examples, 1)?;
+    }
+    write_text(
+        &rd.file(METRICS_FILE),
+        &serde_json::to_string_pretty(&metrics)?,
+    )?;
+    println!("run written to {}", out.display());
+    Ok(Outcome::Done)
+}
