@@ -177,7 +177,9 @@ impl TrainConfig {
             let warm = (step as f64 / self.warmup.max(1) as f64).min(1.0);
             let span = total(0).saturating_sub(self.warmup).max(1) as f64;
             let progress = step.saturating_sub(self.warmup) as f64 / span;
-            return self.lr * warm * (self.final_lr_ratio + (1.0 - self.final_lr_ratio) * cosine(progress));
+            return self.lr
+                * warm
+                * (self.final_lr_ratio + (1.0 - self.final_lr_ratio) * cosine(progress));
         }
         let at = changes[k - 1].at_step;
         let from = self.lr_at(at);
@@ -266,4 +268,48 @@ pub struct RunSpec {
     pub model: ModelSpec,
     pub sampler: SamplerSpec,
     pub train: TrainConfig,
+}
+
+#[cfg(test)]
+mod lr_schedule_tests {
+    use super::*;
+
+    #[test]
+    fn changing_the_step_count_continues_the_rate_without_a_jump() {
+        let base = TrainConfig {
+            steps: 1000,
+            warmup: 100,
+            ..TrainConfig::default()
+        };
+        // Interrupted at 600 and extended to 2000; then at 1500 shortened to 1800.
+        let mut c = base.clone();
+        c.change_steps(600, 2000).unwrap();
+        c.change_steps(1500, 1800).unwrap();
+        for s in 1..=600 {
+            assert_eq!(c.lr_at(s), base.lr_at(s), "step {s} changed");
+        }
+        let end = c.lr * c.final_lr_ratio;
+        let mut prev = c.lr_at(600);
+        for s in 601..=1800 {
+            let lr = c.lr_at(s);
+            // Decreasing, with steps no larger than the original schedule's steepest.
+            let steepest = c.lr * std::f64::consts::PI / 2.0 / 900.0;
+            assert!(
+                lr <= prev + 1e-15 && prev - lr < steepest,
+                "step {s}: {prev} -> {lr}"
+            );
+            prev = lr;
+        }
+        assert!((c.lr_at(1800) - end).abs() < 1e-12);
+        assert!((c.lr_at(2500) - end).abs() < 1e-12);
+        // A completed run extended stays at the final rate.
+        let mut done = base.clone();
+        done.change_steps(1000, 3000).unwrap();
+        assert!((done.lr_at(2000) - end).abs() < 1e-12);
+        // The same count is no change; a count already passed is refused.
+        let mut same = base.clone();
+        same.change_steps(500, 1000).unwrap();
+        assert!(same.step_changes.is_empty());
+        assert!(base.clone().change_steps(500, 400).is_err());
+    }
 }
