@@ -5,14 +5,13 @@
 use std::time::Instant;
 
 use candle_core::{Device, Result, Tensor, Var};
-use ndm_unet::rng::SplitMix64;
+use ndm_api::Rng;
 use ndm_unet::KernelBackend::{self, Fused, Native};
 
 type OpFn = Box<dyn Fn(KernelBackend, &[Tensor]) -> Result<Tensor>>;
 
-fn randn(rng: &mut SplitMix64, dims: &[usize]) -> Result<Tensor> {
-    rng.randn(dims, &Device::Cpu)?
-        .to_dtype(candle_core::DType::F32)
+fn randn(rng: &mut Rng, dims: &[usize]) -> Result<Tensor> {
+    rng.normal_tensor(dims, candle_core::DType::F32, &Device::Cpu)
 }
 
 fn median_ms(mut v: Vec<f64>) -> f64 {
@@ -43,7 +42,7 @@ fn main() -> Result<()> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(7);
-    let mut rng = SplitMix64::new(1);
+    let mut rng = Rng::new(1);
     let cases: Vec<(&str, Vec<Vec<usize>>, OpFn)> = vec![
         (
             "conv2d 3x3 64x32x28x28 -> 32",

@@ -9,9 +9,10 @@
 use std::time::Instant;
 
 use candle_core::{DType, Device, Result, Tensor};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarBuilder, VarMap};
+use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarMap};
+use ndm_api::vars::seeded_var_builder;
+use ndm_api::Rng;
 use ndm_unet::kernels::profile;
-use ndm_unet::rng::{seed_varmap, SplitMix64};
 use ndm_unet::unet::{UNet, UNetConfig};
 use ndm_unet::KernelBackend;
 
@@ -37,7 +38,7 @@ struct Batch {
 
 fn batch(case: &Case, seed: u64) -> Result<Batch> {
     let dev = Device::Cpu;
-    let mut rng = SplitMix64::new(seed);
+    let mut rng = Rng::new(seed);
     let dims = (case.batch, case.channels, case.size, case.size);
     let n = case.batch * case.channels * case.size * case.size;
     let x0: Vec<f32> = (0..n).map(|_| rng.uniform() as f32 * 2.0 - 1.0).collect();
@@ -59,18 +60,14 @@ fn batch(case: &Case, seed: u64) -> Result<Batch> {
 }
 
 fn build(case: &Case, backend: KernelBackend) -> Result<Model> {
-    let cfg = UNetConfig {
-        in_channels: case.channels,
-        out_channels: case.channels,
-        ..UNetConfig::default()
-    };
     let vm = VarMap::new();
     let net = UNet::new(
-        VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu),
-        &cfg,
+        seeded_var_builder(&vm, 1234, DType::F32, &Device::Cpu),
+        &UNetConfig::default(),
+        case.channels,
+        case.channels,
         backend,
     )?;
-    seed_varmap(&vm, 1234)?;
     let opt = AdamW::new(
         vm.all_vars(),
         ParamsAdamW {
@@ -281,7 +278,10 @@ fn main() -> Result<()> {
     println!(
         "U-Net training step, native candle vs ndm-unet, {} rayon threads (loadavg at start: {})",
         rayon::current_num_threads(),
-        load.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
     );
     let cases = [
         Case {

@@ -11,7 +11,6 @@
 
 pub mod kernels;
 pub mod layers;
-pub mod rng;
 pub mod unet;
 
 pub use kernels::{conv2d, group_norm, group_norm_silu, silu, upsample_nearest2x, KernelBackend};

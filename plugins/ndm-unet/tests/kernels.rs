@@ -5,7 +5,7 @@ mod common;
 
 use candle_core::{DType, Result, Tensor};
 use common::*;
-use ndm_unet::rng::SplitMix64;
+use ndm_api::Rng;
 use ndm_unet::KernelBackend::{self, Fused, Native};
 
 /// Fused vs native forward and input gradients, in f32 and f64, then central differences.
@@ -15,7 +15,7 @@ fn check_op(
     f: &dyn Fn(KernelBackend, &[Tensor]) -> Result<Tensor>,
 ) {
     for (k, dtype) in [DType::F64, DType::F32].into_iter().enumerate() {
-        let mut rng = SplitMix64::new(7 + k as u64);
+        let mut rng = Rng::new(7 + k as u64);
         let inputs: Vec<Tensor> = shapes.iter().map(|s| randn(&mut rng, s, dtype)).collect();
         let yf = f(Fused, &inputs).unwrap();
         let yn = f(Native, &inputs).unwrap();
@@ -60,7 +60,7 @@ fn conv2d_3x3_stride2_pad1_odd() {
 /// height's output padding for the width and fails here, so only central differences.
 #[test]
 fn conv2d_stride2_mixed_parity_central_differences() {
-    let mut rng = SplitMix64::new(11);
+    let mut rng = Rng::new(11);
     let ins: Vec<Tensor> = [&[2usize, 3, 7, 6][..], &[4, 3, 3, 3], &[4]]
         .iter()
         .map(|s| randn(&mut rng, s, DType::F64))
@@ -144,7 +144,7 @@ fn upsample_nearest2x() {
 
 #[test]
 fn bad_shapes_error_clearly() {
-    let mut rng = SplitMix64::new(1);
+    let mut rng = Rng::new(1);
     let x = randn(&mut rng, &[2, 6, 4, 4], DType::F32);
     let g = randn(&mut rng, &[6], DType::F32);
     for be in [Fused, Native] {
@@ -176,7 +176,7 @@ fn bad_shapes_error_clearly() {
 
 #[test]
 fn non_contiguous_inputs_are_accepted() {
-    let mut rng = SplitMix64::new(3);
+    let mut rng = Rng::new(3);
     let x = randn(&mut rng, &[2, 3, 5, 4], DType::F64)
         .transpose(2, 3)
         .unwrap();

@@ -6,38 +6,36 @@ mod common;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{Optimizer, VarBuilder, VarMap};
 use common::*;
-use ndm_unet::rng::{seed_varmap, SplitMix64};
+use ndm_api::vars::seeded_var_builder;
+use ndm_api::Rng;
 use ndm_unet::unet::{UNet, UNetConfig};
 use ndm_unet::KernelBackend;
 
 fn tiny() -> UNetConfig {
     UNetConfig {
-        in_channels: 2,
-        out_channels: 2,
         base_channels: 8,
         channel_mults: vec![1, 2],
         groups: 4,
         time_embed_dim: 16,
+        ..UNetConfig::default()
     }
 }
 
+/// A 2-channel tiny U-Net with the same seeded weights for either backend.
 fn build(backend: KernelBackend, dtype: DType) -> (VarMap, UNet) {
     let vm = VarMap::new();
-    let vb = VarBuilder::from_varmap(&vm, dtype, &Device::Cpu);
-    let net = UNet::new(vb, &tiny(), backend).unwrap();
-    seed_varmap(&vm, 42).unwrap();
+    let vb = seeded_var_builder(&vm, 42, dtype, &Device::Cpu);
+    let net = UNet::new(vb, &tiny(), 2, 2, backend).unwrap();
     (vm, net)
 }
 
 #[test]
 fn fused_and_native_unets_agree() {
     for dtype in [DType::F64, DType::F32] {
-        let mut rng = SplitMix64::new(5);
+        let mut rng = Rng::new(5);
         let x = randn(&mut rng, &[3, 2, 8, 8], dtype);
         let t = rng
-            .rand(3, 0.0, 1.0, &Device::Cpu)
-            .unwrap()
-            .to_dtype(dtype)
+            .uniform_tensor(&[3], 0.0, 1.0, dtype, &Device::Cpu)
             .unwrap();
         let target = randn(&mut rng, &[3, 2, 8, 8], dtype);
         let tol = if dtype == DType::F64 { 1e-10 } else { 1e-4 };
@@ -66,12 +64,10 @@ fn fused_and_native_unets_agree() {
 
 #[test]
 fn fused_unet_trains_like_native() {
-    let mut rng = SplitMix64::new(9);
+    let mut rng = Rng::new(9);
     let x = randn(&mut rng, &[2, 2, 8, 8], DType::F32);
     let t = rng
-        .rand(2, 0.0, 1.0, &Device::Cpu)
-        .unwrap()
-        .to_dtype(DType::F32)
+        .uniform_tensor(&[2], 0.0, 1.0, DType::F32, &Device::Cpu)
         .unwrap();
     let mut losses = Vec::new();
     for be in [KernelBackend::Fused, KernelBackend::Native] {
@@ -113,7 +109,7 @@ fn unet_rejects_bad_sizes() {
 fn default_config_has_the_documented_size() {
     let vm = VarMap::new();
     let vb = VarBuilder::from_varmap(&vm, DType::F32, &Device::Cpu);
-    UNet::new(vb, &UNetConfig::default(), KernelBackend::Fused).unwrap();
+    UNet::new(vb, &UNetConfig::default(), 1, 1, KernelBackend::Fused).unwrap();
     let n: usize = vm.all_vars().iter().map(|v| v.elem_count()).sum();
     assert_eq!(n, 410_721);
 }

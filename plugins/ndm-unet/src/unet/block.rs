@@ -3,8 +3,8 @@
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{linear, Linear, VarBuilder};
 
-use crate::layers::{Conv2d, GroupNorm};
 use crate::kernels::KernelBackend;
+use crate::layers::{Conv2d, GroupNorm};
 
 #[derive(Debug, Clone)]
 pub struct ResBlock {

@@ -8,5 +8,5 @@ mod net;
 
 pub use block::ResBlock;
 pub use config::UNetConfig;
-pub use embedding::{sinusoidal_embedding, TimeEmbedding};
+pub use embedding::TimeEmbedding;
 pub use net::UNet;

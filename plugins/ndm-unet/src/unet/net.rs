@@ -4,13 +4,15 @@ use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
 
 use super::{ResBlock, TimeEmbedding, UNetConfig};
-use crate::layers::{Conv2d, GroupNorm};
 use crate::kernels::KernelBackend;
+use crate::layers::{Conv2d, GroupNorm};
 
 /// DDPM-style U-Net; `forward(x, t)` with `x: [B, in, H, W]`, `t: [B]` in [0, 1].
 #[derive(Debug, Clone)]
 pub struct UNet {
     cfg: UNetConfig,
+    in_channels: usize,
+    out_channels: usize,
     time: TimeEmbedding,
     conv_in: Conv2d,
     down: Vec<ResBlock>,
@@ -24,12 +26,31 @@ pub struct UNet {
 }
 
 impl UNet {
-    pub fn new(vb: VarBuilder, cfg: &UNetConfig, backend: KernelBackend) -> Result<Self> {
-        cfg.validate()?;
+    /// A U-Net from `in_channels` to `out_channels` image channels; errors (naming the field)
+    /// when the config does not hold together.
+    pub fn new(
+        vb: VarBuilder,
+        cfg: &UNetConfig,
+        in_channels: usize,
+        out_channels: usize,
+        backend: KernelBackend,
+    ) -> Result<Self> {
+        if let Err(e) = cfg.validate() {
+            candle_core::bail!("UNet: {e}");
+        }
+        if in_channels == 0 || out_channels == 0 {
+            candle_core::bail!("UNet: need at least one input and output channel");
+        }
         let ch = cfg.channels();
         let (levels, g, td) = (ch.len(), cfg.groups, cfg.time_embed_dim);
-        let time = TimeEmbedding::new(vb.pp("time"), cfg.base_channels, td, backend)?;
-        let conv_in = Conv2d::new(vb.pp("conv_in"), cfg.in_channels, ch[0], 3, 1, 1, backend)?;
+        let time = TimeEmbedding::new(
+            vb.pp("time"),
+            cfg.base_channels,
+            cfg.time_scale,
+            td,
+            backend,
+        )?;
+        let conv_in = Conv2d::new(vb.pp("conv_in"), in_channels, ch[0], 3, 1, 1, backend)?;
         let (mut down, mut downsample) = (Vec::new(), Vec::new());
         let mut prev = ch[0];
         for (i, &c) in ch.iter().enumerate() {
@@ -80,6 +101,8 @@ impl UNet {
         }
         Ok(Self {
             cfg: cfg.clone(),
+            in_channels,
+            out_channels,
             time,
             conv_in,
             down,
@@ -88,7 +111,7 @@ impl UNet {
             up,
             upsample,
             norm_out: GroupNorm::new(vb.pp("norm_out"), ch[0], g, true, backend)?,
-            conv_out: Conv2d::new(vb.pp("conv_out"), ch[0], cfg.out_channels, 3, 1, 1, backend)?,
+            conv_out: Conv2d::new(vb.pp("conv_out"), ch[0], out_channels, 3, 1, 1, backend)?,
             backend,
         })
     }
@@ -97,15 +120,19 @@ impl UNet {
         &self.cfg
     }
 
+    /// Image channels in and out.
+    pub fn channels(&self) -> (usize, usize) {
+        (self.in_channels, self.out_channels)
+    }
+
     pub fn backend(&self) -> KernelBackend {
         self.backend
     }
 
     pub fn forward(&self, x: &Tensor, t: &Tensor) -> Result<Tensor> {
         let (_, _, h, w) = x.dims4()?;
-        let f = 1usize << (self.down.len() - 1);
-        if h % f != 0 || w % f != 0 {
-            candle_core::bail!("UNet: H and W ({h}x{w}) must be divisible by {f}");
+        if let Err(e) = self.cfg.check_size(h, w) {
+            candle_core::bail!("UNet: {e}");
         }
         let temb = self
             .backend

@@ -3,13 +3,10 @@
 #![allow(dead_code)]
 
 use candle_core::{DType, Device, Result, Tensor, Var};
-use ndm_unet::rng::SplitMix64;
+use ndm_api::Rng;
 
-pub fn randn(rng: &mut SplitMix64, dims: &[usize], dtype: DType) -> Tensor {
-    rng.randn(dims, &Device::Cpu)
-        .unwrap()
-        .to_dtype(dtype)
-        .unwrap()
+pub fn randn(rng: &mut Rng, dims: &[usize], dtype: DType) -> Tensor {
+    rng.normal_tensor(dims, dtype, &Device::Cpu).unwrap()
 }
 
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
