@@ -18,6 +18,7 @@ use ndm_priors as _;
 use ndm_schedules as _;
 use ndm_solvers as _;
 use ndm_transforms as _;
+use ndm_unet as _;
 
 /// The presets shipped with ndm (the repository's `registry.toml`), used when no file is named.
 pub const BUILTIN_PRESETS: &str = include_str!("../../../registry.toml");

@@ -5,7 +5,7 @@
 //! [`KernelBackend::Native`] always runs candle's own ops. Both compute the same function,
 //! so the same network can be built both ways in one process.
 
-use candle_core::{DType, Module, Result, Tensor};
+use candle_core::{DType, Device, Module, Result, Tensor};
 
 use super::{conv, group_norm as gn_kernel, silu as silu_kernel, upsample};
 
@@ -20,6 +20,16 @@ pub enum KernelBackend {
 }
 
 impl KernelBackend {
+    /// The backend for tensors on `device`: the fused kernels on the CPU, candle's ops elsewhere
+    /// (where `Fused` would fall back to them op by op anyway).
+    pub fn for_device(device: &Device) -> Self {
+        if device.is_cpu() {
+            KernelBackend::Fused
+        } else {
+            KernelBackend::Native
+        }
+    }
+
     fn fused_for(self, x: &Tensor) -> bool {
         self == KernelBackend::Fused
             && x.device().is_cpu()
