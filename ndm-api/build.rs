@@ -49,7 +49,11 @@ fn main() {
     files.sort();
     let mut h = 0xcbf2_9ce4_8422_2325;
     for f in &files {
-        let rel = f.strip_prefix(&root).unwrap_or(f).to_string_lossy().replace('\\', "/");
+        let rel = f
+            .strip_prefix(&root)
+            .unwrap_or(f)
+            .to_string_lossy()
+            .replace('\\', "/");
         h = fnv1a(h, rel.as_bytes());
         h = fnv1a(h, &std::fs::read(f).unwrap_or_default());
     }

@@ -73,7 +73,7 @@ pub fn rec_term(pipe: &Pipeline, x: &Tensor, rng: &mut Rng) -> Result<Tensor> {
     let t0 = pipe.time_tensor(0.0, n)?;
     let p = pipe.schedule.point(0.0);
     let f0 = pipe.f(x, &t0)?;
-    let z0 = ((&f0 * p.alpha)? + (noise_like(&f0, rng)? * p.sigma)?)?;
+    let z0 = p.noised(&f0, &noise_like(&f0, rng)?)?;
     if let Some(nll) = pipe.transform.reconstruction_nll(x, &z0)? {
         return Ok(nll);
     }
@@ -186,8 +186,8 @@ pub fn continuous_diff_integrand(
     let dlambda = ((&sb.dlog_alpha * 2.0)? - (&sb.dsigma2 / &s2)?)?;
     let g2 = (dlambda.neg()? * &s2)?;
     let fx = pipe.f(x, t)?;
-    let alpha = pipe.per_example(&sb.alpha)?;
-    let z = (fx.broadcast_mul(&alpha)? + eps.broadcast_mul(&pipe.per_example(&sb.sigma)?)?)?;
+    let c = pipe.coeffs(&sb)?;
+    let z = c.noised(&fx, eps)?;
     let xhat = pipe.xhat(&z, t, &sb)?;
     let lam_alpha = pipe.per_example(&(&dlambda * &sb.alpha)?)?;
     let diff = if pipe.transform.is_identity() {
@@ -200,7 +200,7 @@ pub fn continuous_diff_integrand(
             .time_derivative(&Tensor::cat(&[x, &xhat], 0)?, &Tensor::cat(&[t, t], 0)?)?;
         let (dfx, dfh) = (both.narrow(0, 0, b)?, both.narrow(0, b, b)?);
         let fh = pipe.f(&xhat, t)?;
-        ((dfx - dfh)?.broadcast_mul(&alpha)? + (fx - fh)?.broadcast_mul(&lam_alpha)?)?
+        ((dfx - dfh)?.broadcast_mul(&c.alpha)? + (fx - fh)?.broadcast_mul(&lam_alpha)?)?
     };
     sum_sq(&diff)? / g2
 }

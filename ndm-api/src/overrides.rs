@@ -152,11 +152,22 @@ mod tests {
     fn bad_assignments_are_one_line_errors() {
         let mut s = spec();
         let e = s.set("nope.x=1").unwrap_err().to_string();
-        assert!(e.contains("unknown part `nope`") && e.contains("dataset, train, model"), "{e}");
-        assert!(s.set("train").unwrap_err().to_string().contains("PART.FIELD=VALUE"));
+        assert!(
+            e.contains("unknown part `nope`") && e.contains("dataset, train, model"),
+            "{e}"
+        );
+        assert!(s
+            .set("train")
+            .unwrap_err()
+            .to_string()
+            .contains("PART.FIELD=VALUE"));
         let e = s.set("train.lrr=1").unwrap_err().to_string();
         assert!(e.contains("lrr"), "{e}");
         assert!(s.set("model.steps=x").is_err());
-        assert!(!s.set("train.beta2=oops").unwrap_err().to_string().contains('\n'));
+        assert!(!s
+            .set("train.beta2=oops")
+            .unwrap_err()
+            .to_string()
+            .contains('\n'));
     }
 }

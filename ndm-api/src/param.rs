@@ -15,6 +15,13 @@ pub struct Coeffs {
     pub dsigma: Tensor,
 }
 
+impl Coeffs {
+    /// The forward process `z_t = alpha_t F(x, t) + sigma_t eps`, given `F(x, t)` and `eps`.
+    pub fn noised(&self, fx: &Tensor, eps: &Tensor) -> Result<Tensor> {
+        fx.broadcast_mul(&self.alpha)? + eps.broadcast_mul(&self.sigma)?
+    }
+}
+
 /// How the network's raw output relates to the data.
 ///
 /// `z_t = alpha_t F(x, t) + sigma_t eps`. With a non-identity `F` the formulas give a prediction of

@@ -58,15 +58,6 @@ impl Pipeline {
         let dtype = DType::F32;
         let varmap = VarMap::new();
         let vb = seeded_var_builder(&varmap, seed, dtype, device);
-        fn ctx<'a>(base: &BuildCtx<'a>, prefix: &str, shape: &'a [usize]) -> BuildCtx<'a> {
-            BuildCtx {
-                device: base.device,
-                dtype: base.dtype,
-                shape,
-                vb: base.vb.pp(prefix),
-                registry: base.registry,
-            }
-        }
         let base = BuildCtx {
             device,
             dtype,
@@ -75,17 +66,14 @@ impl Pipeline {
             registry: reg,
         };
         let data_shape = data_shape.to_vec();
-        let transform =
-            reg.build_transform(&spec.transform, &ctx(&base, "transform", &data_shape))?;
+        let transform = reg.build_transform(&spec.transform, &base.pp("transform", &data_shape))?;
         let latent_shape = transform.latent_shape(&data_shape);
-        let schedule =
-            reg.build_schedule(&spec.schedule, &ctx(&base, "schedule", &latent_shape))?;
-        let param = reg.build_param(&spec.param, &ctx(&base, "param", &latent_shape))?;
-        let backbone =
-            reg.build_backbone(&spec.backbone, &ctx(&base, "backbone", &latent_shape))?;
-        let prior = reg.build_prior(&spec.prior, &ctx(&base, "prior", &latent_shape))?;
+        let schedule = reg.build_schedule(&spec.schedule, &base.pp("schedule", &latent_shape))?;
+        let param = reg.build_param(&spec.param, &base.pp("param", &latent_shape))?;
+        let backbone = reg.build_backbone(&spec.backbone, &base.pp("backbone", &latent_shape))?;
+        let prior = reg.build_prior(&spec.prior, &base.pp("prior", &latent_shape))?;
         let objective =
-            reg.build_objective(&spec.objective, &ctx(&base, "objective", &latent_shape))?;
+            reg.build_objective(&spec.objective, &base.pp("objective", &latent_shape))?;
         let pipe = Pipeline {
             spec,
             data_shape,
@@ -159,9 +147,7 @@ impl Pipeline {
 
     /// A `[B]` tensor reshaped to `[B, 1, ..]` to broadcast against latents.
     pub fn per_example(&self, v: &Tensor) -> candle_core::Result<Tensor> {
-        let mut shape = vec![v.dim(0)?];
-        shape.extend(std::iter::repeat_n(1, self.latent_shape.len()));
-        v.reshape(shape)
+        crate::schedule::per_example(v, 1 + self.latent_shape.len())
     }
 
     /// The parameterization's coefficients at a schedule batch, broadcastable to latents.
@@ -276,9 +262,10 @@ impl ReverseProcess for Pipeline {
         })
     }
     fn score(&self, z: &Tensor, xhat: &Tensor, t: f64) -> candle_core::Result<Tensor> {
-        let p = self.schedule.point(t);
-        let f = self.f(xhat, &self.time_tensor(t, z.dim(0)?)?)?;
-        Ok((((f * p.alpha)? - z)? / (p.sigma * p.sigma))?.detach())
+        let tt = self.time_tensor(t, z.dim(0)?)?;
+        Ok(self
+            .tracked_score(z, xhat, &tt, &self.schedule.point(t))?
+            .detach())
     }
     fn reverse_sde(
         &self,
@@ -307,14 +294,25 @@ impl Pipeline {
         let g2 = eta * eta * (-p.dlog_snr()) * s2;
         let c = p.dsigma2 - 2.0 * p.dlog_alpha * s2 + g2;
         let tt = self.time_tensor(t, z.dim(0)?)?;
-        // score = (alpha F(xhat, t) - z) / sigma^2
-        let score = (((self.f(xhat, &tt)? * p.alpha)? - z)? / s2)?;
+        let score = self.tracked_score(z, xhat, &tt, &p)?;
         let mut drift = ((z * p.dlog_alpha)? - (score * (c / 2.0))?)?;
         if !self.transform.is_identity() {
             let fdot = self.transform.time_derivative(xhat, &tt)?;
             drift = (drift + (fdot * p.alpha)?)?;
         }
         Ok((drift, g2.max(0.0).sqrt()))
+    }
+
+    /// The score `(alpha F(xhat, t) - z) / sigma^2` at `t` (as a `[B]` tensor `tt` and the schedule
+    /// point `p`), with gradients kept.
+    fn tracked_score(
+        &self,
+        z: &Tensor,
+        xhat: &Tensor,
+        tt: &Tensor,
+        p: &SchedulePoint,
+    ) -> candle_core::Result<Tensor> {
+        ((self.f(xhat, tt)? * p.alpha)? - z)? / (p.sigma * p.sigma)
     }
 
     /// The probability-flow ODE drift at `(z, t)` with gradients kept (one network evaluation).

@@ -69,6 +69,17 @@ pub struct BuildCtx<'a> {
 }
 
 impl<'a> BuildCtx<'a> {
+    /// The same context for a part under `prefix` (its weights under `prefix.`), working on `shape`.
+    pub fn pp(&self, prefix: &str, shape: &'a [usize]) -> BuildCtx<'a> {
+        BuildCtx {
+            device: self.device,
+            dtype: self.dtype,
+            shape,
+            vb: self.vb.pp(prefix),
+            registry: self.registry,
+        }
+    }
+
     /// A context for plugins without weights (solvers, datasets): no shape, a `VarBuilder` that
     /// only hands out zeros.
     pub fn without_weights(device: &'a Device, registry: &'a PluginRegistry) -> Self {
@@ -106,6 +117,11 @@ pub mod built {
 
 /// A params table.
 pub type Params = toml::Table;
+
+/// The config of a plugin that has no parameters: it accepts only an empty table.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoParams {}
 
 /// A plugin's build function, by family.
 #[derive(Clone, Copy)]

@@ -77,7 +77,6 @@ impl RegistryFile {
     }
 }
 
-
 /// Where the registry file in use came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RegistrySource {
@@ -144,7 +143,11 @@ pub struct Setup {
 impl Setup {
     /// Reads the registry file of `source` and loads its libraries into `plugins` when the
     /// source allows it; otherwise they are listed in `skipped`.
-    pub fn open(source: RegistrySource, builtin: &str, mut plugins: PluginRegistry) -> Result<Setup> {
+    pub fn open(
+        source: RegistrySource,
+        builtin: &str,
+        mut plugins: PluginRegistry,
+    ) -> Result<Setup> {
         let file = source.read(builtin)?;
         let mut loaded = Vec::new();
         let mut skipped = Vec::new();
@@ -173,15 +176,11 @@ impl Setup {
     /// through `inventory`; another plugin under the same name is a duplicate error.
     pub fn with_static_plugins(mut self, infos: &[crate::PluginInfo]) -> Result<Setup> {
         for info in infos {
-            let known = self
-                .plugins
-                .entries()
-                .iter()
-                .any(|e| {
-                    e.info.family() == info.family()
-                        && e.info.name == info.name
-                        && e.info.summary == info.summary
-                });
+            let known = self.plugins.entries().iter().any(|e| {
+                e.info.family() == info.family()
+                    && e.info.name == info.name
+                    && e.info.summary == info.summary
+            });
             if !known {
                 self.plugins.add(*info, Origin::BuiltIn)?;
             }

@@ -49,4 +49,10 @@ pub trait ReverseProcess: Send + Sync + std::fmt::Debug {
     /// down to `t_min`, with `g^2 = eta^2 (-dlambda/dt) sigma^2`; `eta = 0` is the probability-flow
     /// ODE. Returns the drift and `g`.
     fn reverse_sde(&self, z: &Tensor, xhat: &Tensor, t: f64, eta: f64) -> Result<(Tensor, f64)>;
+    /// The probability-flow ODE's drift at `(z, t)` (the reverse SDE with `eta = 0` at the model's
+    /// own prediction): one network evaluation, detached.
+    fn probability_flow(&self, z: &Tensor, t: f64) -> Result<Tensor> {
+        let xhat = self.predict_x(z, t)?;
+        Ok(self.reverse_sde(z, &xhat, t, 0.0)?.0)
+    }
 }

@@ -18,7 +18,20 @@ pub struct SchedulePoint {
     pub dsigma2: f64,
 }
 
+/// A `[B]` tensor of per-example values reshaped to `[B, 1, .., 1]` (`rank` dimensions in all), to
+/// broadcast against a batch of rank `rank`.
+pub fn per_example(v: &Tensor, rank: usize) -> candle_core::Result<Tensor> {
+    let mut shape = vec![v.dim(0)?];
+    shape.extend(std::iter::repeat_n(1, rank.saturating_sub(1)));
+    v.reshape(shape)
+}
+
 impl SchedulePoint {
+    /// The forward process at this time, `z = alpha F + sigma eps`, given `F(x, t)` and `eps`.
+    pub fn noised(&self, fx: &Tensor, eps: &Tensor) -> candle_core::Result<Tensor> {
+        (fx * self.alpha)? + (eps * self.sigma)?
+    }
+
     /// Builds a point from `alpha`, `sigma` and their derivatives `dalpha`, `dsigma`.
     pub fn from_derivatives(alpha: f64, sigma: f64, dalpha: f64, dsigma: f64) -> Self {
         SchedulePoint {

@@ -337,10 +337,18 @@ mod tests {
         // SAFETY: a valid, exclusive pointer for the duration of the call.
         unsafe { guard(&mut r, |_| panic!("registration fails")) };
         assert_eq!(r.panic.as_deref(), Some("registration fails"));
-        assert_eq!(CALLS.load(Ordering::SeqCst), 0, "the guard's hook was not in place");
+        assert_eq!(
+            CALLS.load(Ordering::SeqCst),
+            0,
+            "the guard's hook was not in place"
+        );
         // After the registration, panics reach the hook that was there before it.
         let _ = std::panic::catch_unwind(|| panic!("after"));
-        assert_eq!(CALLS.load(Ordering::SeqCst), 1, "the previous hook was not restored");
+        assert_eq!(
+            CALLS.load(Ordering::SeqCst),
+            1,
+            "the previous hook was not restored"
+        );
         drop(std::panic::take_hook());
     }
 

@@ -132,7 +132,7 @@ pub fn check_parameterization(p: &dyn Parameterization) -> Check {
             dalpha: col(|t| -t.sin())?,
             dsigma: col(f64::cos)?,
         };
-        let z = (x.broadcast_mul(&c.alpha)? + eps.broadcast_mul(&c.sigma)?)?;
+        let z = c.noised(&x, &eps)?;
         let raw = p.raw_from_x(&x, &z, &c)?;
         if raw.dims() != x.dims() {
             return Ok(Err(format!(

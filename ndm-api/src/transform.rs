@@ -30,11 +30,7 @@ where
         f(&lo.affine(1.0, 2.0 * h)?)?,
     );
     // u = (t - lo) / h in [0, 2]; d/dt of the Lagrange quadratic at u.
-    let u = ((t - &lo)? / h)?;
-    let shape: Vec<usize> = std::iter::once(u.dim(0)?)
-        .chain(std::iter::repeat_n(1, fa.rank() - 1))
-        .collect();
-    let u = u.reshape(shape)?;
+    let u = crate::schedule::per_example(&((t - &lo)? / h)?, fa.rank())?;
     let ca = (u.affine(2.0, -3.0)? / (2.0 * h))?;
     let cb = (u.affine(-2.0, 2.0)? / h)?;
     let cc = (u.affine(2.0, -1.0)? / (2.0 * h))?;

@@ -3,6 +3,7 @@
 use crate::generate;
 use ndm_api::candle_core::{DType, Device, Result, Tensor};
 use ndm_api::registry::BuildCtx;
+use ndm_api::registry::NoParams;
 use ndm_api::{Dataset, Rng, Split};
 use serde::{Deserialize, Serialize};
 use std::f64::consts::PI;
@@ -68,11 +69,6 @@ impl Dataset for Toy2d {
     }
 }
 
-/// `checkerboard` has no parameters.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CheckerboardConfig {}
-
 /// Uniform on the 8 dark unit squares of a 4 x 4 board on `[-2, 2]^2` (those where
 /// `floor(x) + floor(y)` is even): density 1/8 on the board, entropy `ln 8 = 2.079` nats.
 #[derive(Debug, Clone, Default)]
@@ -136,8 +132,8 @@ ndm_api::register_plugin!(
     Dataset,
     "checkerboard",
     "uniform on the 8 dark squares of a 4x4 board on [-2,2]^2 (entropy ln 8)",
-    CheckerboardConfig,
-    |_c: CheckerboardConfig, _ctx: &BuildCtx| Ok(Box::new(Checkerboard))
+    NoParams,
+    |_c: NoParams, _ctx: &BuildCtx| Ok(Box::new(Checkerboard))
 );
 ndm_api::register_plugin!(
     Dataset,

@@ -8,6 +8,7 @@ use ndm_api::elbo::{
     TimeSampling,
 };
 use ndm_api::registry::BuildCtx;
+use ndm_api::registry::NoParams;
 use ndm_api::rng::host_tensor;
 use ndm_api::{LossOutput, NdmError, Objective, Pipeline, Rng};
 use serde::{Deserialize, Serialize};
@@ -38,11 +39,6 @@ fn nelbo_loss(terms: &NelboTerms, x: &Tensor) -> Result<LossOutput> {
     })
 }
 
-/// `objective.eps-mse` config.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EpsMseConfig {}
-
 /// `E || raw(z_t, t) - target ||^2`, the parameterization's target (eps for `param.eps`).
 #[derive(Debug, Clone, Default)]
 pub struct EpsMse;
@@ -71,7 +67,7 @@ impl Objective for EpsMse {
         let c = pipe.coeffs(&sb)?;
         let fx = pipe.f(x, &t)?;
         let eps = noise_like(&fx, rng)?;
-        let z = (fx.broadcast_mul(&c.alpha)? + eps.broadcast_mul(&c.sigma)?)?;
+        let z = c.noised(&fx, &eps)?;
         let raw = pipe.backbone.forward(&ndm_api::NetInput {
             z: &z,
             t: &t,
@@ -90,11 +86,6 @@ impl Objective for EpsMse {
         })
     }
 }
-
-/// `objective.ndm-elbo-discrete` config.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ElboDiscreteConfig {}
 
 /// The discrete NELBO `L_prior + T E_i KL_{t_i} + L_rec` on the model's grid of `T = model.steps`,
 /// one `i` per example, divided by the data dimension (nats per dimension) for a scale-free loss.
@@ -131,15 +122,15 @@ ndm_api::register_plugin!(
     Objective,
     "eps-mse",
     "DDPM's simple loss: MSE to the parameterization's target (refuses a learnable transform)",
-    EpsMseConfig,
-    |_c: EpsMseConfig, _ctx: &BuildCtx| Ok(Box::new(EpsMse))
+    NoParams,
+    |_c: NoParams, _ctx: &BuildCtx| Ok(Box::new(EpsMse))
 );
 ndm_api::register_plugin!(
     Objective,
     "ndm-elbo-discrete",
     "NDM's discrete-time NELBO: L_prior + L_diff + L_rec (DDPM's VLB for the identity transform)",
-    ElboDiscreteConfig,
-    |_c: ElboDiscreteConfig, _ctx: &BuildCtx| Ok(Box::new(ElboDiscrete))
+    NoParams,
+    |_c: NoParams, _ctx: &BuildCtx| Ok(Box::new(ElboDiscrete))
 );
 
 /// `objective.ndm-elbo-continuous` config.

@@ -2,13 +2,8 @@
 
 use ndm_api::candle_core::{Result, Tensor};
 use ndm_api::registry::BuildCtx;
+use ndm_api::registry::NoParams;
 use ndm_api::{Coeffs, Parameterization};
-use serde::{Deserialize, Serialize};
-
-/// The parameterizations have no parameters.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NoConfig {}
 
 /// Noise prediction: `xhat = (z - sigma epshat) / alpha`.
 #[derive(Debug, Clone, Default)]
@@ -65,20 +60,20 @@ ndm_api::register_plugin!(
     Param,
     "eps",
     "noise prediction: xhat = (z - sigma eps) / alpha",
-    NoConfig,
-    |_c: NoConfig, _ctx: &BuildCtx| Ok(Box::new(Eps))
+    NoParams,
+    |_c: NoParams, _ctx: &BuildCtx| Ok(Box::new(Eps))
 );
 ndm_api::register_plugin!(
     Param,
     "x0",
     "data prediction: xhat = network output",
-    NoConfig,
-    |_c: NoConfig, _ctx: &BuildCtx| Ok(Box::new(X0))
+    NoParams,
+    |_c: NoParams, _ctx: &BuildCtx| Ok(Box::new(X0))
 );
 ndm_api::register_plugin!(
     Param,
     "v",
     "v-prediction: v = alpha eps - sigma x",
-    NoConfig,
-    |_c: NoConfig, _ctx: &BuildCtx| Ok(Box::new(V))
+    NoParams,
+    |_c: NoParams, _ctx: &BuildCtx| Ok(Box::new(V))
 );

@@ -3,13 +3,8 @@
 use ndm_api::candle_core::{DType, Device, Result, Tensor};
 use ndm_api::elbo::sum_sq;
 use ndm_api::registry::BuildCtx;
+use ndm_api::registry::NoParams;
 use ndm_api::{Prior, Rng};
-use serde::{Deserialize, Serialize};
-
-/// `prior.gaussian` has no parameters.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct GaussianConfig {}
 
 /// The standard normal prior at `t = 1`.
 #[derive(Debug, Clone, Default)]
@@ -43,6 +38,6 @@ ndm_api::register_plugin!(
     Prior,
     "gaussian",
     "standard normal N(0, I) at t = 1",
-    GaussianConfig,
-    |_c: GaussianConfig, _ctx: &BuildCtx| Ok(Box::new(StandardGaussian))
+    NoParams,
+    |_c: NoParams, _ctx: &BuildCtx| Ok(Box::new(StandardGaussian))
 );

@@ -2,13 +2,8 @@
 
 use ndm_api::candle_core::Tensor;
 use ndm_api::registry::BuildCtx;
+use ndm_api::registry::NoParams;
 use ndm_api::{ReverseProcess, Rng, SolveOutput, Solver, TimeGrid};
-use serde::{Deserialize, Serialize};
-
-/// `solver.dpmpp-2m` has no parameters.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DpmConfig {}
 
 /// With `l = log(alpha / sigma)` (half the log-SNR) and `h = l_s - l_t`, DPM-Solver++'s first-order
 /// step `z_s = (sigma_s / sigma_t) z_t + alpha_s (1 - e^{-h}) D` is exactly the DDIM posterior mean
@@ -55,6 +50,6 @@ ndm_api::register_plugin!(
     Solver,
     "dpmpp-2m",
     "DPM-Solver++(2M): second-order multistep in log-SNR, first-order first and last steps",
-    DpmConfig,
-    |_c: DpmConfig, _ctx: &BuildCtx| Ok(Box::new(DpmSolver2M))
+    NoParams,
+    |_c: NoParams, _ctx: &BuildCtx| Ok(Box::new(DpmSolver2M))
 );

@@ -45,8 +45,7 @@ impl Solver for Rk45 {
     ) -> ndm_api::Result<SolveOutput> {
         let (t0, t1) = (grid.start(), grid.end());
         let mut f = |t: f64, y: &Vec<Tensor>| -> ndm_api::Result<Vec<Tensor>> {
-            let xhat = rp.predict_x(&y[0], t)?;
-            Ok(vec![rp.reverse_sde(&y[0], &xhat, t, 0.0)?.0])
+            Ok(vec![rp.probability_flow(&y[0], t)?])
         };
         let (y, stats) = match dopri5_until(&mut f, vec![z_start], t0, t1, &self.tol)? {
             (Ending::Reached(y), stats) => (y, stats),

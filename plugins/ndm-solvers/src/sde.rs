@@ -3,6 +3,7 @@
 use crate::noise_unless_last;
 use ndm_api::candle_core::Tensor;
 use ndm_api::registry::BuildCtx;
+use ndm_api::registry::NoParams;
 use ndm_api::{NdmError, ReverseProcess, Rng, SolveOutput, Solver, TimeGrid};
 use serde::{Deserialize, Serialize};
 
@@ -62,11 +63,6 @@ impl Solver for EulerMaruyama {
     }
 }
 
-/// `solver.heun` has no parameters: it integrates the probability-flow ODE (eta = 0).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HeunConfig {}
-
 /// Heun's method (explicit trapezoid) on the probability-flow ODE: two evaluations per step.
 #[derive(Debug, Clone, Default)]
 pub struct Heun;
@@ -79,10 +75,7 @@ impl Solver for Heun {
         grid: &TimeGrid,
         _rng: &mut Rng,
     ) -> ndm_api::Result<SolveOutput> {
-        let ode = |z: &Tensor, t: f64| -> ndm_api::Result<Tensor> {
-            let xhat = rp.predict_x(z, t)?;
-            Ok(rp.reverse_sde(z, &xhat, t, 0.0)?.0)
-        };
+        let ode = |z: &Tensor, t: f64| rp.probability_flow(z, t);
         let mut z = z_start;
         for (t, s) in grid.intervals() {
             let dt = s - t;
@@ -117,6 +110,6 @@ ndm_api::register_plugin!(
     Solver,
     "heun",
     "Heun's second-order method on the probability-flow ODE (2 NFE per step)",
-    HeunConfig,
-    |_c: HeunConfig, _ctx: &BuildCtx| Ok(Box::new(Heun))
+    NoParams,
+    |_c: NoParams, _ctx: &BuildCtx| Ok(Box::new(Heun))
 );

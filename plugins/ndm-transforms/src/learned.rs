@@ -41,14 +41,9 @@ pub struct Learned {
 
 impl Learned {
     pub fn new(cfg: LearnedConfig, ctx: &BuildCtx) -> ndm_api::Result<Self> {
-        let inner = BuildCtx {
-            device: ctx.device,
-            dtype: ctx.dtype,
-            shape: ctx.shape,
-            vb: ctx.vb.pp("net"),
-            registry: ctx.registry,
-        };
-        let net = ctx.registry.build_backbone(&cfg.net, &inner)?;
+        let net = ctx
+            .registry
+            .build_backbone(&cfg.net, &ctx.pp("net", ctx.shape))?;
         if net.predicts_data() {
             return Err(ndm_api::NdmError::config(
                 "transform.learned",
@@ -73,9 +68,7 @@ impl Transform for Learned {
             sigma: &ones,
             log_snr: &zeros,
         })?;
-        let mut shape = vec![t.dim(0)?];
-        shape.extend(std::iter::repeat_n(1, x.rank() - 1));
-        x + g.broadcast_mul(&t.reshape(shape)?)?
+        x + g.broadcast_mul(&ndm_api::schedule::per_example(t, x.rank())?)?
     }
     fn is_trainable(&self) -> bool {
         true

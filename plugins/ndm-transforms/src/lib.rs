@@ -4,16 +4,11 @@
 mod learned;
 
 pub use learned::{Learned, LearnedConfig};
+use ndm_api::registry::NoParams;
 
 use ndm_api::candle_core::{Result, Tensor};
 use ndm_api::registry::BuildCtx;
 use ndm_api::Transform;
-use serde::{Deserialize, Serialize};
-
-/// `transform.identity` has no parameters.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct IdentityConfig {}
 
 /// `F(x, t) = x`.
 #[derive(Debug, Clone, Default)]
@@ -32,6 +27,6 @@ ndm_api::register_plugin!(
     Transform,
     "identity",
     "F(x, t) = x: standard diffusion (DDPM, DDIM, VDM, flow matching)",
-    IdentityConfig,
-    |_cfg: IdentityConfig, _ctx: &BuildCtx| Ok(Box::new(Identity))
+    NoParams,
+    |_cfg: NoParams, _ctx: &BuildCtx| Ok(Box::new(Identity))
 );
