@@ -5,8 +5,8 @@
 //!     cargo run --release --example ndm_vs_ddpm -- [train_steps] [batch] [eval_points]
 
 use ndm_api::candle_core::Device;
-use ndm_api::registry::BuildCtx;
 use ndm_api::eval::evaluate_nelbo;
+use ndm_api::registry::BuildCtx;
 use ndm_api::train::{TrainState, Trainer};
 use ndm_api::{Pipeline, PluginSpec, RegistryFile, Rng};
 use std::time::Instant;

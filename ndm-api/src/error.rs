@@ -58,6 +58,11 @@ impl NdmError {
             message: message.to_string(),
         }
     }
+    /// A bad parameter value, said by the plugin that refuses it. Errors of a plugin's build are
+    /// prefixed with its `family.name` by the registry, so the message need not repeat it.
+    pub fn invalid_param(message: impl std::fmt::Display) -> Self {
+        NdmError::Spec(one_line(&message.to_string()))
+    }
     /// Attributes an error to a plugin (`family.name`), unless it already names that plugin.
     pub fn in_plugin(self, plugin: &str) -> Self {
         let named = match &self {

@@ -128,11 +128,21 @@ fn train_sample_eval_resume_end_to_end() {
     // Flags that would change the run are refused, naming them; nothing is written.
     let spec_before = std::fs::read_to_string(run.join("spec.toml")).unwrap();
     let (ok, _, stderr) = out(runner(tmp.path()).args([
-        "train", "--out", "run", "--resume", "--lr", "0.1", "--set", "backbone.hidden=8",
+        "train",
+        "--out",
+        "run",
+        "--resume",
+        "--lr",
+        "0.1",
+        "--set",
+        "backbone.hidden=8",
     ]));
     assert!(!ok);
     assert_clean_error(&stderr, "cannot change --lr, --set");
-    assert_eq!(std::fs::read_to_string(run.join("spec.toml")).unwrap(), spec_before);
+    assert_eq!(
+        std::fs::read_to_string(run.join("spec.toml")).unwrap(),
+        spec_before
+    );
     // Extending continues from step 30 (10 more steps, not 40 from scratch) and records the change.
     let (ok, _, stderr) = out(runner(tmp.path()).args([
         "train",
@@ -162,9 +172,8 @@ fn train_sample_eval_resume_end_to_end() {
         }]
     );
     // A length the run has already passed is refused.
-    let (ok, _, stderr) = out(runner(tmp.path()).args([
-        "train", "--out", "run", "--resume", "--train-steps", "20",
-    ]));
+    let (ok, _, stderr) =
+        out(runner(tmp.path()).args(["train", "--out", "run", "--resume", "--train-steps", "20"]));
     assert!(!ok);
     assert_clean_error(&stderr, "--train-steps must be larger");
 }
@@ -188,9 +197,22 @@ fn interrupted_then_resumed_equals_uninterrupted() {
     let tmp = tempfile::tempdir().unwrap();
     let args = |out: &str| -> Vec<String> {
         [
-            "--quiet", "train", "--out", out, "--train-steps", "4000", "--batch-size", "64",
-            "--set", "backbone.hidden=32", "--set", "train.checkpoint_every=100000", "-n", "0",
-            "--eval-examples", "0",
+            "--quiet",
+            "train",
+            "--out",
+            out,
+            "--train-steps",
+            "4000",
+            "--batch-size",
+            "64",
+            "--set",
+            "backbone.hidden=32",
+            "--set",
+            "train.checkpoint_every=100000",
+            "-n",
+            "0",
+            "--eval-examples",
+            "0",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -225,7 +247,14 @@ fn interrupted_then_resumed_equals_uninterrupted() {
         .unwrap_or_else(|| panic!("no step in: {stderr}"));
     assert!(step > 0 && step < 4000, "interrupted at step {step}");
     let (ok, _, stderr) = out(runner(tmp.path()).args([
-        "train", "--out", "a", "--resume", "-n", "0", "--eval-examples", "0",
+        "train",
+        "--out",
+        "a",
+        "--resume",
+        "-n",
+        "0",
+        "--eval-examples",
+        "0",
     ]));
     assert!(ok, "{stderr}");
     let mut uninterrupted = std::process::Command::new(&bin);
@@ -238,9 +267,15 @@ fn interrupted_then_resumed_equals_uninterrupted() {
     );
     assert_eq!(a.len(), b.len());
     for (k, v) in &a {
-        assert!(v == &b[k], "{k} differs after interrupting at step {step} and resuming");
+        assert!(
+            v == &b[k],
+            "{k} differs after interrupting at step {step} and resuming"
+        );
     }
-    eprintln!("interrupted at step {step}; {} tensors bit-identical", a.len());
+    eprintln!(
+        "interrupted at step {step}; {} tensors bit-identical",
+        a.len()
+    );
 }
 
 #[test]

@@ -38,9 +38,7 @@ pub struct EdmVp {
 impl EdmVp {
     pub fn new(cfg: EdmVpConfig) -> ndm_api::Result<Self> {
         if !(cfg.sigma_min > 0.0 && cfg.sigma_max > cfg.sigma_min && cfg.rho > 0.0) {
-            return Err(NdmError::config(
-                "schedule.edm-vp",
-                "need 0 < sigma_min < sigma_max and rho > 0",
+            return Err(NdmError::invalid_param("need 0 < sigma_min < sigma_max and rho > 0",
             ));
         }
         Ok(EdmVp { cfg })
@@ -82,9 +80,6 @@ pub const EDM_VP: PluginInfo = ndm_api::plugin_info!(
     EdmVpConfig,
     |cfg: EdmVpConfig, _ctx: &BuildCtx| Ok(Box::new(EdmVp::new(cfg)?))
 );
-
-// Static linking: a binary that links this crate (and references it) lists the plugin.
-ndm_api::inventory::submit! { EDM_VP }
 
 // Dynamic loading: the cdylib's entry points, behind a feature because the symbols are unmangled
 // and two plugin crates linked into one binary would clash.

@@ -85,8 +85,7 @@ ndm_api::register_plugin!(
     "Gaussian N(mean, cov) in any dimension, exact density known",
     GaussianDataConfig,
     |c: GaussianDataConfig, _ctx: &BuildCtx| {
-        let model = GaussianModel::new(c.mean, c.cov)
-            .map_err(|m| NdmError::config("dataset.gaussian", m))?;
+        let model = GaussianModel::new(c.mean, c.cov).map_err(|m| NdmError::invalid_param(m))?;
         Ok(Box::new(GaussianData { model }))
     }
 );

@@ -38,15 +38,13 @@ pub struct GaussianOracle {
 
 impl GaussianOracle {
     pub fn new(cfg: OracleConfig, ctx: &BuildCtx) -> ndm_api::Result<Self> {
-        let g = GaussianModel::new(cfg.mean, cfg.cov)
-            .map_err(|m| NdmError::config("backbone.gaussian-oracle", m))?;
+        let g = GaussianModel::new(cfg.mean, cfg.cov).map_err(|m| NdmError::invalid_param(m))?;
         let d = g.dim();
         let dims: usize = ctx.shape.iter().product();
         if dims != d {
-            return Err(NdmError::config(
-                "backbone.gaussian-oracle",
-                format!("the data have {dims} dimensions but the oracle's Gaussian has {d}"),
-            ));
+            return Err(NdmError::invalid_param(format!(
+                "the data have {dims} dimensions but the oracle's Gaussian has {d}"
+            )));
         }
         let t = |v: Vec<f64>, s: &[usize]| ndm_api::rng::host_tensor(v, s, ctx.dtype, ctx.device);
         Ok(GaussianOracle {

@@ -36,8 +36,7 @@ impl Cosine {
         let theta0 = cfg.s / (1.0 + cfg.s) * std::f64::consts::FRAC_PI_2;
         let theta1 = (-cfg.log_snr_min / 2.0).exp().atan();
         if !(cfg.s > 0.0 && theta1 > theta0) {
-            return Err(NdmError::config(
-                "schedule.cosine",
+            return Err(NdmError::invalid_param(
                 "need s > 0 and log_snr_min below the log-SNR at t = 0",
             ));
         }

@@ -56,8 +56,7 @@ impl VpLinear {
             && cfg.beta_end < 1.0
             && cfg.steps > 0;
         if !ok {
-            return Err(NdmError::config(
-                "schedule.vp-linear",
+            return Err(NdmError::invalid_param(
                 "need 0 < beta_start <= beta_end < 1 and steps >= 1",
             ));
         }

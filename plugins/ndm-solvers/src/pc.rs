@@ -125,7 +125,7 @@ ndm_api::register_plugin!(
     PcConfig,
     |c: PcConfig, _ctx: &BuildCtx| {
         if !(c.snr > 0.0 && c.snr.is_finite()) {
-            return Err(NdmError::config("solver.pc", format!("snr must be positive, got {}", c.snr)));
+            return Err(NdmError::invalid_param(format!("snr must be positive, got {}", c.snr)));
         }
         Ok(Box::new(PcSolver { cfg: c }))
     }

@@ -73,8 +73,7 @@ ndm_api::register_plugin!(
     Rk45Config,
     |c: Rk45Config, _ctx: &BuildCtx| {
         if !(c.rtol > 0.0 && c.atol > 0.0 && c.max_steps > 0) {
-            return Err(NdmError::config(
-                "solver.rk45",
+            return Err(NdmError::invalid_param(
                 "rtol, atol and max_steps must be positive",
             ));
         }

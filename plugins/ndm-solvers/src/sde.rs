@@ -98,10 +98,10 @@ ndm_api::register_plugin!(
     EulerMaruyamaConfig,
     |c: EulerMaruyamaConfig, _ctx: &BuildCtx| {
         if !(0.0..=1.0).contains(&c.eta) {
-            return Err(NdmError::config(
-                "solver.euler-maruyama",
-                format!("eta must be in [0, 1], got {}", c.eta),
-            ));
+            return Err(NdmError::invalid_param(format!(
+                "eta must be in [0, 1], got {}",
+                c.eta
+            )));
         }
         Ok(Box::new(EulerMaruyama { eta: c.eta }))
     }

@@ -45,13 +45,10 @@ impl Learned {
             .registry
             .build_backbone(&cfg.net, &ctx.pp("net", ctx.shape))?;
         if net.predicts_data() {
-            return Err(ndm_api::NdmError::config(
-                "transform.learned",
-                format!(
-                    "backbone {} has no weights to learn a transform with",
-                    cfg.net.kind
-                ),
-            ));
+            return Err(ndm_api::NdmError::invalid_param(format!(
+                "backbone {} has no weights to learn a transform with",
+                cfg.net.kind
+            )));
         }
         Ok(Learned { net })
     }

@@ -1,10 +1,6 @@
-//! ndm's runner with this crate's plugins linked in statically.
-
-// Link the built-in plugins and ours: an unreferenced crate is not linked and its registrations
-// vanish.
-use ndm_plugins_all as _;
-use third_party_plugin as _;
+//! ndm's runner with this crate's plugins linked in statically: naming the plugins registers them,
+//! so no `use third_party_plugin as _;` anchor is needed.
 
 fn main() {
-    runner::main_entry();
+    runner::main_with_plugins(&[third_party_plugin::EDM_VP]);
 }
