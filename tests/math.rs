@@ -1,4 +1,4 @@
-//! The math of MATH.md, checked numerically on the built-in plugins.
+//! The math of `docs/math.md`, checked numerically on the built-in plugins.
 
 mod common;
 

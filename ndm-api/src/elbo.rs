@@ -1,4 +1,4 @@
-//! The negative ELBO of MATH.md, shared by the objectives and the evaluator:
+//! The negative ELBO of `docs/math.md` ("NELBO", "Continuous-time loss"), shared by the objectives and the evaluator:
 //! `NELBO = L_prior + L_diff + L_rec`, every term per example (shape `[B]`, nats).
 
 use crate::pipeline::{posterior_coeffs, Pipeline};
@@ -85,7 +85,7 @@ pub fn rec_term(pipe: &Pipeline, x: &Tensor, rng: &mut Rng) -> Result<Tensor> {
     sum_sq(&((x - xhat0)? / s)?)?.affine(0.5, c)
 }
 
-/// The discrete KL term `KL_{t_i}` (MATH.md eq. 9-10, `eta = 1`) for per-example grid indices
+/// The discrete KL term `KL_{t_i}` (`docs/math.md`, "NELBO", `eta = 1`) for per-example grid indices
 /// `idx[b]` in `1..=n` on a grid of `t_total` steps (`t_i = i / t_total`, `s = t_{i-1}`), with
 /// `z_t = alpha_t F(x, t) + sigma_t eps` for the given noise `eps` (shaped like `F(x, t)`).
 pub fn discrete_kl(
@@ -169,7 +169,7 @@ pub fn discrete_nelbo(
     })
 }
 
-/// The continuous-time diffusion loss of MATH.md per example, before weighting:
+/// The continuous-time diffusion loss (`docs/math.md`, "Continuous-time loss") per example, before weighting:
 /// `||alpha (Fdot(x,t) - Fdot(xhat,t)) - c/2 (s(x,z,t) - s(xhat,z,t))||^2 / g^2` with `eta = 1`
 /// (so `c/2 = g^2` and `c/2 (s(x) - s(xhat)) = -lambda' alpha (F(x,t) - F(xhat,t))`), at times `t`
 /// (shape `[B]`) and noise `eps`. Schedule quantities stay tensors, so a learned schedule gets gradients.

@@ -17,7 +17,7 @@ pub struct LossOutput {
 ///
 /// - eps-mse (DDPM's simple loss): regresses the parameterization's target; refuses a trainable
 ///   transform (`F` would collapse to 0, NDM sec. 6) in [`Objective::check`].
-/// - ndm-elbo-discrete / ndm-elbo-continuous: the NELBO of MATH.md, gradients into the backbone,
+/// - ndm-elbo-discrete / ndm-elbo-continuous: the NELBO of `docs/math.md` ("NELBO"), gradients into the backbone,
 ///   transform, learned schedule (VDM) and prior (flow) alike, through [`crate::elbo`].
 /// - flow-nll for a flow prior is the prior's `prior_loss`, so it is part of the NELBO objectives.
 pub trait Objective: Send + Sync + std::fmt::Debug {

@@ -1,5 +1,5 @@
-//! Parameterizations: the network's raw output -> the prediction `xhat` (MATH.md "Velocity and other
-//! parameterizations").
+//! Parameterizations: the network's raw output -> the prediction `xhat` (`docs/math.md`,
+//! "Parameterizations").
 
 use candle_core::{Result, Tensor};
 
@@ -25,7 +25,7 @@ impl Coeffs {
 /// How the network's raw output relates to the data.
 ///
 /// `z_t = alpha_t F(x, t) + sigma_t eps`. With a non-identity `F` the formulas give a prediction of
-/// `F(x, t)`, which NDM uses as `xhat` (MATH.md); the learned transform is then applied to `xhat`.
+/// `F(x, t)`, which NDM uses as `xhat` (`docs/math.md`); the learned transform is then applied to `xhat`.
 /// All three methods are elementwise and must satisfy the round trips
 /// `predict_x(raw_from_x(x, z), z) = x` and `predict_x(target(x, eps), z) = x` for `z = alpha x + sigma eps`.
 pub trait Parameterization: Send + Sync + std::fmt::Debug {

@@ -280,7 +280,7 @@ impl ReverseProcess for Pipeline {
 }
 
 impl Pipeline {
-    /// The reverse-SDE drift and diffusion of MATH.md without detaching, so the likelihood can
+    /// The reverse-SDE drift and diffusion (`docs/math.md`, "Reverse SDE and probability-flow ODE") without detaching, so the likelihood can
     /// differentiate the probability-flow drift with respect to `z` (see [`ReverseProcess::reverse_sde`]).
     pub fn sde_drift(
         &self,
@@ -324,7 +324,7 @@ impl Pipeline {
     }
 }
 
-/// The scalar coefficients of NDM's posterior `q(z_s | z_t, x)` (MATH.md eq. 7-8).
+/// The scalar coefficients of NDM's posterior `q(z_s | z_t, x)` (`docs/math.md`, "Forward process and posterior").
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct PosteriorCoeffs {
     /// `sig~^2_{s|t} = eta^2 sigma_s^2 (1 - exp(lambda_t - lambda_s))`.

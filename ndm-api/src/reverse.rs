@@ -39,12 +39,12 @@ pub trait ReverseProcess: Send + Sync + std::fmt::Debug {
     /// The model's data prediction `xhat(z_t, t)`; one network evaluation. The result is detached
     /// from the autograd graph (solvers never train).
     fn predict_x(&self, z: &Tensor, t: f64) -> Result<Tensor>;
-    /// NDM's posterior `q(z_s | z_t, xhat)` (MATH.md eq. 7-8) for a given `eta` in `[0, 1]`:
+    /// NDM's posterior `q(z_s | z_t, xhat)` (`docs/math.md`, "Forward process and posterior") for a given `eta` in `[0, 1]`:
     /// `eta = 1` is DDPM's ancestral step, `eta = 0` DDIM's deterministic one.
     fn posterior(&self, z_t: &Tensor, xhat: &Tensor, t: f64, s: f64, eta: f64) -> Result<Gaussian>;
     /// The model's score `s(xhat, z, t) = (alpha_t F(xhat, t) - z) / sigma_t^2`.
     fn score(&self, z: &Tensor, xhat: &Tensor, t: f64) -> Result<Tensor>;
-    /// The reverse-time SDE of MATH.md at `(z, t)` given the prediction `xhat`:
+    /// The reverse-time SDE (`docs/math.md`, "Reverse SDE and probability-flow ODE") at `(z, t)` given the prediction `xhat`:
     /// `dz = [alpha Fdot(xhat, t) + r z - c/2 s(xhat, z, t)] dt + g dw_bar`, integrated from `t_end`
     /// down to `t_min`, with `g^2 = eta^2 (-dlambda/dt) sigma^2`; `eta = 0` is the probability-flow
     /// ODE. Returns the drift and `g`.

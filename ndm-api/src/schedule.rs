@@ -1,9 +1,9 @@
-//! Noise schedules: `alpha_t`, `sigma_t` and their time derivatives (MATH.md "Conventions").
+//! Noise schedules: `alpha_t`, `sigma_t` and their time derivatives (`docs/math.md`, "Conventions").
 
 use crate::rng::host_tensor;
 use candle_core::{Result, Tensor};
 
-/// The schedule at one time, in `f64`: everything the formulas of MATH.md need.
+/// The schedule at one time, in `f64`: everything the formulas of `docs/math.md` need.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SchedulePoint {
     /// `alpha_t`.

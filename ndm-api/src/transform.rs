@@ -1,4 +1,4 @@
-//! Data transformations `F(x, t)` (MATH.md "Conventions").
+//! Data transformations `F(x, t)` (`docs/math.md`, "Conventions").
 
 use candle_core::{Result, Tensor};
 
@@ -39,7 +39,7 @@ where
 
 /// A transformation `F(x, t)` of data `x` (shape `[B, ..D]`) into the latent space (shape `[B, ..L]`).
 ///
-/// How the special cases of MATH.md fit:
+/// How the special cases fit (`docs/math.md`, "Special cases"; blur, VAE and Glow are planned):
 /// - identity (DDPM, DDIM, VDM, flow matching): `F = x`, [`Transform::is_identity`] is true, `dF/dt = 0`.
 /// - blur / soft diffusion: `F = C_t x`, fixed, with an analytic `time_derivative`.
 /// - learned (NDM): a backbone network with weights under the prefix `transform.`; `is_trainable` is
@@ -92,7 +92,7 @@ pub trait Transform: Send + Sync + std::fmt::Debug {
 
     /// For transforms with a decoder: `-log p(x | z_0)` per example (shape `[B]`), including any
     /// encoder entropy or log-det term the model's NELBO needs. `None` means the pipeline's default
-    /// Gaussian decoder (MATH.md `L_rec`) is used.
+    /// Gaussian decoder (`docs/math.md`, "NELBO") is used.
     fn reconstruction_nll(&self, _x: &Tensor, _z0: &Tensor) -> Result<Option<Tensor>> {
         Ok(None)
     }

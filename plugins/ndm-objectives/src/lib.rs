@@ -1,5 +1,5 @@
 //! Objectives: `objective.eps-mse` (DDPM's simple loss) and `objective.ndm-elbo-discrete` (the full
-//! discrete-time NELBO of MATH.md; with the identity transform it is DDPM's variational bound) and
+//! discrete-time NELBO of `docs/math.md`; with the identity transform it is DDPM's variational bound) and
 //! `objective.ndm-elbo-continuous` (its continuous-time limit).
 
 use ndm_api::candle_core::{Result, Tensor};
@@ -141,7 +141,7 @@ pub struct ElboContinuousConfig {
     pub time_sampling: TimeSampling,
 }
 
-/// The continuous-time NELBO `L_prior + L_diff + L_rec` of MATH.md (the corrected eq. 13), one
+/// The continuous-time NELBO `L_prior + L_diff + L_rec` of `docs/math.md` ("Continuous-time loss", NDM's eq. 11 corrected), one
 /// time per example drawn by `time_sampling` and reweighted by `1 / p(t)`, divided by the data
 /// dimension. Gradients reach the backbone, a learned transform, a learned schedule and a prior.
 #[derive(Debug)]

@@ -1,4 +1,4 @@
-//! Parameterizations (MATH.md): `param.eps`, `param.x0`, `param.v`.
+//! Parameterizations (`docs/math.md`, "Parameterizations"): `param.eps`, `param.x0`, `param.v`.
 
 use ndm_api::candle_core::{Result, Tensor};
 use ndm_api::registry::BuildCtx;

@@ -1,7 +1,7 @@
 //! Solvers over `ReverseProcess`. None of them knows which transform, schedule or prior it runs.
 //!
 //! - `ancestral`, `ddim`: NDM's posterior step (discrete; one network evaluation per step).
-//! - `euler-maruyama`: the reverse SDE of MATH.md (any eta; eta = 0 is the probability-flow ODE).
+//! - `euler-maruyama`: the reverse SDE of `docs/math.md` (any eta; eta = 0 is the probability-flow ODE).
 //! - `heun`: second-order solver of the probability-flow ODE (two evaluations per step).
 //! - `rk45`: adaptive Dormand-Prince on the probability-flow ODE.
 //! - `dpmpp-2m`: DPM-Solver++(2M), second order in log-SNR, one evaluation per step.

@@ -1,4 +1,4 @@
-//! Predictor-corrector sampling (Song et al. 2021), as DiNof uses it (MATH.md).
+//! Predictor-corrector sampling (Song et al. 2021), (`docs/math.md`, "Solvers").
 
 use crate::noise_unless_last;
 use crate::sde::em_step;

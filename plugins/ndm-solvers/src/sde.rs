@@ -1,4 +1,4 @@
-//! Solvers of the reverse SDE / probability-flow ODE of MATH.md.
+//! Solvers of the reverse SDE / probability-flow ODE (`docs/math.md`).
 
 use crate::noise_unless_last;
 use ndm_api::candle_core::Tensor;
