@@ -3,9 +3,105 @@
 mod common;
 
 use common::*;
+use ndm_api::candle_core::{self, DType, Device, Tensor};
 use ndm_api::sample::sample;
 use ndm_api::train::{TrainState, Trainer};
-use ndm_api::{Family, PluginSpec, Rng, TimeGrid};
+use ndm_api::{
+    Family, Gaussian, Pipeline, PluginSpec, ReverseProcess, Rng, SchedulePoint, TimeGrid,
+};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// A reverse process that counts the network evaluations (`predict_x`) made through it.
+#[derive(Debug)]
+struct Counting<'a> {
+    inner: &'a Pipeline,
+    calls: AtomicUsize,
+}
+
+impl<'a> Counting<'a> {
+    fn new(inner: &'a Pipeline) -> Self {
+        Counting {
+            inner,
+            calls: AtomicUsize::new(0),
+        }
+    }
+    fn evaluations(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+}
+
+impl ReverseProcess for Counting<'_> {
+    fn latent_shape(&self) -> &[usize] {
+        self.inner.latent_shape()
+    }
+    fn device(&self) -> &Device {
+        ReverseProcess::device(self.inner)
+    }
+    fn dtype(&self) -> DType {
+        ReverseProcess::dtype(self.inner)
+    }
+    fn t_min(&self) -> f64 {
+        self.inner.t_min()
+    }
+    fn t_end(&self) -> f64 {
+        self.inner.t_end()
+    }
+    fn training_steps(&self) -> Option<usize> {
+        self.inner.training_steps()
+    }
+    fn schedule_point(&self, t: f64) -> SchedulePoint {
+        self.inner.schedule_point(t)
+    }
+    fn predict_x(&self, z: &Tensor, t: f64) -> candle_core::Result<Tensor> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        self.inner.predict_x(z, t)
+    }
+    fn posterior(
+        &self,
+        z_t: &Tensor,
+        xhat: &Tensor,
+        t: f64,
+        s: f64,
+        eta: f64,
+    ) -> candle_core::Result<Gaussian> {
+        self.inner.posterior(z_t, xhat, t, s, eta)
+    }
+    fn score(&self, z: &Tensor, xhat: &Tensor, t: f64) -> candle_core::Result<Tensor> {
+        self.inner.score(z, xhat, t)
+    }
+    fn reverse_sde(
+        &self,
+        z: &Tensor,
+        xhat: &Tensor,
+        t: f64,
+        eta: f64,
+    ) -> candle_core::Result<(Tensor, f64)> {
+        self.inner.reverse_sde(z, xhat, t, eta)
+    }
+    // `probability_flow` keeps the trait's default, which evaluates through `predict_x` above.
+}
+
+/// The network evaluations a solver makes over `steps` steps, from its documentation (the solver
+/// itself does not count them here: [`Counting`] does).
+fn expected_nfe(solver: &PluginSpec, steps: usize) -> usize {
+    let int = |key: &str| {
+        solver
+            .params
+            .get(key)
+            .and_then(|v| v.as_integer())
+            .unwrap_or_else(|| panic!("solver {}: no integer param `{key}`", solver.kind))
+            as usize
+    };
+    match solver.kind.as_str() {
+        // One xhat per step.
+        "ancestral" | "ddim" | "dpmpp-2m" | "euler-maruyama" => steps,
+        // Two drift evaluations per step.
+        "heun" => 2 * steps,
+        // Per step: `corrector_steps` Langevin evaluations at t, then the predictor's one.
+        "pc" => steps * (1 + int("corrector_steps")),
+        other => panic!("a preset samples with solver `{other}`: add its NFE to expected_nfe"),
+    }
+}
 
 #[test]
 fn every_preset_builds_trains_20_steps_and_samples() {
@@ -42,8 +138,25 @@ fn every_preset_builds_trains_20_steps_and_samples() {
         .unwrap();
         let s = sample(&pipe, solver.as_ref(), &grid, 32, &mut Rng::new(1)).unwrap();
         assert_eq!(s.x.dims(), &[32, 2], "{name}");
-        assert!(s.nfe > steps, "{name}: NFE {} for {steps} steps", s.nfe);
         assert!(to_vec(&s.x).iter().all(|v| v.is_finite()), "{name}");
+        // The NFE a solver reports is the network evaluations it made, and the number its
+        // documentation promises for this many steps; sampling adds the decoder's one.
+        let counting = Counting::new(&pipe);
+        let out = solver
+            .sample(&counting, s.z_start.clone(), &grid, &mut Rng::new(1))
+            .unwrap();
+        let made = counting.evaluations();
+        let solver_spec = preset.sampler.solver.resolve(Family::Solver, &reg).unwrap();
+        let expected = expected_nfe(&solver_spec, grid.steps());
+        assert_eq!(
+            (out.nfe, made),
+            (expected, expected),
+            "{name}: solver {} over {} steps reports {} and made {made} evaluations, expected {expected}",
+            solver_spec.kind,
+            grid.steps(),
+            out.nfe
+        );
+        assert_eq!(s.nfe, expected + 1, "{name}: sampling's NFE");
         // The preset's names resolve to registered plugins.
         reg.get(Family::Solver, &preset.sampler.solver.kind)
             .unwrap();
