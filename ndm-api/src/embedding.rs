@@ -11,7 +11,7 @@ use candle_core::{Device, Result, Tensor};
 /// The frequencies are computed in f64 and rounded once to `t`'s dtype. Errors when `dim` is odd
 /// or zero.
 pub fn sinusoidal_embedding(t: &Tensor, dim: usize, scale: f64) -> Result<Tensor> {
-    if dim == 0 || dim % 2 != 0 {
+    if dim == 0 || !dim.is_multiple_of(2) {
         candle_core::bail!("sinusoidal_embedding: dim must be even and positive, got {dim}");
     }
     let half = dim / 2;

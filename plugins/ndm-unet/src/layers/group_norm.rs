@@ -25,7 +25,7 @@ impl GroupNorm {
         silu: bool,
         backend: KernelBackend,
     ) -> Result<Self> {
-        if groups == 0 || channels % groups != 0 {
+        if groups == 0 || !channels.is_multiple_of(groups) {
             candle_core::bail!(
                 "GroupNorm: {groups} groups do not divide {channels} channels evenly"
             );

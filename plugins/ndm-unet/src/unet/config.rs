@@ -66,7 +66,7 @@ impl UNetConfig {
                 "channel_mults[{i}] is 0: every level needs channels"
             ));
         }
-        if self.base_channels == 0 || self.base_channels % 2 != 0 {
+        if self.base_channels == 0 || !self.base_channels.is_multiple_of(2) {
             return Err(format!(
                 "base_channels must be even and positive (it is also the size of the sinusoidal \
                  time embedding), got {}",
@@ -105,7 +105,7 @@ impl UNetConfig {
     /// Checks that an `h x w` image fits the levels.
     pub fn check_size(&self, h: usize, w: usize) -> Result<(), String> {
         let f = self.size_multiple();
-        if h == 0 || w == 0 || h % f != 0 || w % f != 0 {
+        if h == 0 || w == 0 || !h.is_multiple_of(f) || !w.is_multiple_of(f) {
             return Err(format!(
                 "H and W ({h}x{w}) must be positive and divisible by {f} = 2^(levels - 1) for the \
                  {} levels of channel_mults",
