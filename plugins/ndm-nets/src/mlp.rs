@@ -59,7 +59,7 @@ pub struct Mlp {
 
 impl Mlp {
     pub fn new(cfg: MlpConfig, shape: &[usize], vb: VarBuilder) -> ndm_api::Result<Self> {
-        if cfg.hidden == 0 || cfg.time_dim == 0 || cfg.time_dim % 2 != 0 {
+        if cfg.hidden == 0 || cfg.time_dim == 0 || !cfg.time_dim.is_multiple_of(2) {
             return Err(NdmError::invalid_param(
                 "hidden must be >= 1 and time_dim even and >= 2",
             ));

@@ -38,7 +38,7 @@ pub struct GaussianOracle {
 
 impl GaussianOracle {
     pub fn new(cfg: OracleConfig, ctx: &BuildCtx) -> ndm_api::Result<Self> {
-        let g = GaussianModel::new(cfg.mean, cfg.cov).map_err(|m| NdmError::invalid_param(m))?;
+        let g = GaussianModel::new(cfg.mean, cfg.cov).map_err(NdmError::invalid_param)?;
         let d = g.dim();
         let dims: usize = ctx.shape.iter().product();
         if dims != d {
