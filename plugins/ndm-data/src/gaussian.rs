@@ -85,7 +85,7 @@ ndm_api::register_plugin!(
     "Gaussian N(mean, cov) in any dimension, exact density known",
     GaussianDataConfig,
     |c: GaussianDataConfig, _ctx: &BuildCtx| {
-        let model = GaussianModel::new(c.mean, c.cov).map_err(|m| NdmError::invalid_param(m))?;
+        let model = GaussianModel::new(c.mean, c.cov).map_err(NdmError::invalid_param)?;
         Ok(Box::new(GaussianData { model }))
     }
 );

@@ -1,10 +1,13 @@
-//! Datasets: 2-D densities (`checkerboard`, `moons`, `8gaussians`, `swissroll`) and `gaussian`
-//! (any dimension, exact density known).
+//! Datasets: 2-D densities (`checkerboard`, `moons`, `8gaussians`, `swissroll`), `gaussian`
+//! (any dimension, exact density known) and images (`mnist`, `fashion-mnist`, `cifar10`,
+//! `image-folder`; see [`images`]).
 
 mod gaussian;
+pub mod images;
 mod toy2d;
 
 pub use gaussian::{GaussianData, GaussianDataConfig};
+pub use images::{ImageDataset, ImageSplit};
 pub use toy2d::{Checkerboard, Toy2d, Toy2dKind};
 
 use ndm_api::candle_core::{Device, Result, Tensor};
