@@ -1,6 +1,59 @@
 //! ndm-api: the traits every plugin implements, the composed [`Pipeline`], the NELBO, training,
-//! sampling, evaluation, the plugin registry and the error type. The math is described in
-//! `docs/math.md` and the architecture in `docs/architecture.md` of the repository.
+//! sampling, evaluation, the plugin registry, the plugin-library SDK and the error type.
+//!
+//! A diffusion model in ndm is a composition of plugins (transform `F(x, t)`, noise schedule,
+//! parameterization, backbone, prior, objective) plus a [`Solver`] that sees only the
+//! [`ReverseProcess`]; DDPM, DDIM and Neural Diffusion Models are presets of one pipeline. The
+//! math is described in `docs/math.md` and the architecture in `docs/architecture.md` of the
+//! repository.
+//!
+//! # A complete program
+//!
+//! Build a pipeline from a preset, train a few steps, sample and evaluate. The built-in plugins and
+//! presets come from the `ndm-plugins-all` crate; a plugin crate of your own adds its plugins with
+//! [`Setup::with_static_plugins`].
+//!
+//! ```
+//! use ndm_api::candle_core::Device;
+//! use ndm_api::eval::evaluate_nelbo;
+//! use ndm_api::sample::sample_with;
+//! use ndm_api::train::{train_loop, Control, TrainState, Trainer};
+//! use ndm_api::{Rng, RunSpec};
+//!
+//! # fn main() -> ndm_api::Result<()> {
+//! let setup = ndm_plugins_all::setup(None)?; // built-in plugins and presets
+//! let device = Device::Cpu;
+//! let mut spec = RunSpec::from_preset(&setup.file, "ddpm", "checkerboard")?;
+//! spec.set("train.steps=20")?;
+//! spec.set("train.batch_size=64")?;
+//! spec.set("backbone.hidden=32")?;
+//! spec.set("model.steps=50")?; // the training grid of this discrete-time model
+//! spec.sampler.steps = Some(10); // a sub-grid of it for sampling
+//! let spec = spec.resolve(&setup.plugins, &device)?; // names checked, defaults filled in
+//!
+//! let pipe = spec.build_pipeline(&setup.plugins, &device)?;
+//! let data = spec.build_dataset(&setup.plugins, &device)?;
+//! let trainer = Trainer::new(&pipe, &spec.train)?;
+//! let mut state = TrainState::new(&pipe, spec.train.seed)?;
+//! let summary = train_loop(
+//!     &trainer,
+//!     &mut state,
+//!     data.as_ref(),
+//!     &mut |_report| Control::Continue,
+//!     &mut |_state| Ok(()), // a program that wants checkpoints writes them here
+//! )?;
+//! assert_eq!(summary.step, 20);
+//!
+//! pipe.set_weights(&state.ema)?; // sample and evaluate with the EMA weights
+//! let mut rng = Rng::new(1);
+//! let (samples, grid) = sample_with(&pipe, &spec.sampler, &setup.plugins, 100, &mut rng)?;
+//! assert_eq!(samples.x.dims(), &[100, 2]);
+//! println!("{} solver steps, NFE {}", grid.steps(), samples.nfe);
+//! let report = evaluate_nelbo(&pipe, data.as_ref(), 50, 50, &mut rng)?;
+//! println!("{report}");
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod backbone;
 pub mod checkpoint;

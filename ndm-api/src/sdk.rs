@@ -2,7 +2,7 @@
 //! the host loads one.
 //!
 //! A plugin crate builds a `cdylib` and calls [`export_plugins!`](crate::export_plugins) once with
-//! its [`PluginInfo`](crate::PluginInfo)s. That exports two symbols:
+//! its [`PluginInfo`]s. That exports two symbols:
 //! - `ndm_plugin_manifest`: a `#[repr(C)]` [`PluginManifest`] with the ABI version, the ndm-api
 //!   version, the rustc version, the candle version, the target triple and the enabled features the
 //!   library was built with;

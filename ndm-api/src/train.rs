@@ -212,7 +212,7 @@ pub fn train_loop(
         recent.push_back(report.loss);
         let stop = on_step(&report) == Control::Stop;
         let last = state.step == trainer.cfg.steps;
-        if stop || last || state.step % trainer.cfg.checkpoint_every == 0 {
+        if stop || last || state.step.is_multiple_of(trainer.cfg.checkpoint_every) {
             checkpoint(state)?;
         }
         if stop {

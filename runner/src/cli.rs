@@ -125,7 +125,7 @@ pub struct TrainArgs {
     /// A dataset plugin (checkerboard, moons, 8gaussians, swissroll, gaussian); default checkerboard.
     #[arg(long)]
     pub dataset: Option<String>,
-    /// Run directory; default runs/<model>-<dataset>.
+    /// Run directory; default runs/MODEL-DATASET.
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Continue the run in --out from its last checkpoint, exactly as its spec.toml records it
@@ -157,7 +157,7 @@ pub struct SampleArgs {
     pub sampler: SamplerArgs,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Output path prefix: writes PREFIX.png and PREFIX.safetensors; default RUN/samples-<solver>-<steps>.
+    /// Output path prefix: writes PREFIX.png and PREFIX.safetensors; default RUN/samples-SOLVER-STEPS.
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Set one solver param: `solver.snr=0.1`, `solver.rtol=1e-4` (repeatable).

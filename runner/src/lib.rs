@@ -27,8 +27,15 @@ pub fn main_entry() {
 /// [`main_entry`] for a binary that links plugin crates of its own: their `PluginInfo`s are
 /// registered by value, so no linker anchor (`use my_plugins as _;`) is needed.
 pub fn main_with_plugins(plugins: &[ndm_api::PluginInfo]) {
-    use clap::Parser;
-    let code = match run(Cli::parse(), plugins) {
+    use clap::{CommandFactory, FromArgMatches};
+    // clap takes &'static strings without its `string` feature; the text lives for the process.
+    let version: &'static str = Box::leak(version_text().into_boxed_str());
+    let matches = Cli::command().long_version(version).get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(c) => c,
+        Err(e) => e.exit(),
+    };
+    let code = match run(cli, plugins) {
         Ok(Outcome::Done) => 0,
         Ok(Outcome::Interrupted) => 130,
         Err(e) => {
@@ -38,6 +45,22 @@ pub fn main_with_plugins(plugins: &[ndm_api::PluginInfo]) {
         }
     };
     std::process::exit(code);
+}
+
+/// `runner --version`: this runner's version and the values a plugin library must match.
+fn version_text() -> String {
+    use ndm_api::sdk;
+    format!(
+        "{}\nndm-api {} (source fingerprint {})\nrustc: {}\ncandle: {}\ntarget: {}\nfeatures: {}\nplugin ABI: {}",
+        env!("CARGO_PKG_VERSION"),
+        ndm_api::VERSION,
+        sdk::FINGERPRINT,
+        sdk::RUSTC_VERSION,
+        sdk::CANDLE_VERSION,
+        sdk::TARGET,
+        if sdk::FEATURES.is_empty() { "(none)" } else { sdk::FEATURES },
+        sdk::ABI_VERSION
+    )
 }
 
 fn run(cli: Cli, plugins: &[ndm_api::PluginInfo]) -> anyhow::Result<Outcome> {

@@ -13,12 +13,19 @@ fn root() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
 }
 
+/// The file cargo builds for a cdylib crate named `stem` (`libstem.so`, `libstem.dylib`, `stem.dll`).
 fn lib_file(stem: &str) -> String {
     format!(
         "{}{stem}{}",
         std::env::consts::DLL_PREFIX,
         std::env::consts::DLL_SUFFIX
     )
+}
+
+/// Our name for a copied library: `name` with the platform's suffix (`edm.so`, `edm.dylib`,
+/// `edm.dll`).
+fn lib_name(name: &str) -> String {
+    format!("{name}{}", std::env::consts::DLL_SUFFIX)
 }
 
 /// Builds a crate's cdylib with the given features and copies it to `out/<name>.<ext>`.
@@ -46,7 +53,7 @@ fn build(manifest: &str, features: &str, lib_stem: &str, name: &str, out: &Path)
         "building {manifest} [{features}] failed:\n{}",
         String::from_utf8_lossy(&o.stderr)
     );
-    let dest = out.join(format!("{name}{}", std::env::consts::DLL_SUFFIX));
+    let dest = out.join(lib_name(name));
     std::fs::copy(target.join("release").join(lib_file(lib_stem)), &dest).unwrap();
     dest
 }
@@ -118,17 +125,17 @@ fn assert_one_line_error(ok: bool, stderr: &str, needles: &[&str]) {
 }
 
 fn copy_lib(name: &str, into: &Path) -> String {
-    let file = format!("{name}{}", std::env::consts::DLL_SUFFIX);
+    let file = lib_name(name);
     std::fs::copy(libs().dir.join(&file), into.join(&file)).unwrap();
     file
 }
 
 #[test]
 fn a_library_plugin_is_listed_trains_and_samples() {
-    let ws = workspace("plugins/edm.so");
+    let rel = format!("plugins/{}", lib_name("edm"));
+    let ws = workspace(&rel);
     std::fs::create_dir_all(ws.path().join("plugins")).unwrap();
-    let file = copy_lib("edm", &ws.path().join("plugins"));
-    assert_eq!(file, format!("edm{}", std::env::consts::DLL_SUFFIX));
+    copy_lib("edm", &ws.path().join("plugins"));
     let (ok, stdout, stderr) = run(ws.path(), &["list"]);
     assert!(ok, "{stderr}");
     let line = stdout
@@ -137,7 +144,7 @@ fn a_library_plugin_is_listed_trains_and_samples() {
         .nth(1)
         .unwrap_or("");
     assert!(
-        stdout.contains("edm-vp") && line.contains("plugins/edm.so"),
+        stdout.contains("edm-vp") && line.contains(&rel),
         "origin not shown:\n{stdout}"
     );
     let (ok, stdout, stderr) = run(
@@ -179,26 +186,28 @@ fn a_library_plugin_is_listed_trains_and_samples() {
 
 #[test]
 fn library_not_found() {
-    let ws = workspace("missing.so");
+    let missing = lib_name("missing");
+    let ws = workspace(&missing);
     let (ok, _, stderr) = run(ws.path(), &["list"]);
-    assert_one_line_error(ok, &stderr, &["missing.so", "not found"]);
+    assert_one_line_error(ok, &stderr, &[&missing, "not found"]);
 }
 
 #[test]
 fn file_that_is_not_a_library() {
-    let ws = workspace("fake.so");
-    std::fs::write(ws.path().join("fake.so"), "this is not a shared library").unwrap();
+    let fake = lib_name("fake");
+    let ws = workspace(&fake);
+    std::fs::write(ws.path().join(&fake), "this is not a shared library").unwrap();
     let (ok, _, stderr) = run(ws.path(), &["list"]);
     assert_one_line_error(
         ok,
         &stderr,
-        &["fake.so", "cannot be loaded as a shared library"],
+        &[&fake, "cannot be loaded as a shared library"],
     );
 }
 
 #[test]
 fn library_without_the_entry_symbol() {
-    let ws = workspace("no-entry.so");
+    let ws = workspace(&lib_name("no-entry"));
     copy_lib("no-entry", ws.path());
     let (ok, _, stderr) = run(ws.path(), &["list"]);
     assert_one_line_error(
@@ -210,7 +219,7 @@ fn library_without_the_entry_symbol() {
 
 #[test]
 fn manifest_with_another_abi_version() {
-    let ws = workspace("bad-abi.so");
+    let ws = workspace(&lib_name("bad-abi"));
     copy_lib("bad-abi", ws.path());
     let (ok, _, stderr) = run(ws.path(), &["list"]);
     assert_one_line_error(
@@ -225,7 +234,7 @@ fn manifest_with_another_abi_version() {
 
 #[test]
 fn manifest_with_another_rustc_version_names_both() {
-    let ws = workspace("bad-rustc.so");
+    let ws = workspace(&lib_name("bad-rustc"));
     copy_lib("bad-rustc", ws.path());
     let (ok, _, stderr) = run(ws.path(), &["list"]);
     assert_one_line_error(
@@ -237,7 +246,7 @@ fn manifest_with_another_rustc_version_names_both() {
 
 #[test]
 fn manifest_with_another_ndm_api_version_names_both() {
-    let ws = workspace("bad-ndm-api.so");
+    let ws = workspace(&lib_name("bad-ndm-api"));
     copy_lib("bad-ndm-api", ws.path());
     let (ok, _, stderr) = run(ws.path(), &["list"]);
     assert_one_line_error(
@@ -249,7 +258,7 @@ fn manifest_with_another_ndm_api_version_names_both() {
 
 #[test]
 fn registration_that_panics() {
-    let ws = workspace("panic.so");
+    let ws = workspace(&lib_name("panic"));
     copy_lib("panic", ws.path());
     let (ok, _, stderr) = run(ws.path(), &["list"]);
     // The SDK's guard catches the panic on the library's side (its own std) and silences it.
@@ -262,7 +271,7 @@ fn registration_that_panics() {
 
 #[test]
 fn plugin_name_that_duplicates_a_builtin() {
-    let ws = workspace("duplicate.so");
+    let ws = workspace(&lib_name("duplicate"));
     copy_lib("duplicate", ws.path());
     let (ok, _, stderr) = run(ws.path(), &["list"]);
     assert_one_line_error(ok, &stderr, &["schedule.cosine", "duplicates", "built-in"]);
@@ -270,15 +279,11 @@ fn plugin_name_that_duplicates_a_builtin() {
 
 #[test]
 fn expected_name_must_match() {
-    let ws = workspace("edm.so");
-    copy_lib("edm", ws.path());
+    let ws = workspace(&lib_name("edm"));
+    let path = format!("path = \"{}\"", copy_lib("edm", ws.path()));
     let reg = std::fs::read_to_string(ws.path().join("registry.toml"))
         .unwrap()
-        .replacen(
-            "path = \"edm.so\"",
-            "path = \"edm.so\"\nname = \"someone-else\"",
-            1,
-        );
+        .replacen(&path, &format!("{path}\nname = \"someone-else\""), 1);
     std::fs::write(ws.path().join("registry.toml"), reg).unwrap();
     let (ok, _, stderr) = run(ws.path(), &["list"]);
     assert_one_line_error(ok, &stderr, &["third-party-plugin", "someone-else"]);

@@ -157,7 +157,7 @@ pub fn run(env: &Env, a: &TrainArgs) -> Result<Outcome> {
     pb.set_position(state.step as u64);
     let mut on_step = |r: &ndm_api::train::StepReport| {
         pb.set_position(r.step as u64);
-        if r.step % 25 == 0 {
+        if r.step.is_multiple_of(25) {
             pb.set_message(format!("loss {:.4}", r.loss));
         }
         if interrupted.load(Ordering::SeqCst) {
