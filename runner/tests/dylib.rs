@@ -97,12 +97,15 @@ fn workspace(lib_path: &str) -> tempfile::TempDir {
     tmp
 }
 
+/// Runs the runner in `dir` with `dir/registry.toml` named by `--registry` (a registry file's
+/// libraries load only when it is named, by the flag or by $NDM_REGISTRY).
 fn run(dir: &Path, args: &[&str]) -> (bool, String, String) {
     let o = Command::cargo_bin("runner")
         .unwrap()
         .current_dir(dir)
         .env("RUST_BACKTRACE", "0")
-        .arg("--quiet")
+        .env_remove("NDM_REGISTRY")
+        .args(["--quiet", "--registry", "registry.toml"])
         .args(args)
         .output()
         .unwrap();
