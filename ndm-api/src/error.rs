@@ -36,11 +36,12 @@ pub enum NdmError {
     #[error("plugin library {}: {message}", path.display())]
     Library { path: PathBuf, message: String },
     /// An error raised while building a plugin, with the plugin's `family.name`.
-    #[error("{plugin}: {source}")]
+    /// (The inner error is part of this one's message, not its `source()`: an error chain printer
+    /// would show it twice.)
+    #[error("{plugin}: {error}")]
     Plugin {
         plugin: String,
-        #[source]
-        source: Box<NdmError>,
+        error: Box<NdmError>,
     },
     /// An error raised by candle while computing.
     #[error("tensor error: {}", one_line(.0))]
@@ -74,7 +75,7 @@ impl NdmError {
         } else {
             NdmError::Plugin {
                 plugin: plugin.to_string(),
-                source: Box::new(self),
+                error: Box::new(self),
             }
         }
     }

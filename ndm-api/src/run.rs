@@ -33,6 +33,11 @@ impl RunSpec {
         out.sampler.solver = self.sampler.solver.resolve(Family::Solver, plugins)?;
         out.dataset = self.dataset.resolve(Family::Dataset, plugins)?;
         out.train.validate()?;
+        // Built once here so a bad solver value is refused before training, not after it.
+        plugins.build_solver(
+            &out.sampler.solver,
+            &BuildCtx::without_weights(device, plugins),
+        )?;
         out.data_shape = out.build_dataset(plugins, device)?.data_shape();
         Ok(out)
     }

@@ -309,6 +309,25 @@ fn unknown_or_mistyped_field_is_named() {
         .args(SMALL));
     assert!(!ok);
     assert_clean_error(&stderr, "backbone.mlp");
+    // A value the plugin's build refuses: named once with its plugin, the message not repeated.
+    let (ok, _, stderr) = out(runner(tmp.path())
+        .args([
+            "train",
+            "--set",
+            "solver.snr=-1",
+            "--solver",
+            "pc",
+            "--out",
+            "r",
+        ])
+        .args(SMALL));
+    assert!(!ok);
+    assert_clean_error(&stderr, "solver.pc: snr must be positive, got -1");
+    assert_eq!(
+        stderr.matches("snr must be positive").count(),
+        1,
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -38,7 +38,8 @@ pub struct EdmVp {
 impl EdmVp {
     pub fn new(cfg: EdmVpConfig) -> ndm_api::Result<Self> {
         if !(cfg.sigma_min > 0.0 && cfg.sigma_max > cfg.sigma_min && cfg.rho > 0.0) {
-            return Err(NdmError::invalid_param("need 0 < sigma_min < sigma_max and rho > 0",
+            return Err(NdmError::invalid_param(
+                "need 0 < sigma_min < sigma_max and rho > 0",
             ));
         }
         Ok(EdmVp { cfg })
