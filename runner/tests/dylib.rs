@@ -71,7 +71,14 @@ fn libs() -> &'static Libs {
         let fixture = "tests/fixtures/bad-plugin/Cargo.toml";
         build(example, "dylib", "third_party_plugin", "edm", &dir);
         build(example, "", "third_party_plugin", "no-entry", &dir);
-        for f in ["bad-abi", "bad-rustc", "bad-ndm-api", "panic", "duplicate"] {
+        for f in [
+            "bad-abi",
+            "bad-fingerprint",
+            "bad-rustc",
+            "bad-ndm-api",
+            "panic",
+            "duplicate",
+        ] {
             build(fixture, f, "bad_plugin", f, &dir);
         }
         Libs { dir }
@@ -290,4 +297,64 @@ fn expected_name_must_match() {
     std::fs::write(ws.path().join("registry.toml"), reg).unwrap();
     let (ok, _, stderr) = run(ws.path(), &["list"]);
     assert_one_line_error(ok, &stderr, &["third-party-plugin", "someone-else"]);
+}
+
+#[test]
+fn manifest_with_another_fingerprint_names_both() {
+    let ws = workspace(&lib_name("bad-fingerprint"));
+    copy_lib("bad-fingerprint", ws.path());
+    let (ok, _, stderr) = run(ws.path(), &["list"]);
+    assert_one_line_error(
+        ok,
+        &stderr,
+        &[
+            "ndm-api fingerprint",
+            "00000000deadbeef",
+            ndm_api::sdk::FINGERPRINT,
+        ],
+    );
+}
+
+/// The runner in `dir` without `--registry`, with `NDM_REGISTRY` set to `env` or unset.
+fn run_unnamed(dir: &Path, env: Option<&str>, args: &[&str]) -> (bool, String, String) {
+    let mut c = Command::cargo_bin("runner").unwrap();
+    c.current_dir(dir).env("RUST_BACKTRACE", "0").env_remove("NDM_REGISTRY");
+    if let Some(v) = env {
+        c.env("NDM_REGISTRY", v);
+    }
+    let o = c.arg("--quiet").args(args).output().unwrap();
+    (
+        o.status.success(),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// A `registry.toml` in the working folder gives presets but never runs a library's code: its
+/// libraries load only when the file is named (`--registry` or `$NDM_REGISTRY`), and the runner
+/// says which library it loaded.
+#[test]
+fn a_library_loads_only_from_a_named_registry() {
+    let ws = workspace(&lib_name("edm"));
+    copy_lib("edm", ws.path());
+    let (ok, stdout, stderr) = run_unnamed(ws.path(), None, &["list"]);
+    assert!(ok, "{stderr}");
+    assert!(!stdout.contains("edm-vp"), "loaded without being named:\n{stdout}");
+    assert!(stdout.contains("edm "), "the folder's presets are still read:\n{stdout}");
+    assert!(
+        stderr.contains("did not load") && stderr.contains("--registry"),
+        "{stderr}"
+    );
+    for named in [
+        run(ws.path(), &["list"]),
+        run_unnamed(ws.path(), Some("registry.toml"), &["list"]),
+    ] {
+        let (ok, stdout, stderr) = named;
+        assert!(ok, "{stderr}");
+        assert!(stdout.contains("edm-vp"), "{stdout}");
+        assert!(
+            stderr.contains("loaded plugin library") && stderr.contains("schedule.edm-vp"),
+            "{stderr}"
+        );
+    }
 }
