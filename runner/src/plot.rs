@@ -1,18 +1,26 @@
-//! Pictures of samples: a scatter plot for 2-D data (plotters, no font needed).
+//! Pictures of samples: a scatter plot for 2-D data (plotters draws into a buffer, no font
+//! needed; the `image` crate writes the PNG).
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use plotters::prelude::*;
 use std::path::Path;
 
+/// Writes an RGB buffer of `w x h` pixels as a PNG, atomically.
+pub fn save_png(rgb: Vec<u8>, w: u32, h: u32, path: &Path) -> Result<()> {
+    let img = image::RgbImage::from_raw(w, h, rgb)
+        .ok_or_else(|| anyhow::anyhow!("picture buffer is not {w}x{h} RGB"))?;
+    ndm_api::checkpoint::write_atomic(path, |tmp| {
+        img.save_with_format(tmp, image::ImageFormat::Png)
+            .map_err(|e| ndm_api::NdmError::file(tmp, e))
+    })?;
+    Ok(())
+}
+
 /// Writes a scatter plot of 2-D points to a PNG, atomically.
 pub fn scatter_png(points: &[[f64; 2]], path: &Path) -> Result<()> {
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("samples.png");
-    let tmp = path.with_file_name(format!(".tmp-{}-{name}", std::process::id()));
+    let mut buf = vec![0u8; 640 * 640 * 3];
     {
-        let root = BitMapBackend::new(&tmp, (640, 640)).into_drawing_area();
+        let root = BitMapBackend::with_buffer(&mut buf, (640, 640)).into_drawing_area();
         root.fill(&WHITE)
             .map_err(|e| anyhow::anyhow!("drawing failed: {e}"))?;
         let lim = 3.0;
@@ -46,7 +54,7 @@ pub fn scatter_png(points: &[[f64; 2]], path: &Path) -> Result<()> {
             }
         }
         root.present()
-            .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", tmp.display()))?;
+            .map_err(|e| anyhow::anyhow!("drawing failed: {e}"))?;
     }
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+    save_png(buf, 640, 640, path)
 }

@@ -318,7 +318,9 @@ fn manifest_with_another_fingerprint_names_both() {
 /// The runner in `dir` without `--registry`, with `NDM_REGISTRY` set to `env` or unset.
 fn run_unnamed(dir: &Path, env: Option<&str>, args: &[&str]) -> (bool, String, String) {
     let mut c = Command::cargo_bin("runner").unwrap();
-    c.current_dir(dir).env("RUST_BACKTRACE", "0").env_remove("NDM_REGISTRY");
+    c.current_dir(dir)
+        .env("RUST_BACKTRACE", "0")
+        .env_remove("NDM_REGISTRY");
     if let Some(v) = env {
         c.env("NDM_REGISTRY", v);
     }
@@ -339,8 +341,14 @@ fn a_library_loads_only_from_a_named_registry() {
     copy_lib("edm", ws.path());
     let (ok, stdout, stderr) = run_unnamed(ws.path(), None, &["list"]);
     assert!(ok, "{stderr}");
-    assert!(!stdout.contains("edm-vp"), "loaded without being named:\n{stdout}");
-    assert!(stdout.contains("edm "), "the folder's presets are still read:\n{stdout}");
+    assert!(
+        !stdout.contains("edm-vp"),
+        "loaded without being named:\n{stdout}"
+    );
+    assert!(
+        stdout.contains("edm "),
+        "the folder's presets are still read:\n{stdout}"
+    );
     assert!(
         stderr.contains("did not load") && stderr.contains("--registry"),
         "{stderr}"
