@@ -60,43 +60,27 @@ fn new_spec(env: &Env, a: &TrainArgs) -> Result<RunSpec> {
 }
 
 /// Flags that choose what a run is. A resumed run is what its `spec.toml` records, so these are
-/// refused rather than silently ignored.
-fn flags_resume_cannot_honour(a: &TrainArgs) -> Vec<&'static str> {
-    let p = &a.parts;
-    let s = &a.sampler;
-    [
-        ("--model", a.model.is_some()),
-        ("--dataset", a.dataset.is_some()),
-        ("--batch-size", a.batch_size.is_some()),
-        ("--lr", a.lr.is_some()),
-        ("--seed", a.seed.is_some()),
-        ("--set", !p.set.is_empty()),
-        ("--solver", s.solver.is_some()),
-        ("--steps", s.steps.is_some()),
-        ("--spacing", s.spacing.is_some()),
-        ("--eta", s.eta.is_some()),
-    ]
-    .into_iter()
-    .chain(
-        p.plugins()
-            .into_iter()
-            .map(|(f, k)| (family_flag(f), k.is_some())),
-    )
-    .filter_map(|(flag, given)| given.then_some(flag))
-    .collect()
-}
-
-fn family_flag(f: Family) -> &'static str {
-    match f {
-        Family::Transform => "--transform",
-        Family::Schedule => "--schedule",
-        Family::Param => "--param",
-        Family::Prior => "--prior",
-        Family::Objective => "--objective",
-        Family::Backbone => "--backbone",
-        Family::Solver => "--solver",
-        Family::Dataset => "--dataset",
-    }
+/// refused rather than silently ignored. (A part flag is named like its family: `--schedule`.)
+fn flags_resume_cannot_honour(a: &TrainArgs) -> Vec<String> {
+    let (p, s) = (&a.parts, &a.sampler);
+    let given = [
+        ("model", a.model.is_some()),
+        ("dataset", a.dataset.is_some()),
+        ("batch-size", a.batch_size.is_some()),
+        ("lr", a.lr.is_some()),
+        ("seed", a.seed.is_some()),
+        ("set", !p.set.is_empty()),
+        ("solver", s.solver.is_some()),
+        ("steps", s.steps.is_some()),
+        ("spacing", s.spacing.is_some()),
+        ("eta", s.eta.is_some()),
+    ];
+    let parts = p.plugins().map(|(f, k)| (f.key(), k.is_some()));
+    given
+        .into_iter()
+        .chain(parts)
+        .filter_map(|(flag, on)| on.then(|| format!("--{flag}")))
+        .collect()
 }
 
 /// Set by Ctrl-C; the training loop stops at the next step boundary and saves a checkpoint.
