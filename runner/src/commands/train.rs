@@ -79,7 +79,8 @@ fn flags_resume_cannot_honour(a: &TrainArgs) -> Vec<String> {
     given
         .into_iter()
         .chain(parts)
-        .filter_map(|(flag, on)| on.then(|| format!("--{flag}")))
+        .filter(|&(_, on)| on)
+        .map(|(flag, _)| format!("--{flag}"))
         .collect()
 }
 
