@@ -138,6 +138,10 @@ impl RunDir {
             "meta/rng".into(),
             Tensor::new(rng.as_slice(), &Device::Cpu)?,
         );
+        if !state.data.is_empty() {
+            let d: Vec<i64> = state.data.iter().map(|&u| u as i64).collect();
+            t.insert("meta/data".into(), Tensor::new(d.as_slice(), &Device::Cpu)?);
+        }
         write_tensors(&self.file(STATE_FILE), &t)?;
         write_tensors(&self.file(WEIGHTS_FILE), &state.ema)
     }
@@ -179,12 +183,17 @@ impl RunDir {
             return Err(bad("has malformed meta tensors".into()));
         }
         let rng = Rng::from_state([rng[0] as u64, rng[1] as u64, rng[2] as u64, rng[3] as u64]);
+        let data = match t.get("meta/data") {
+            Some(d) => d.to_vec1::<i64>()?.into_iter().map(|v| v as u64).collect(),
+            None => Vec::new(),
+        };
         Ok(TrainState {
             step: step[0] as usize,
             m,
             v,
             ema,
             rng,
+            data,
         })
     }
 }

@@ -31,6 +31,18 @@ pub trait Dataset: Send + Sync + std::fmt::Debug {
         None
     }
 
+    /// Where the dataset stands in its iteration (epoch order and position), as numbers a training
+    /// checkpoint stores; empty for datasets whose batches depend on the passed generator alone.
+    fn iteration_state(&self) -> Vec<u64> {
+        Vec::new()
+    }
+
+    /// Puts the dataset back where [`Dataset::iteration_state`] said it was, so a resumed run
+    /// draws the same batches as one never interrupted.
+    fn restore_iteration_state(&self, _state: &[u64]) -> Result<()> {
+        Ok(())
+    }
+
     /// Dataset-specific quality metrics of model samples (e.g. the fraction of checkerboard samples
     /// that land inside the board's squares).
     fn sample_metrics(&self, _samples: &Tensor) -> Result<Vec<(String, f64)>> {

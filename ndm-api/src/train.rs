@@ -22,6 +22,8 @@ pub struct TrainState {
     pub ema: HashMap<String, Tensor>,
     /// The generator of data batches, times and noise.
     pub rng: Rng,
+    /// The dataset's iteration state after the last step ([`Dataset::iteration_state`]).
+    pub data: Vec<u64>,
 }
 
 impl TrainState {
@@ -41,6 +43,7 @@ impl TrainState {
             v,
             ema,
             rng: Rng::derived(seed, "train"),
+            data: Vec::new(),
         })
     }
 }
@@ -87,6 +90,7 @@ impl<'a> Trainer<'a> {
             &mut state.rng,
             &self.pipe.device,
         )?;
+        let data_after = data.iteration_state();
         let out = self.pipe.objective.loss(self.pipe, &x, &mut state.rng)?;
         let loss = scalar(&out.loss)?;
         if !loss.is_finite() {
@@ -142,6 +146,7 @@ impl<'a> Trainer<'a> {
             state.v.insert(name.clone(), v.detach());
         }
         state.step = step;
+        state.data = data_after;
         Ok(StepReport {
             step,
             loss,
@@ -194,6 +199,9 @@ pub fn train_loop(
     let start = state.step;
     let mut recent = std::collections::VecDeque::with_capacity(100);
     let mut stopped_early = false;
+    if !state.data.is_empty() {
+        data.restore_iteration_state(&state.data)?;
+    }
     while state.step < trainer.cfg.steps {
         let report = match trainer.step(state, data) {
             Ok(r) => r,

@@ -670,3 +670,34 @@ fn sample_metrics_compare_pixel_statistics_with_the_data() {
     let m = d.sample_metrics(&off).unwrap();
     assert!(m[2].1 > 0.1);
 }
+
+/// A dataset restored from another's iteration state (what a checkpoint stores) draws the same
+/// batches from there on; a state that does not fit is refused.
+#[test]
+fn iteration_state_restores_the_epoch_position() {
+    let a = numbered(9, true);
+    let mut rng = Rng::new(3);
+    draw(&a, &[4, 4, 4], Split::Train, &mut rng);
+    draw(&a, &[2], Split::Test, &mut rng);
+    let state = a.iteration_state();
+    assert_eq!(state.len(), 6);
+    let b = numbered(9, true);
+    b.restore_iteration_state(&state).unwrap();
+    let (mut ra, mut rb) = (rng.clone(), rng.clone());
+    let next_a = (
+        draw(&a, &[5, 4], Split::Train, &mut ra),
+        draw(&a, &[3], Split::Test, &mut ra),
+    );
+    let next_b = (
+        draw(&b, &[5, 4], Split::Train, &mut rb),
+        draw(&b, &[3], Split::Test, &mut rb),
+    );
+    assert_eq!(next_a, next_b);
+    assert_eq!(a.iteration_state(), b.iteration_state());
+    // A fresh dataset without the state draws differently (the epoch starts over).
+    let c = numbered(9, true);
+    let next_c = draw(&c, &[5, 4], Split::Train, &mut rng.clone());
+    assert_ne!(next_a.0, next_c);
+    assert!(c.restore_iteration_state(&[1, 2]).is_err());
+    assert!(c.restore_iteration_state(&[1, 7, 99, 0, 0, 0]).is_err());
+}

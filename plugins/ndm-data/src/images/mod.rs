@@ -14,9 +14,10 @@
 //! Horizontal flips (`flip = true`) apply to the `Train` split only, one coin per image from the
 //! same rng.
 //!
-//! Caveat: the position in the epoch is not part of a training checkpoint (ndm-api has no place
-//! for dataset state), so `--resume` starts a new epoch from the restored rng; a resumed run is
-//! reproducible but not bit-identical to an uninterrupted one.
+//! An epoch's permutation is generated from a seed drawn from that rng, so where the iteration
+//! stands is three numbers per split (seed, position, whether an epoch has started): the dataset's
+//! `iteration_state`, which a training checkpoint stores, so a resumed run draws exactly the
+//! batches of an uninterrupted one.
 
 mod cifar;
 mod files;
@@ -54,14 +55,53 @@ impl std::fmt::Debug for ImageSplit {
     }
 }
 
-/// Where an epoch stands: a permutation of the split's indices and the next position in it.
+/// Where an epoch stands: the seed of its permutation of the split's indices and the next
+/// position in it (`order` is derived from `seed`).
 #[derive(Debug, Default, Clone)]
 struct Epoch {
+    seed: Option<u64>,
     order: Vec<u32>,
     next: usize,
 }
 
 impl Epoch {
+    /// Starts the epoch whose permutation (Fisher-Yates) is generated from `seed`.
+    fn start(&mut self, seed: u64, len: usize) {
+        let mut g = Rng::new(seed);
+        self.order = (0..len as u32).collect();
+        for i in (1..len).rev() {
+            let j = g.below(i + 1);
+            self.order.swap(i, j);
+        }
+        self.seed = Some(seed);
+        self.next = 0;
+    }
+
+    /// `[started, seed, position]`.
+    fn state(&self) -> [u64; 3] {
+        match self.seed {
+            Some(s) => [1, s, self.next as u64],
+            None => [0, 0, 0],
+        }
+    }
+
+    fn restore(&mut self, state: &[u64], len: usize) -> std::result::Result<(), String> {
+        match *state {
+            [0, _, _] => {
+                *self = Epoch::default();
+                Ok(())
+            }
+            [1, seed, next] if next as usize <= len => {
+                self.start(seed, len);
+                self.next = next as usize;
+                Ok(())
+            }
+            _ => Err(format!(
+                "iteration state {state:?} does not fit a split of {len} images"
+            )),
+        }
+    }
+
     /// The next `n` indices of `0..len`, drawing a new permutation from `rng` whenever the current
     /// one is used up (so a batch larger than what is left spans two epochs).
     fn take(&mut self, n: usize, len: usize, rng: &mut Rng) -> Vec<usize> {
@@ -71,13 +111,7 @@ impl Epoch {
         }
         while out.len() < n {
             if self.next >= self.order.len() || self.order.len() != len {
-                self.order = (0..len as u32).collect();
-                // Fisher-Yates, every draw from the caller's rng.
-                for i in (1..len).rev() {
-                    let j = rng.below(i + 1);
-                    self.order.swap(i, j);
-                }
-                self.next = 0;
+                self.start(rng.next_u64(), len);
             }
             let k = (n - out.len()).min(len - self.next);
             out.extend(
@@ -304,6 +338,29 @@ impl ImageDataset {
 impl Dataset for ImageDataset {
     fn data_shape(&self) -> Vec<usize> {
         self.shape.to_vec()
+    }
+
+    /// `[started, seed, position]` of the train split's epoch, then of the test split's.
+    fn iteration_state(&self) -> Vec<u64> {
+        let epochs = self.epochs.lock().unwrap_or_else(|e| e.into_inner());
+        epochs.iter().flat_map(|e| e.state()).collect()
+    }
+
+    fn restore_iteration_state(&self, state: &[u64]) -> Result<()> {
+        if state.len() != 6 {
+            ndm_api::candle_core::bail!(
+                "{}: an iteration state has 6 numbers, got {}",
+                self.name,
+                state.len()
+            );
+        }
+        let mut epochs = self.epochs.lock().unwrap_or_else(|e| e.into_inner());
+        for (k, split) in [Split::Train, Split::Test].into_iter().enumerate() {
+            epochs[k]
+                .restore(&state[3 * k..3 * k + 3], self.len(split))
+                .map_err(|m| ndm_api::candle_core::Error::Msg(format!("{}: {m}", self.name)))?;
+        }
+        Ok(())
     }
 
     fn sample(&self, n: usize, split: Split, rng: &mut Rng, device: &Device) -> Result<Tensor> {
