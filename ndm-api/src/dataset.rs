@@ -31,6 +31,14 @@ pub trait Dataset: Send + Sync + std::fmt::Debug {
         None
     }
 
+    /// For discrete data: the number of equal cells of `[-1, 1]` whose centres the values are
+    /// (256 for 8-bit images). Likelihoods of such data are computed on uniformly dequantized
+    /// values and reported as bits per dimension of the discrete data (`docs/math.md`, "Bits per
+    /// dimension"). `None` for continuous data.
+    fn quantization(&self) -> Option<u32> {
+        None
+    }
+
     /// Where the dataset stands in its iteration (epoch order and position), as numbers a training
     /// checkpoint stores; empty for datasets whose batches depend on the passed generator alone.
     fn iteration_state(&self) -> Vec<u64> {

@@ -18,12 +18,13 @@
 //! use ndm_api::eval::evaluate_nelbo;
 //! use ndm_api::sample::sample_with;
 //! use ndm_api::train::{train_loop, Control, TrainState, Trainer};
-//! use ndm_api::{Rng, RunSpec};
+//! use ndm_api::{PluginSpec, Rng, RunSpec};
 //!
 //! # fn main() -> ndm_api::Result<()> {
 //! let setup = ndm_plugins_all::setup(None)?; // built-in plugins and presets
 //! let device = Device::Cpu;
-//! let mut spec = RunSpec::from_preset(&setup.file, "ddpm", "checkerboard")?;
+//! let data = PluginSpec::new("checkerboard");
+//! let mut spec = RunSpec::from_preset(&setup.file, "ddpm", data, &setup.plugins, &device)?;
 //! spec.set("train.steps=20")?;
 //! spec.set("train.batch_size=64")?;
 //! spec.set("backbone.hidden=32")?;

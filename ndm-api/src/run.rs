@@ -10,19 +10,49 @@ use crate::{Dataset, Pipeline, Result};
 use candle_core::Device;
 
 impl RunSpec {
-    /// The spec of preset `name` on dataset `dataset` (plugin names not yet checked: apply
-    /// overrides, then [`RunSpec::resolve`]).
-    pub fn from_preset(file: &RegistryFile, name: &str, dataset: &str) -> Result<RunSpec> {
+    /// The spec of preset `name` on `dataset`. The dataset is built to learn its shape: on image
+    /// data (`[C, H, W]`) the preset's [`ImageVariant`](crate::spec::ImageVariant) applies. Plugin
+    /// names are not checked yet: apply overrides, then [`RunSpec::resolve`].
+    pub fn from_preset(
+        file: &RegistryFile,
+        name: &str,
+        dataset: PluginSpec,
+        plugins: &PluginRegistry,
+        device: &Device,
+    ) -> Result<RunSpec> {
         let preset = file.preset(name)?.clone();
-        Ok(RunSpec {
+        let mut spec = RunSpec {
             preset: Some(name.to_string()),
             ndm_version: crate::VERSION.into(),
             data_shape: vec![],
-            dataset: PluginSpec::new(dataset),
+            dataset: dataset.resolve(Family::Dataset, plugins)?,
             model: preset.model,
             sampler: preset.sampler,
             train: preset.train,
-        })
+        };
+        spec.data_shape = spec.build_dataset(plugins, device)?.data_shape();
+        if let (3, Some(v)) = (spec.data_shape.len(), preset.images) {
+            let parts = [
+                (Family::Transform, v.transform),
+                (Family::Schedule, v.schedule),
+                (Family::Param, v.param),
+                (Family::Backbone, v.backbone),
+                (Family::Prior, v.prior),
+                (Family::Objective, v.objective),
+            ];
+            for (family, part) in parts {
+                if let Some(p) = part {
+                    *spec.part_mut(family) = p;
+                }
+            }
+            for (field, value) in v.train {
+                spec.set(&format!("train.{field}={value}"))?;
+            }
+            if let Some(s) = v.sampler {
+                spec.sampler = s;
+            }
+        }
+        Ok(spec)
     }
 
     /// Checks every part against the registry, fills in every default and the data shape, and

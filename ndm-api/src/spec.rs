@@ -253,6 +253,34 @@ pub struct Preset {
     pub sampler: SamplerSpec,
     #[serde(default)]
     pub train: TrainConfig,
+    /// What changes when the dataset holds images (`[C, H, W]`): a preset is written for flat
+    /// data and says here which parts, training values and sampler it uses on images.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub images: Option<ImageVariant>,
+}
+
+/// The image variant of a preset ([`Preset::images`]): parts that replace the preset's, training
+/// values set on top of its training config, and optionally another sampler.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageVariant {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transform: Option<PluginSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<PluginSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub param: Option<PluginSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backbone: Option<PluginSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prior: Option<PluginSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub objective: Option<PluginSpec>,
+    /// Training fields to set (`{ batch_size = 64, lr = 2e-4 }`).
+    #[serde(default, skip_serializing_if = "toml::Table::is_empty")]
+    pub train: toml::Table,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampler: Option<SamplerSpec>,
 }
 
 /// Everything a run directory's `spec.toml` records: the resolved model, sampler, training

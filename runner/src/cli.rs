@@ -92,9 +92,32 @@ pub struct SamplerArgs {
     /// Stochasticity of posterior solvers in [0, 1].
     #[arg(long)]
     pub eta: Option<f64>,
-    /// Number of samples to draw.
-    #[arg(long, short = 'n', default_value_t = 10_000)]
+    /// Number of samples to draw (default 10,000 for flat data, 64 for images: an 8x8 grid).
+    #[arg(long, short = 'n')]
+    pub samples: Option<usize>,
+}
+
+/// Default sizes, by kind of data: flat data is cheap per example, images are not.
+#[derive(Debug, Clone, Copy)]
+pub struct Counts {
     pub samples: usize,
+    pub eval_examples: usize,
+}
+
+impl Counts {
+    pub fn for_shape(data_shape: &[usize]) -> Counts {
+        if data_shape.len() == 3 {
+            Counts {
+                samples: 64,
+                eval_examples: 100,
+            }
+        } else {
+            Counts {
+                samples: 10_000,
+                eval_examples: 2000,
+            }
+        }
+    }
 }
 
 impl SamplerArgs {
@@ -140,9 +163,10 @@ pub struct TrainArgs {
     pub lr: Option<f64>,
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Held-out examples for the NELBO after training (0 skips it).
-    #[arg(long, default_value_t = 2000)]
-    pub eval_examples: usize,
+    /// Held-out examples for the NELBO after training (0 skips it; default 2000 for flat data,
+    /// 100 test images for images).
+    #[arg(long)]
+    pub eval_examples: Option<usize>,
     #[command(flatten)]
     pub parts: PartArgs,
     #[command(flatten)]
@@ -169,9 +193,9 @@ pub struct SampleArgs {
 pub struct EvalArgs {
     /// The run directory.
     pub run: PathBuf,
-    /// Held-out examples.
-    #[arg(long, default_value_t = 2000)]
-    pub examples: usize,
+    /// Held-out examples (default 2000 for flat data, 100 test images for images).
+    #[arg(long)]
+    pub examples: Option<usize>,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
     /// Also the NLL under the probability-flow ODE (RK45), for transforms that are the identity at t = 0.

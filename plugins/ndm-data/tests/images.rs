@@ -118,7 +118,7 @@ fn check_mnist(d: &ImageDataset) {
     assert_eq!(d.labels(Split::Train), &[3, 0, 9]);
     assert_eq!(d.labels(Split::Test), &[7, 1]);
     assert_eq!(d.num_classes(), 10);
-    // The exact mapping p / 127.5 - 1, image by image, in file order.
+    // The exact mapping (p + 0.5) / 128 - 1, image by image, in file order.
     let x = d
         .gather(Split::Train, &[0, 1, 2], None, &Device::Cpu)
         .unwrap();
@@ -126,7 +126,7 @@ fn check_mnist(d: &ImageDataset) {
     let v = values(&x);
     for i in 0..3 {
         for k in 0..784 {
-            assert_eq!(v[i * 784 + k], px(i, k) as f32 / 127.5 - 1.0);
+            assert_eq!(v[i * 784 + k], (px(i, k) as f32 + 0.5) / 128.0 - 1.0);
         }
     }
     assert_eq!(v[0], -1.0);
@@ -529,7 +529,7 @@ fn image_folder_subfolders_are_classes_in_sorted_order() {
     let v = values(&x);
     for (k, &label) in l.iter().enumerate() {
         let shade = [90.0, 170.0, 10.0][label as usize];
-        let p = (v[k * 25] + 1.0) * 127.5;
+        let p = (v[k * 25] + 1.0) * 128.0 - 0.5;
         assert!((p - shade).abs() < 2.5 + 0.01, "{p} {label}");
     }
     // A held-out part: a fixed choice, disjoint from the training images.

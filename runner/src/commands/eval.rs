@@ -47,7 +47,10 @@ fn nll(pipe: &Pipeline, data: &dyn Dataset, a: &EvalArgs) -> Result<Value> {
     opts.tol.atol = a.atol;
     let t0 = Instant::now();
     let mut rng = Rng::derived(a.seed, "nll");
-    let r = evaluate_ode_nll(pipe, data, a.examples, EVAL_BATCH, &opts, &mut rng)?;
+    let n = a
+        .examples
+        .unwrap_or(crate::cli::Counts::for_shape(&pipe.data_shape).eval_examples);
+    let r = evaluate_ode_nll(pipe, data, n, EVAL_BATCH, &opts, &mut rng)?;
     println!("{r}{}", entropy_note(data));
     let mut v = serde_json::to_value(&r)?;
     v["seconds"] = json!(t0.elapsed().as_secs_f64());
@@ -56,7 +59,10 @@ fn nll(pipe: &Pipeline, data: &dyn Dataset, a: &EvalArgs) -> Result<Value> {
 
 pub fn run(env: &Env, a: &EvalArgs) -> Result<Value> {
     let run = RunDir::new(&a.run).load(env.plugins(), &env.device)?;
-    let mut v = nelbo(&run.pipe, run.data.as_ref(), a.examples, a.seed)?;
+    let n = a
+        .examples
+        .unwrap_or(crate::cli::Counts::for_shape(&run.spec.data_shape).eval_examples);
+    let mut v = nelbo(&run.pipe, run.data.as_ref(), n, a.seed)?;
     if a.nll {
         v["ode_nll"] = nll(&run.pipe, run.data.as_ref(), a)?;
     }

@@ -13,8 +13,12 @@ use std::path::Path;
 use std::time::Instant;
 
 pub fn run(env: &Env, a: &SampleArgs) -> Result<Value> {
-    ensure!(a.sampler.samples > 0, "--samples must be at least 1");
     let run = RunDir::new(&a.run).load(env.plugins(), &env.device)?;
+    let n = a
+        .sampler
+        .samples
+        .unwrap_or(crate::cli::Counts::for_shape(&run.spec.data_shape).samples);
+    ensure!(n > 0, "--samples must be at least 1");
     let mut sampler = run.spec.sampler.clone();
     if let Some(s) = &a.sampler.solver {
         if *s != sampler.solver.kind {
@@ -42,7 +46,7 @@ pub fn run(env: &Env, a: &SampleArgs) -> Result<Value> {
         &run.pipe,
         run.data.as_ref(),
         &sampler,
-        a.sampler.samples,
+        n,
         a.seed,
         &prefix,
     )

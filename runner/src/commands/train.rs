@@ -38,7 +38,23 @@ fn dataset_name(a: &TrainArgs) -> &str {
 
 /// The run spec a new training run asks for: a preset with the command's overrides, resolved.
 fn new_spec(env: &Env, a: &TrainArgs) -> Result<RunSpec> {
-    let mut spec = RunSpec::from_preset(&env.setup.file, &preset_name(a)?, dataset_name(a))?;
+    // The dataset's own settings first: its shape picks the preset's variant for images.
+    let mut dataset = ndm_api::PluginSpec::new(dataset_name(a));
+    let (data_sets, other_sets): (Vec<&String>, Vec<&String>) =
+        a.parts.set.iter().partition(|s| s.starts_with("dataset."));
+    for s in data_sets {
+        let (field, value) = s["dataset.".len()..]
+            .split_once('=')
+            .ok_or_else(|| anyhow::anyhow!("--set {s}: expected PART.FIELD=VALUE"))?;
+        dataset.set(field, value);
+    }
+    let mut spec = RunSpec::from_preset(
+        &env.setup.file,
+        &preset_name(a)?,
+        dataset,
+        env.plugins(),
+        &env.device,
+    )?;
     for (family, kind) in a.parts.plugins() {
         if let Some(k) = kind {
             spec.swap_plugin(family, k);
@@ -53,7 +69,7 @@ fn new_spec(env: &Env, a: &TrainArgs) -> Result<RunSpec> {
     t.batch_size = a.batch_size.unwrap_or(t.batch_size);
     t.lr = a.lr.unwrap_or(t.lr);
     t.seed = a.seed.unwrap_or(t.seed);
-    for s in &a.parts.set {
+    for s in other_sets {
         spec.set(s).context("--set")?;
     }
     Ok(spec.resolve(env.plugins(), &env.device)?)
@@ -193,19 +209,22 @@ pub fn run(env: &Env, a: &TrainArgs) -> Result<Outcome> {
         summary.steps_per_second(),
         summary.final_loss
     );
-    if a.sampler.samples > 0 {
+    let counts = crate::cli::Counts::for_shape(&spec.data_shape);
+    let n_samples = a.sampler.samples.unwrap_or(counts.samples);
+    if n_samples > 0 {
         metrics["samples"] = super::sample::draw(
             env,
             &pipe,
             data.as_ref(),
             &spec.sampler,
-            a.sampler.samples,
+            n_samples,
             spec.train.seed,
             &rd.file("samples"),
         )?;
     }
-    if a.eval_examples > 0 {
-        metrics["eval"] = super::eval::nelbo(&pipe, data.as_ref(), a.eval_examples, 1)?;
+    let n_eval = a.eval_examples.unwrap_or(counts.eval_examples);
+    if n_eval > 0 {
+        metrics["eval"] = super::eval::nelbo(&pipe, data.as_ref(), n_eval, 1)?;
     }
     write_text(
         &rd.file(METRICS_FILE),

@@ -2,7 +2,9 @@
 //! PNG/JPEG images.
 //!
 //! Every one of them is an [`ImageDataset`]: the pixels are held as bytes (`[C, H, W]` per image,
-//! channel-major) and mapped to `[-1, 1]` by `x / 127.5 - 1` when a batch is drawn.
+//! channel-major) and mapped into `[-1, 1]` by `(p + 0.5) / 128 - 1` when a batch is drawn: the
+//! centre of the pixel's cell when `[-1, 1]` is cut into 256 equal cells, which is what
+//! dequantization and bits per dimension assume (`Dataset::quantization`, `docs/math.md`).
 //!
 //! Iteration: each split is drawn in shuffled epochs without replacement. The permutation of an
 //! epoch is drawn from the [`Rng`] passed to [`Dataset::sample`] when the previous epoch is used
@@ -36,9 +38,15 @@ use ndm_api::candle_core::{DType, Device, Result, Tensor};
 use ndm_api::{Dataset, Rng, Split};
 use std::sync::Mutex;
 
-/// The model's value of a pixel byte: `p / 127.5 - 1`, so 0 maps to -1 and 255 to 1.
+/// The model's value of a pixel byte: the centre `(p + 0.5) / 128 - 1` of the `p`-th of 256 equal
+/// cells of `[-1, 1]` (0 maps to -255/256, 255 to 255/256).
 pub fn pixel_value(p: u8) -> f32 {
-    p as f32 / 127.5 - 1.0
+    (p as f32 + 0.5) / 128.0 - 1.0
+}
+
+/// The pixel byte of a model value (the cell it falls in, clamped to `0..=255`).
+pub fn pixel_byte(v: f32) -> u8 {
+    ((v + 1.0) * 128.0).floor().clamp(0.0, 255.0) as u8
 }
 
 /// The images and labels of one split: `labels.len()` images of `C * H * W` bytes each, stored
@@ -338,6 +346,11 @@ impl ImageDataset {
 impl Dataset for ImageDataset {
     fn data_shape(&self) -> Vec<usize> {
         self.shape.to_vec()
+    }
+
+    /// 8-bit pixels: values are the centres of 256 equal cells of `[-1, 1]`.
+    fn quantization(&self) -> Option<u32> {
+        Some(256)
     }
 
     /// `[started, seed, position]` of the train split's epoch, then of the test split's.
