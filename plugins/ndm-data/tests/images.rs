@@ -129,8 +129,8 @@ fn check_mnist(d: &ImageDataset) {
             assert_eq!(v[i * 784 + k], (px(i, k) as f32 + 0.5) / 128.0 - 1.0);
         }
     }
-    assert_eq!(v[0], -1.0);
-    assert_eq!(v[1], 1.0);
+    assert_eq!(v[0], -255.0 / 256.0);
+    assert_eq!(v[1], 255.0 / 256.0);
     assert!(v.iter().all(|x| (-1.0..=1.0).contains(x)));
     let t = d.gather(Split::Test, &[1], None, &Device::Cpu).unwrap();
     assert_eq!(values(&t)[100], pixel_value(px(1, 100)));
@@ -470,8 +470,8 @@ fn image_folder_resizes_crops_and_keeps_exact_values_at_its_size() {
     for c in 0..3 {
         for y in 0..10 {
             for xx in 0..3 {
-                assert_eq!(b[c][y][xx], -1.0, "b[{c}][{y}][{xx}]");
-                assert_eq!(b[c][y][9 - xx], 1.0, "b[{c}][{y}][{}]", 9 - xx);
+                assert_eq!(b[c][y][xx], pixel_value(0), "b[{c}][{y}][{xx}]");
+                assert_eq!(b[c][y][9 - xx], pixel_value(255), "b[{c}][{y}][{}]", 9 - xx);
             }
         }
     }
