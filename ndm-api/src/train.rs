@@ -54,6 +54,8 @@ pub struct StepReport {
     pub step: usize,
     pub loss: f64,
     pub grad_norm: f64,
+    /// The learning rate of this step.
+    pub lr: f64,
     pub terms: Vec<(String, f64)>,
 }
 
@@ -151,6 +153,7 @@ impl<'a> Trainer<'a> {
             step,
             loss,
             grad_norm: norm,
+            lr,
             terms: out.terms,
         })
     }

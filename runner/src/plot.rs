@@ -58,3 +58,85 @@ pub fn scatter_png(points: &[[f64; 2]], path: &Path) -> Result<()> {
     }
     save_png(buf, 640, 640, path)
 }
+
+/// Writes images `[n, C, H, W]` (values in `[-1, 1]`, C = 1 or 3) as a grid of `rows` rows with
+/// a 2-pixel white border between cells. Values map to bytes by the cell they fall in
+/// (`floor((v + 1) 128)`, clamped), the inverse of the datasets' pixel mapping.
+pub fn image_grid_png(x: &candle_core::Tensor, rows: usize, path: &Path) -> Result<()> {
+    let (n, c, h, w) = x.dims4()?;
+    anyhow::ensure!(c == 1 || c == 3, "cannot draw images with {c} channels");
+    let rows = rows.clamp(1, n.max(1));
+    let cols = n.div_ceil(rows);
+    let pad = 2;
+    let (gw, gh) = (cols * (w + pad) + pad, rows * (h + pad) + pad);
+    let mut buf = vec![255u8; gw * gh * 3];
+    let v = x
+        .to_dtype(candle_core::DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    let byte = |f: f32| ((f + 1.0) * 128.0).floor().clamp(0.0, 255.0) as u8;
+    for k in 0..n {
+        let (r, col) = (k / cols, k % cols);
+        let (oy, ox) = (pad + r * (h + pad), pad + col * (w + pad));
+        for y in 0..h {
+            for xx in 0..w {
+                let at = |ch: usize| v[((k * c + ch) * h + y) * w + xx];
+                let px = ((oy + y) * gw + ox + xx) * 3;
+                for (o, ch) in [0, 1, 2].into_iter().enumerate() {
+                    buf[px + o] = byte(at(if c == 1 { 0 } else { ch }));
+                }
+            }
+        }
+    }
+    save_png(buf, gw as u32, gh as u32, path)
+}
+
+/// Writes a loss curve (loss against step, log-scaled loss axis) as a PNG: a line on a grey frame,
+/// no text (the numbers are in the CSV log next to it).
+pub fn loss_curve_png(points: &[(usize, f64)], path: &Path) -> Result<()> {
+    let pts: Vec<(f64, f64)> = points
+        .iter()
+        .filter(|(_, l)| l.is_finite() && *l > 0.0)
+        .map(|&(s, l)| (s as f64, l.ln()))
+        .collect();
+    anyhow::ensure!(
+        pts.len() >= 2,
+        "fewer than two finite positive losses to plot"
+    );
+    let (w, h) = (800u32, 400u32);
+    let mut buf = vec![0u8; (w * h * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
+        let err = |e: &dyn std::fmt::Display| anyhow::anyhow!("drawing failed: {e}");
+        root.fill(&WHITE).map_err(|e| err(&e))?;
+        let (x0, x1) = (pts[0].0, pts[pts.len() - 1].0.max(pts[0].0 + 1.0));
+        let (mut y0, mut y1) = pts
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
+        if y1 - y0 < 1e-9 {
+            (y0, y1) = (y0 - 0.5, y1 + 0.5);
+        }
+        let m = 20.0;
+        let map = |p: &(f64, f64)| {
+            (
+                (m + (p.0 - x0) / (x1 - x0) * (w as f64 - 2.0 * m)) as i32,
+                (h as f64 - m - (p.1 - y0) / (y1 - y0) * (h as f64 - 2.0 * m)) as i32,
+            )
+        };
+        root.draw(&Rectangle::new(
+            [
+                (m as i32, m as i32),
+                (w as i32 - m as i32, h as i32 - m as i32),
+            ],
+            RGBColor(200, 200, 200),
+        ))
+        .map_err(|e| err(&e))?;
+        root.draw(&PathElement::new(
+            pts.iter().map(map).collect::<Vec<_>>(),
+            RGBColor(20, 60, 180),
+        ))
+        .map_err(|e| err(&e))?;
+        root.present().map_err(|e| err(&e))?;
+    }
+    save_png(buf, w, h, path)
+}

@@ -2,5 +2,6 @@
 
 pub mod eval;
 pub mod list;
+pub mod pictures;
 pub mod sample;
 pub mod train;

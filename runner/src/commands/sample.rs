@@ -1,4 +1,5 @@
-//! `runner sample`: samples of a trained run, written as a picture (2-D data) and safetensors.
+//! `runner sample`: samples of a trained run, written as a picture (a scatter plot of 2-D data, a
+//! grid of images) and as safetensors.
 
 use crate::cli::SampleArgs;
 use crate::env::Env;
@@ -76,6 +77,9 @@ pub fn draw(
                 .map(|r| [r[0], r[1]])
                 .collect();
         crate::plot::scatter_png(&pts, &png)?;
+    } else if pipe.data_shape.len() == 3 {
+        let rows = (n as f64).sqrt().round().max(1.0) as usize;
+        crate::plot::image_grid_png(&s.x, rows, &png)?;
     }
     let tensors = HashMap::from([
         ("samples".to_string(), s.x.clone()),
@@ -102,7 +106,7 @@ pub fn draw(
         m[k] = json!(v);
     }
     println!("{line}");
-    if pipe.data_shape == [2] {
+    if pipe.data_shape == [2] || pipe.data_shape.len() == 3 {
         println!("samples: {}", png.display());
     }
     Ok(m)

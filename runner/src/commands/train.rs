@@ -13,6 +13,88 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
+/// The per-step log of a run directory.
+const LOG_FILE: &str = "train-log.csv";
+
+/// `train-log.csv`: one row per step (step, loss, gradient norm, learning rate, seconds since
+/// this process started training). A resumed run keeps the rows up to its checkpoint's step and
+/// appends; rows past it (steps redone after the checkpoint) are dropped.
+struct TrainLog {
+    path: PathBuf,
+    out: std::io::BufWriter<std::fs::File>,
+    t0: std::time::Instant,
+    error: Option<std::io::Error>,
+}
+
+impl TrainLog {
+    fn open(path: &std::path::Path, step: usize) -> Result<TrainLog> {
+        let header = "step,loss,grad_norm,lr,seconds";
+        let kept: Vec<String> = std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .lines()
+            .skip(1)
+            .filter(|l| {
+                l.split(',')
+                    .next()
+                    .and_then(|s| s.parse::<usize>().ok())
+                    .is_some_and(|s| s <= step)
+            })
+            .map(str::to_string)
+            .collect();
+        let mut text = format!("{header}\n");
+        for l in kept {
+            text += &l;
+            text.push('\n');
+        }
+        ndm_api::checkpoint::write_text(path, &text)?;
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .with_context(|| format!("cannot append to {}", path.display()))?;
+        Ok(TrainLog {
+            path: path.to_path_buf(),
+            out: std::io::BufWriter::new(file),
+            t0: std::time::Instant::now(),
+            error: None,
+        })
+    }
+
+    fn row(&mut self, r: &ndm_api::train::StepReport) {
+        use std::io::Write;
+        if self.error.is_none() {
+            let secs = self.t0.elapsed().as_secs_f64();
+            let line = format!("{},{},{},{},{secs:.3}", r.step, r.loss, r.grad_norm, r.lr);
+            if let Err(e) = writeln!(self.out, "{line}") {
+                self.error = Some(e);
+            }
+        }
+    }
+
+    fn finish(mut self) -> Result<()> {
+        use std::io::Write;
+        if let Some(e) = self.error.take() {
+            return Err(e).with_context(|| format!("cannot write {}", self.path.display()));
+        }
+        self.out
+            .flush()
+            .with_context(|| format!("cannot write {}", self.path.display()))
+    }
+}
+
+/// (step, loss) of every row of a training log.
+fn read_losses(path: &std::path::Path) -> Result<Vec<(usize, f64)>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(text
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let mut f = l.split(',');
+            Some((f.next()?.parse().ok()?, f.next()?.parse().ok()?))
+        })
+        .collect())
+}
+
 /// The dataset when none is named.
 const DEFAULT_DATASET: &str = "checkerboard";
 
@@ -154,9 +236,11 @@ pub fn run(env: &Env, a: &TrainArgs) -> Result<Outcome> {
     };
     let data = spec.build_dataset(env.plugins(), &env.device)?;
     let trainer = Trainer::new(&pipe, &spec.train)?;
+    let mut log = TrainLog::open(&rd.file(LOG_FILE), state.step)?;
     let pb = env.progress(spec.train.steps as u64, "train");
     pb.set_position(state.step as u64);
     let mut on_step = |r: &ndm_api::train::StepReport| {
+        log.row(r);
         pb.set_position(r.step as u64);
         if r.step.is_multiple_of(25) {
             pb.set_message(format!("loss {:.4}", r.loss));
@@ -168,7 +252,10 @@ pub fn run(env: &Env, a: &TrainArgs) -> Result<Outcome> {
         }
     };
     let mut save = |s: &TrainState| rd.write_checkpoint(&pipe, s);
-    let summary = match train_loop(&trainer, &mut state, data.as_ref(), &mut on_step, &mut save) {
+    let result = train_loop(&trainer, &mut state, data.as_ref(), &mut on_step, &mut save);
+    drop(on_step);
+    log.finish()?;
+    let summary = match result {
         Ok(s) => s,
         Err(e) => {
             pb.abandon();
@@ -176,6 +263,11 @@ pub fn run(env: &Env, a: &TrainArgs) -> Result<Outcome> {
         }
     };
     pb.finish_and_clear();
+    if let Err(e) =
+        crate::plot::loss_curve_png(&read_losses(&rd.file(LOG_FILE))?, &rd.file("loss.png"))
+    {
+        eprintln!("note: no loss curve: {e}");
+    }
     if summary.stopped_early {
         eprintln!(
             "interrupted at step {} of {}; the checkpoint is saved in {}; continue with: runner train --out {} --resume",
@@ -221,6 +313,12 @@ pub fn run(env: &Env, a: &TrainArgs) -> Result<Outcome> {
             spec.train.seed,
             &rd.file("samples"),
         )?;
+    }
+    if spec.data_shape.len() == 3 {
+        super::pictures::denoising_strip(&pipe, data.as_ref(), &rd.file("denoise.png"))?;
+        if !pipe.transform.is_identity() {
+            super::pictures::transform_strip(&pipe, data.as_ref(), &rd.file("transform.png"))?;
+        }
     }
     let n_eval = a.eval_examples.unwrap_or(counts.eval_examples);
     if n_eval > 0 {
