@@ -3,6 +3,7 @@
 
 use crate::pipeline::{posterior_coeffs, Pipeline};
 use crate::rng::{host_tensor, Rng};
+use crate::spec::Decoder;
 use candle_core::{Result, Tensor};
 
 /// The three NELBO terms per example.
@@ -80,9 +81,37 @@ pub fn rec_term(pipe: &Pipeline, x: &Tensor, rng: &mut Rng) -> Result<Tensor> {
     let sb = pipe.schedule.batch(&t0)?;
     let xhat0 = pipe.xhat(&z0, &t0, &sb)?;
     let s = p.sigma / p.alpha;
-    let d = x.elem_count() / n;
-    let c = d as f64 * (s.ln() + 0.5 * (2.0 * std::f64::consts::PI).ln());
-    sum_sq(&((x - xhat0)? / s)?)?.affine(0.5, c)
+    match pipe.spec.decoder {
+        Decoder::Gaussian => {
+            let d = x.elem_count() / n;
+            let c = d as f64 * (s.ln() + 0.5 * (2.0 * std::f64::consts::PI).ln());
+            sum_sq(&((x - xhat0)? / s)?)?.affine(0.5, c)
+        }
+        Decoder::Discretized => discretized_nll(x, &xhat0, s, 256),
+    }
+}
+
+/// `-log P(x)` per example of values `x` at the centres of `levels` equal cells of `[-1, 1]` under
+/// `N(mean, s^2)` per dimension: the Gaussian's mass on each value's cell, the first and last
+/// cells open to -inf and +inf.
+pub fn discretized_nll(x: &Tensor, mean: &Tensor, s: f64, levels: u32) -> Result<Tensor> {
+    let half = 1.0 / levels as f64;
+    let cdf = |v: &Tensor| -> Result<Tensor> {
+        // Phi(v) = (1 + erf(v / sqrt 2)) / 2
+        ((v - mean)? / (s * std::f64::consts::SQRT_2))?
+            .erf()?
+            .affine(0.5, 0.5)
+    };
+    let upper = cdf(&x.affine(1.0, half)?)?;
+    let lower = cdf(&x.affine(1.0, -half)?)?;
+    // End cells: P(v < upper) at the bottom, P(v > lower) at the top.
+    let first = x.lt(-1.0 + 2.0 * half)?;
+    let last = x.gt(1.0 - 2.0 * half)?;
+    let upper = last.where_cond(&upper.ones_like()?, &upper)?;
+    let lower = first.where_cond(&lower.zeros_like()?, &lower)?;
+    let mass = (upper - lower)?.clamp(1e-12, 1.0)?;
+    let n = x.dim(0)?;
+    mass.log()?.reshape((n, ()))?.sum(1)?.neg()
 }
 
 /// The discrete KL term `KL_{t_i}` (`docs/math.md`, "NELBO", `eta = 1`) for per-example grid indices
@@ -329,4 +358,40 @@ pub fn continuous_nelbo(
         l_diff: continuous_diff(pipe, x, rule, table, k, rng)?,
         l_rec: rec_term(pipe, x, rng)?,
     })
+}
+
+#[cfg(test)]
+mod decoder_tests {
+    use super::discretized_nll;
+    use candle_core::{DType, Device, Tensor};
+
+    fn col(v: &[f64]) -> Tensor {
+        Tensor::from_vec(v.to_vec(), (v.len(), 1), &Device::Cpu).unwrap()
+    }
+
+    /// The discretized decoder's masses over the 256 cells add up to 1 for any mean and width,
+    /// and a narrow Gaussian on a cell's centre puts (almost) all its mass there.
+    #[test]
+    fn discretized_masses_sum_to_one() {
+        let centres: Vec<f64> = (0..256).map(|p| (p as f64 + 0.5) / 128.0 - 1.0).collect();
+        let x = col(&centres);
+        for (mean, s) in [(0.0, 0.01), (0.93, 0.05), (-1.4, 0.3), (0.2, 2.0)] {
+            let m = Tensor::full(mean, (256, 1), &Device::Cpu).unwrap();
+            let nll: Vec<f64> = discretized_nll(&x, &m, s, 256)
+                .unwrap()
+                .to_dtype(DType::F64)
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let total: f64 = nll.iter().map(|v| (-v).exp()).sum();
+            assert!(
+                (total - 1.0).abs() < 1e-9,
+                "mean {mean}, s {s}: total {total}"
+            );
+        }
+        let at = col(&[centres[77]]);
+        let nll = discretized_nll(&at, &at, 1e-4, 256).unwrap();
+        let v: Vec<f64> = nll.to_vec1().unwrap();
+        assert!(v[0].abs() < 1e-9, "{v:?}");
+    }
 }

@@ -11,6 +11,7 @@ use crate::elbo::{continuous_nelbo, discrete_nelbo, DiffEstimate, ImportanceTabl
 use crate::likelihood::{ode_nll, NllOptions, Trace};
 use crate::pipeline::Pipeline;
 use crate::rng::Rng;
+use crate::spec::Decoder;
 use crate::stats::Estimate;
 use crate::{Dataset, NdmError, Result, Split};
 use candle_core::{DType, Tensor};
@@ -116,7 +117,16 @@ pub fn evaluate_nelbo(
         .steps
         .is_none()
         .then(|| ImportanceTable::new(pipe, 4096));
-    let deq = Dequantization::for_data(data, pipe.data_dims());
+    // A discretized decoder gives a probability of the discrete data itself: no dequantization.
+    let deq =
+        match pipe.spec.decoder {
+            Decoder::Gaussian => Dequantization::for_data(data, pipe.data_dims()),
+            Decoder::Discretized if data.quantization() == Some(256) => None,
+            Decoder::Discretized => return Err(NdmError::Incompatible(
+                "model.decoder = discretized needs 8-bit data (256 levels); this dataset is not"
+                    .into(),
+            )),
+        };
     let offset = deq.map_or(0.0, |d| d.log_volume_nats);
     let mut totals: Vec<f64> = Vec::with_capacity(n);
     let mut sums = [0.0f64; 3];

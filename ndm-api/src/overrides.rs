@@ -71,7 +71,13 @@ impl RunSpec {
                 self.model.steps = Some(n);
                 Ok(())
             }
-            "model" => Err(bad(assignment, "the only model field is `steps`")),
+            "model" if field == "decoder" => {
+                self.model.decoder = toml::Value::String(value.trim_matches('"').to_string())
+                    .try_into()
+                    .map_err(|_| bad(assignment, "model.decoder is gaussian or discretized"))?;
+                Ok(())
+            }
+            "model" => Err(bad(assignment, "model fields are `steps` and `decoder`")),
             "train" => {
                 let mut table = toml::Table::try_from(&self.train)
                     .map_err(|e| bad(assignment, crate::error::one_line(&e)))?;
@@ -119,6 +125,7 @@ mod tests {
                 backbone: p("mlp"),
                 prior: p("gaussian"),
                 objective: p("eps-mse"),
+                decoder: Default::default(),
             },
             sampler: SamplerSpec {
                 solver: p("ddim"),
@@ -144,6 +151,9 @@ mod tests {
         assert_eq!(s.train.lr, 0.5);
         s.set("model.steps=7").unwrap();
         assert_eq!(s.model.steps, Some(7));
+        s.set("model.decoder=discretized").unwrap();
+        assert_eq!(s.model.decoder, crate::spec::Decoder::Discretized);
+        assert!(s.set("model.decoder=binary").is_err());
         s.swap_plugin(Family::Solver, "pc");
         assert_eq!(s.sampler.solver, PluginSpec::new("pc"));
     }

@@ -59,6 +59,29 @@ pub struct ModelSpec {
     pub backbone: PluginSpec,
     pub prior: PluginSpec,
     pub objective: PluginSpec,
+    /// The decoder `p(x | z_0)` of the NELBO's `L_rec` (for transforms without their own).
+    #[serde(default, skip_serializing_if = "Decoder::is_default")]
+    pub decoder: Decoder,
+}
+
+/// The decoder `p(x | z_0)` of the reconstruction term, around the prediction `xhat(z_0, 0)` with
+/// standard deviation `sigma_0 / alpha_0`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Decoder {
+    /// A Gaussian density: for continuous data, or dequantized discrete data.
+    #[default]
+    Gaussian,
+    /// The Gaussian's mass on the value's cell of 8-bit data (256 cells of `[-1, 1]`, the end
+    /// cells open to infinity): a probability of the discrete value, so the NELBO bounds
+    /// `-log P(x)` directly, without dequantization.
+    Discretized,
+}
+
+impl Decoder {
+    fn is_default(&self) -> bool {
+        *self == Decoder::Gaussian
+    }
 }
 
 impl ModelSpec {
