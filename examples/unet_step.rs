@@ -1,0 +1,105 @@
+//! What the pipeline costs around the U-Net: one training step of the `ddpm` preset's image
+//! variant (the `backbone.unet` plugin, batch 64, 1 x 28 x 28) through `Trainer::step` (data batch,
+//! schedule, noising, eps-MSE loss, backward, clipping, AdamW, EMA) against the bare network step
+//! (the plugin's forward on a ready batch, the same loss, backward and candle's AdamW), interleaved
+//! in one process so that machine load hits both alike. Prints the medians and their ratio.
+//!
+//!     cargo run --release --example unet_step -- [STEPS] [BATCH]
+
+use ndm_api::candle_core::{DType, Device, Tensor};
+use ndm_api::candle_nn::{AdamW, Optimizer, ParamsAdamW};
+use ndm_api::train::{TrainState, Trainer};
+use ndm_api::{Dataset, NetInput, Pipeline, Rng, Split, TrainConfig};
+use std::time::Instant;
+
+/// Random 8-bit images (cell centres), so the example needs no data files.
+#[derive(Debug)]
+struct RandomImages;
+
+impl Dataset for RandomImages {
+    fn data_shape(&self) -> Vec<usize> {
+        vec![1, 28, 28]
+    }
+    fn sample(
+        &self,
+        n: usize,
+        _split: Split,
+        rng: &mut Rng,
+        device: &Device,
+    ) -> ndm_api::candle_core::Result<Tensor> {
+        let v: Vec<f32> = (0..n * 784)
+            .map(|_| (rng.below(256) as f32 + 0.5) / 128.0 - 1.0)
+            .collect();
+        Tensor::from_vec(v, (n, 1, 28, 28), device)
+    }
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let steps: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(20);
+    let batch: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(64);
+    let setup = ndm_plugins_all::setup(None)?;
+    let preset = setup.file.preset("ddpm")?;
+    let mut model = preset.model.clone();
+    if let Some(b) = preset.images.as_ref().and_then(|v| v.backbone.clone()) {
+        model.backbone = b;
+    }
+    let dev = Device::Cpu;
+    let data = RandomImages;
+    let pipe = Pipeline::build(&model, &data.data_shape(), &setup.plugins, &dev, 0)?;
+    let cfg = TrainConfig {
+        batch_size: batch,
+        lr: 1e-4,
+        ..TrainConfig::default()
+    };
+    let trainer = Trainer::new(&pipe, &cfg)?;
+    let mut state = TrainState::new(&pipe, 0)?;
+    let vars: Vec<_> = pipe.vars().into_iter().map(|(_, v)| v).collect();
+    let mut adam = AdamW::new(
+        vars,
+        ParamsAdamW {
+            lr: 1e-4,
+            ..Default::default()
+        },
+    )?;
+    let mut rng = Rng::new(1);
+    let z = rng.normal_tensor(&[batch, 1, 28, 28], DType::F32, &dev)?;
+    let target = rng.normal_tensor(&[batch, 1, 28, 28], DType::F32, &dev)?;
+    let t = rng.uniform_tensor(&[batch], 0.0, 1.0, DType::F32, &dev)?;
+    let sb = pipe.schedule.batch(&t)?;
+    let (mut bare, mut piped) = (Vec::new(), Vec::new());
+    println!(
+        "U-Net {} parameters, batch {batch} x 1 x 28 x 28, {steps} steps each (after 2 warm-up steps)",
+        pipe.num_params()
+    );
+    for k in 0..steps + 2 {
+        let t0 = Instant::now();
+        let out = pipe.backbone.forward(&NetInput {
+            z: &z,
+            t: &t,
+            alpha: &sb.alpha,
+            sigma: &sb.sigma,
+            log_snr: &sb.log_snr,
+        })?;
+        let loss = (out - &target)?.sqr()?.mean_all()?;
+        adam.backward_step(&loss)?;
+        let b = t0.elapsed().as_secs_f64() * 1e3;
+        let t0 = Instant::now();
+        trainer.step(&mut state, &data)?;
+        let p = t0.elapsed().as_secs_f64() * 1e3;
+        if k >= 2 {
+            bare.push(b);
+            piped.push(p);
+        }
+    }
+    let (b, p) = (median(&mut bare), median(&mut piped));
+    println!("bare network step (forward, MSE, backward, AdamW): median {b:.1} ms");
+    println!("pipeline Trainer::step:                            median {p:.1} ms");
+    println!("pipeline / bare: {:.3}", p / b);
+    Ok(())
+}
