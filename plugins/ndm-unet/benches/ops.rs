@@ -4,8 +4,11 @@
 
 use std::time::Instant;
 
-use candle_core::{Device, Result, Tensor, Var};
+use candle_core::{DType, Device, Module, Result, Tensor, Var};
+use candle_nn::VarMap;
+use ndm_api::vars::seeded_var_builder;
 use ndm_api::Rng;
+use ndm_unet::unet::AttentionBlock;
 use ndm_unet::KernelBackend::{self, Fused, Native};
 
 type OpFn = Box<dyn Fn(KernelBackend, &[Tensor]) -> Result<Tensor>>;
@@ -35,6 +38,25 @@ fn time(be: KernelBackend, f: &OpFn, ins: &[Var], iters: usize) -> Result<(f64, 
     fw.remove(0);
     fb.remove(0);
     Ok((median_ms(fw), median_ms(fb)))
+}
+
+/// An attention block over 64 channels (4 heads, 8 groups) with seeded weights, built for the
+/// backend it is called with.
+fn attention() -> OpFn {
+    let vm = VarMap::new();
+    Box::new(move |be, t| {
+        let vb = seeded_var_builder(&vm, 7, DType::F32, &Device::Cpu);
+        let block = AttentionBlock::new(vb, 64, 4, 8, be)?;
+        // The output projection starts at zero; give it weights (once) so all of it is timed.
+        for (name, var) in vm.data().lock().unwrap().iter() {
+            let zero = var.as_tensor().abs()?.max_all()?.to_scalar::<f32>()? == 0.0;
+            if name.starts_with("proj.") && zero {
+                let mut rng = Rng::derived(3, name);
+                var.set(&(rng.normal_tensor(var.dims(), DType::F32, &Device::Cpu)? * 0.1)?)?;
+            }
+        }
+        block.forward(&t[0])
+    })
 }
 
 fn main() -> Result<()> {
@@ -78,6 +100,26 @@ fn main() -> Result<()> {
             "upsample2x 64x64x14x14",
             vec![vec![64, 64, 14, 14]],
             Box::new(|be, t| be.upsample_nearest2x(&t[0])),
+        ),
+        (
+            "softmax last dim 256x196x196",
+            vec![vec![256, 196, 196]],
+            Box::new(|be, t| be.softmax_last_dim(&t[0])),
+        ),
+        (
+            "softmax last dim 256x49x49",
+            vec![vec![256, 49, 49]],
+            Box::new(|be, t| be.softmax_last_dim(&t[0])),
+        ),
+        (
+            "attention block 64x64x7x7, 4 heads",
+            vec![vec![64, 64, 7, 7]],
+            attention(),
+        ),
+        (
+            "attention block 64x64x14x14, 4 heads",
+            vec![vec![64, 64, 14, 14]],
+            attention(),
         ),
     ];
     println!("| op (f32, median of {iters}, ms) | native fwd | fused fwd | native fwd+bwd | fused fwd+bwd | speed-up fwd+bwd |");

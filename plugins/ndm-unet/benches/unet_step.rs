@@ -4,7 +4,8 @@
 //! `cargo bench -p ndm-unet --bench unet_step`
 //! Environment: `NDM_BENCH_ITERS` (timed steps per build, default 7), `NDM_BENCH_ONLY`
 //! (`native` or `fused`: run one build only, for peak-memory measurements),
-//! `NDM_BENCH_CONFIGS` (`mnist`, `cifar` or both, default both).
+//! `NDM_BENCH_CONFIGS` (`mnist`, `cifar` or both, default both), `NDM_BENCH_UNET` (the network's
+//! config as TOML, e.g. `blocks_per_level = 2`; default the `backbone.unet` defaults).
 
 use std::time::Instant;
 
@@ -59,15 +60,25 @@ fn batch(case: &Case, seed: u64) -> Result<Batch> {
     })
 }
 
+fn config() -> UNetConfig {
+    match std::env::var("NDM_BENCH_UNET") {
+        Ok(s) => ndm_api::toml::from_str(&s).expect("NDM_BENCH_UNET: a UNetConfig in TOML"),
+        Err(_) => UNetConfig::default(),
+    }
+}
+
 fn build(case: &Case, backend: KernelBackend) -> Result<Model> {
     let vm = VarMap::new();
     let net = UNet::new(
         seeded_var_builder(&vm, 1234, DType::F32, &Device::Cpu),
-        &UNetConfig::default(),
+        &config(),
         case.channels,
         case.channels,
+        (case.size, case.size),
         backend,
     )?;
+    let params: usize = vm.all_vars().iter().map(|v| v.elem_count()).sum();
+    println!("{backend:?} network: {params} parameters");
     let opt = AdamW::new(
         vm.all_vars(),
         ParamsAdamW {
@@ -283,6 +294,7 @@ fn main() -> Result<()> {
             .collect::<Vec<_>>()
             .join(" ")
     );
+    println!("config: {:?}", config());
     let cases = [
         Case {
             key: "28x28x1 b64",

@@ -1,8 +1,13 @@
 //! `backbone.unet`: the U-Net as the denoiser of image data `[C, H, W]`.
 //!
-//! The config is [`UNetConfig`]; the image channels (in and out) come from the latent shape the
-//! pipeline builds the backbone for. On the CPU the network runs this crate's fused kernels, on
-//! other devices candle's own ops ([`KernelBackend::for_device`]).
+//! The config is [`UNetConfig`]; the image channels (in and out) and size come from the latent
+//! shape the pipeline builds the backbone for. On the CPU the network runs this crate's fused
+//! kernels, on other devices candle's own ops ([`KernelBackend::for_device`]).
+//!
+//! Dropout is refused here: [`Backbone::forward`] is called alike by the objectives (training) and
+//! by `ReverseProcess::predict_x` (sampling, evaluation), with no flag that tells them apart and no
+//! `Rng`, so a dropout applied in `forward` would also apply when sampling. The network has it
+//! ([`UNet::forward_train`]); the plugin can use it once the trait has a training entry point.
 
 use candle_core::{Result, Tensor};
 use ndm_api::registry::BuildCtx;
@@ -29,23 +34,32 @@ pub fn build_unet(cfg: UNetConfig, ctx: &BuildCtx) -> ndm_api::Result<UNet> {
             ctx.shape
         )));
     }
-    cfg.validate().map_err(|e| NdmError::config(NAME, e))?;
-    cfg.check_size(h, w)
+    cfg.check_image(h, w)
         .map_err(|e| NdmError::config(NAME, e))?;
+    if cfg.dropout > 0.0 {
+        return Err(NdmError::config(
+            NAME,
+            format!(
+                "dropout = {} is not supported yet: the Backbone trait cannot tell training from \
+                 sampling, so dropout would also apply when sampling; use dropout = 0",
+                cfg.dropout
+            ),
+        ));
+    }
     let backend = KernelBackend::for_device(ctx.device);
-    Ok(UNet::new(ctx.vb.clone(), &cfg, c, c, backend)?)
+    Ok(UNet::new(ctx.vb.clone(), &cfg, c, c, (h, w), backend)?)
 }
 
 impl Backbone for UNet {
     fn forward(&self, input: &NetInput) -> Result<Tensor> {
-        UNet::forward(self, input.z, input.t)
+        UNet::forward_cond(self, input.z, input.t, Some(input.log_snr))
     }
 }
 
 ndm_api::register_plugin!(
     Backbone,
     "unet",
-    "DDPM-style U-Net for image data [C, H, W], on fused CPU kernels",
+    "DDPM/ADM-style U-Net for image data [C, H, W] (residual blocks, self-attention), on fused CPU kernels",
     UNetConfig,
     |cfg: UNetConfig, ctx: &BuildCtx| Ok(Box::new(build_unet(cfg, ctx)?))
 );

@@ -196,3 +196,82 @@ fn conv2d_per_item_bias() {
         &|be, t| be.conv2d(&t[0], &t[1], Some(&t[2]), 1, 1),
     );
 }
+
+#[test]
+fn softmax_last_dim_fused_native_and_central_differences() {
+    let f = |be: KernelBackend, t: &[Tensor]| be.softmax_last_dim(&t[0]);
+    check_op("softmax", &[&[3, 4, 7]], &f);
+    check_op("softmax one row", &[&[5]], &f);
+    check_op("softmax length 1", &[&[2, 3, 1]], &f);
+    // The composed native softmax (candle ops, max detached) against central differences too.
+    let mut rng = Rng::new(21);
+    let x = randn(&mut rng, &[2, 3, 6], DType::F64);
+    let r = randn(&mut rng, &[2, 3, 6], DType::F64);
+    check_central_differences(
+        "native softmax",
+        &|t| Native.softmax_last_dim(&t[0]),
+        &[x],
+        &r,
+    );
+}
+
+#[test]
+fn softmax_large_logits_do_not_overflow() {
+    let mut rng = Rng::new(22);
+    for dtype in [DType::F32, DType::F64] {
+        let x = (randn(&mut rng, &[4, 9], dtype) * 500.0).unwrap();
+        for be in [Fused, Native] {
+            let y = be.softmax_last_dim(&x).unwrap();
+            let sums: Vec<f64> = y
+                .to_dtype(DType::F64)
+                .unwrap()
+                .sum(1)
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            assert!(
+                sums.iter().all(|s| (s - 1.0).abs() < 1e-5),
+                "{be:?} {dtype:?}: row sums {sums:?}"
+            );
+        }
+        let (a, b) = (
+            Fused.softmax_last_dim(&x).unwrap(),
+            Native.softmax_last_dim(&x).unwrap(),
+        );
+        assert_close(&format!("large logits {dtype:?}"), &a, &b, 1e-5);
+    }
+}
+
+#[test]
+fn attention_core_fused_native_and_central_differences() {
+    let heads = |h: usize| move |be: KernelBackend, t: &[Tensor]| be.attention(&t[0], h);
+    // [B, 3C, N]: C = 4 in 2 heads of 2 channels over 5 positions.
+    check_op("attention 2 heads", &[&[2, 12, 5]], &heads(2));
+    check_op("attention 1 head", &[&[1, 9, 7]], &heads(1));
+    check_op("attention 3 heads of 1", &[&[2, 9, 4]], &heads(3));
+    check_op("attention one position", &[&[2, 6, 1]], &heads(2));
+    let mut rng = Rng::new(23);
+    let x = randn(&mut rng, &[2, 12, 5], DType::F64);
+    let r = randn(&mut rng, &[2, 4, 5], DType::F64);
+    check_central_differences(
+        "native attention",
+        &|t| Native.attention(&t[0], 2),
+        &[x],
+        &r,
+    );
+}
+
+#[test]
+fn attention_core_refuses_bad_channel_counts() {
+    let mut rng = Rng::new(24);
+    for be in [Fused, Native] {
+        let x = randn(&mut rng, &[1, 12, 5], DType::F32);
+        let e = be.attention(&x, 3).unwrap_err().to_string();
+        assert!(e.contains("divisible by 3 heads"), "{e}");
+        let e = be.attention(&x, 0).unwrap_err().to_string();
+        assert!(e.contains("0 heads"), "{e}");
+        let x = randn(&mut rng, &[1, 10, 5], DType::F32);
+        let e = be.attention(&x, 1).unwrap_err().to_string();
+        assert!(e.contains("not 3 x C"), "{e}");
+    }
+}

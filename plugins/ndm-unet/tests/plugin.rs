@@ -5,7 +5,7 @@ use candle_nn::VarMap;
 use ndm_api::registry::BuildCtx;
 use ndm_api::vars::seeded_var_builder;
 use ndm_api::{Backbone, Family, NetInput, PluginRegistry, PluginSpec, Rng};
-use ndm_unet::unet::UNetConfig;
+use ndm_unet::unet::{AttentionResolutions, TimeInput, UNetConfig};
 use ndm_unet::KernelBackend;
 
 /// Builds `spec` for `shape` with seeded weights under `backbone.`; returns the net or the error.
@@ -33,10 +33,15 @@ fn spec(sets: &[(&str, &str)]) -> PluginSpec {
     s
 }
 
+/// The error of building `sets` on `shape`; every refusal is one line.
 fn refusal(sets: &[(&str, &str)], shape: &[usize]) -> String {
     match build(&spec(sets), shape).1 {
         Ok(_) => panic!("{sets:?} on {shape:?} was accepted"),
-        Err(e) => e.to_string(),
+        Err(e) => {
+            let e = e.to_string();
+            assert!(!e.contains('\n'), "not one line: {e}");
+            e
+        }
     }
 }
 
@@ -45,7 +50,7 @@ fn builds_from_the_registry_with_defaults_and_keeps_the_shape() {
     let (vm, net) = build(&spec(&[]), &[1, 8, 8]);
     let net = net.unwrap();
     let n: usize = vm.all_vars().iter().map(|v| v.elem_count()).sum();
-    assert_eq!(n, 410_721, "the default network on 1 channel");
+    assert_eq!(n, 1_112_801, "the default network on 1 channel");
     assert!(vm
         .data()
         .lock()
@@ -139,11 +144,13 @@ fn refuses_groups_that_do_not_divide_the_channels() {
 
 #[test]
 fn refuses_sizes_the_levels_cannot_halve() {
-    let e = refusal(&[], &[1, 7, 8]);
+    let e = refusal(&[], &[1, 14, 16]);
     assert!(
-        e.contains("backbone.unet") && e.contains("divisible by 2") && e.contains("channel_mults"),
+        e.contains("backbone.unet") && e.contains("divisible by 4") && e.contains("channel_mults"),
         "{e}"
     );
+    let e = refusal(&[("channel_mults", "[1, 2]")], &[1, 7, 8]);
+    assert!(e.contains("divisible by 2"), "{e}");
     // Three levels halve twice: 28 will do, 30 will not.
     let e = refusal(&[("channel_mults", "[1, 1, 2]")], &[1, 28, 30]);
     assert!(e.contains("divisible by 4"), "{e}");
@@ -164,6 +171,177 @@ fn refuses_an_odd_embedding_size() {
     let e = refusal(&[("base_channels", "9"), ("groups", "3")], &[1, 8, 8]);
     assert!(
         e.contains("backbone.unet") && e.contains("base_channels") && e.contains("even"),
+        "{e}"
+    );
+}
+
+#[test]
+fn the_default_builds_for_mnist_and_cifar_shapes() {
+    for (shape, params) in [([1, 28, 28], 1_112_801), ([3, 32, 32], 1_113_955)] {
+        let (vm, net) = build(&spec(&[]), &shape);
+        let net = net.unwrap_or_else(|e| panic!("{shape:?}: {e}"));
+        let n: usize = vm.all_vars().iter().map(|v| v.elem_count()).sum();
+        assert_eq!(n, params, "{shape:?}");
+        let z = Tensor::zeros((1, shape[0], shape[1], shape[2]), DType::F32, &Device::Cpu).unwrap();
+        let t = Tensor::new(&[0.5f32], &Device::Cpu).unwrap();
+        let y = net
+            .forward(&NetInput {
+                z: &z,
+                t: &t,
+                alpha: &t,
+                sigma: &t,
+                log_snr: &t,
+            })
+            .unwrap();
+        assert_eq!(y.dims(), z.dims());
+    }
+}
+
+#[test]
+fn attention_and_time_embedding_settings_resolve_and_build() {
+    let reg = PluginRegistry::builtin();
+    let sets = [
+        ("attention_resolutions", "[14, 7]"),
+        ("attention_heads", "2"),
+        ("time_embedding", "log-snr"),
+        ("blocks_per_level", "2"),
+    ];
+    let resolved = spec(&sets).resolve(Family::Backbone, &reg).unwrap();
+    let cfg: UNetConfig =
+        ndm_api::registry::parse_config("backbone.unet", &resolved.params).unwrap();
+    assert_eq!(
+        cfg.attention_resolutions,
+        AttentionResolutions::At(vec![14, 7])
+    );
+    assert_eq!(cfg.time_embedding, TimeInput::LogSnr);
+    let (vm, net) = build(&spec(&sets), &[1, 28, 28]);
+    net.unwrap();
+    let names: Vec<String> = vm.data().lock().unwrap().keys().cloned().collect();
+    assert!(names.iter().any(|n| n.starts_with("backbone.down1.attn1.")));
+    assert!(names.iter().any(|n| n.starts_with("backbone.mid.attn0.")));
+    // "lowest" is the default and is written out as such.
+    let resolved = spec(&[]).resolve(Family::Backbone, &reg).unwrap();
+    assert_eq!(
+        resolved.params["attention_resolutions"].as_str(),
+        Some("lowest")
+    );
+    assert_eq!(resolved.params["time_embedding"].as_str(), Some("t"));
+}
+
+#[test]
+fn log_snr_embedding_reads_net_input_log_snr() {
+    let (vm, net) = build(&spec(&[("time_embedding", "log-snr")]), &[1, 8, 8]);
+    let net = net.unwrap();
+    // Give the zero-initialised output conv weights, so the output depends on the input.
+    for (name, var) in ndm_api::vars::sorted_vars(&vm) {
+        if name.starts_with("backbone.conv_out.") {
+            let mut rng = Rng::derived(1, &name);
+            var.set(
+                &rng.normal_tensor(var.dims(), DType::F32, &Device::Cpu)
+                    .unwrap(),
+            )
+            .unwrap();
+        }
+    }
+    let mut rng = Rng::new(4);
+    let z = rng
+        .normal_tensor(&[2, 1, 8, 8], DType::F32, &Device::Cpu)
+        .unwrap();
+    let t = Tensor::new(&[0.5f32, 0.5], &Device::Cpu).unwrap();
+    let run = |l: &[f32]| {
+        let l = Tensor::new(l, &Device::Cpu).unwrap();
+        net.forward(&NetInput {
+            z: &z,
+            t: &t,
+            alpha: &t,
+            sigma: &t,
+            log_snr: &l,
+        })
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+    };
+    assert_ne!(run(&[4.0, -4.0]), run(&[-4.0, 4.0]));
+}
+
+#[test]
+fn refuses_attention_resolutions_never_reached() {
+    let e = refusal(&[("attention_resolutions", "[16]")], &[1, 28, 28]);
+    assert!(
+        e.contains("backbone.unet")
+            && e.contains("attention_resolutions contains 16")
+            && e.contains("28, 14, 7"),
+        "{e}"
+    );
+    let e = refusal(&[("attention_resolutions", "[0]")], &[3, 32, 32]);
+    assert!(e.contains("attention_resolutions contains 0"), "{e}");
+    let e = refusal(&[("attention_resolutions", "\"highest\"")], &[1, 8, 8]);
+    assert!(
+        e.contains("backbone.unet: attention_resolutions must be \"lowest\"")
+            && e.contains("highest"),
+        "{e}"
+    );
+    let e = refusal(&[("attention_resolutions", "14")], &[1, 8, 8]);
+    assert!(e.contains("attention_resolutions"), "{e}");
+}
+
+#[test]
+fn refuses_unknown_time_embeddings() {
+    let e = refusal(&[("time_embedding", "snr")], &[1, 8, 8]);
+    assert!(
+        e.contains("backbone.unet: time_embedding must be \"t\" or \"log-snr\", got \"snr\""),
+        "{e}"
+    );
+    let e = refusal(&[("time_embedding", "3")], &[1, 8, 8]);
+    assert!(e.contains("time_embedding"), "{e}");
+}
+
+#[test]
+fn refuses_attention_heads_that_do_not_divide_the_channels() {
+    let e = refusal(&[("attention_heads", "3")], &[1, 28, 28]);
+    assert!(
+        e.contains("backbone.unet")
+            && e.contains("attention_heads = 3 does not divide the 64 channels of level 2"),
+        "{e}"
+    );
+    // 32 channels at level 0 (resolution 28): 64 heads do not divide them, whereas level 2's 64
+    // channels would be fine.
+    let e = refusal(
+        &[
+            ("attention_heads", "64"),
+            ("attention_resolutions", "[28, 7]"),
+        ],
+        &[1, 28, 28],
+    );
+    assert!(e.contains("32 channels of level 0 (resolution 28)"), "{e}");
+    let e = refusal(&[("attention_heads", "0")], &[1, 8, 8]);
+    assert!(e.contains("attention_heads must be at least 1"), "{e}");
+}
+
+#[test]
+fn refuses_dropout_out_of_range_and_dropout_through_the_trait() {
+    for bad in ["1.0", "-0.1", "nan", "2"] {
+        let e = refusal(&[("dropout", bad)], &[1, 8, 8]);
+        assert!(
+            e.contains("backbone.unet") && e.contains("dropout must be in [0, 1)"),
+            "{bad}: {e}"
+        );
+    }
+    // In range, but the Backbone trait cannot tell training from sampling.
+    let e = refusal(&[("dropout", "0.1")], &[1, 8, 8]);
+    assert!(
+        e.contains("backbone.unet") && e.contains("dropout = 0.1") && e.contains("sampling"),
+        "{e}"
+    );
+}
+
+#[test]
+fn refuses_zero_blocks_per_level() {
+    let e = refusal(&[("blocks_per_level", "0")], &[1, 8, 8]);
+    assert!(
+        e.contains("backbone.unet") && e.contains("blocks_per_level must be at least 1"),
         "{e}"
     );
 }

@@ -22,6 +22,8 @@ pub trait Float: WithDType + num_traits::Float {
     /// `1 / (1 + exp(-self))`: exact `exp` for f64 (gradient checks), a vectorisable
     /// polynomial `exp` (relative error ~2e-7) for f32.
     fn sigmoid(self) -> Self;
+    /// `exp(self)`: exact for f64, the vectorisable polynomial [`fast_exp_f32`] for f32.
+    fn exp_fast(self) -> Self;
     /// Runs `f` on this thread's reusable scratch buffer of `len` elements (stale contents).
     fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [Self]) -> R) -> R;
 }
@@ -55,6 +57,10 @@ impl Float for f32 {
     fn sigmoid(self) -> Self {
         1.0 / (1.0 + fast_exp_f32(-self))
     }
+    #[inline(always)]
+    fn exp_fast(self) -> Self {
+        fast_exp_f32(self)
+    }
     fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [Self]) -> R) -> R {
         with_thread_scratch(&SCRATCH_F32, len, f)
     }
@@ -64,6 +70,10 @@ impl Float for f64 {
     #[inline(always)]
     fn sigmoid(self) -> Self {
         1.0 / (1.0 + (-self).exp())
+    }
+    #[inline(always)]
+    fn exp_fast(self) -> Self {
+        self.exp()
     }
     fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [Self]) -> R) -> R {
         with_thread_scratch(&SCRATCH_F64, len, f)

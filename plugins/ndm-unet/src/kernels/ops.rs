@@ -7,7 +7,9 @@
 
 use candle_core::{DType, Device, Module, Result, Tensor};
 
-use super::{conv, group_norm as gn_kernel, silu as silu_kernel, upsample};
+use super::{
+    attention as attn_kernel, conv, group_norm as gn_kernel, silu as silu_kernel, softmax, upsample,
+};
 
 /// Which implementation the ops (and the layers built on them) use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -134,6 +136,51 @@ impl KernelBackend {
         x.silu()
     }
 
+    /// Softmax over the last dimension, with a backward (candle 0.11's own `softmax_last_dim`
+    /// has none). `Native` composes it from differentiable candle ops: `exp(x - max)` with the
+    /// max detached (it cancels in the ratio), divided by its sum.
+    pub fn softmax_last_dim(self, x: &Tensor) -> Result<Tensor> {
+        if self.fused_for(x) {
+            return x.contiguous()?.apply_op1(softmax::SoftmaxLastDim);
+        }
+        let d = x.rank().saturating_sub(1);
+        let m = x.detach().max_keepdim(d)?;
+        let e = x.broadcast_sub(&m)?.exp()?;
+        e.broadcast_div(&e.sum_keepdim(d)?)
+    }
+
+    /// Multi-head scaled dot-product self-attention over `N` positions: `qkv: [B, 3C, N]` holds
+    /// queries, keys and values (channel `part * C + head * (C / heads) + c`); the result
+    /// `[B, C, N]` holds each head's `v softmax(q^T k / sqrt(C / heads))^T`. `Fused` runs it as
+    /// one op (forward and backward); `Native` composes candle ops with
+    /// [`Self::softmax_last_dim`]'s composed softmax.
+    pub fn attention(self, qkv: &Tensor, heads: usize) -> Result<Tensor> {
+        let (b, c3, n) = qkv.dims3()?;
+        if c3 == 0 || c3 % 3 != 0 || heads == 0 || (c3 / 3) % heads != 0 {
+            candle_core::bail!(
+                "attention: {c3} channels are not 3 x C with C divisible by {heads} heads"
+            );
+        }
+        if self.fused_for(qkv) {
+            return qkv
+                .contiguous()?
+                .apply_op1(attn_kernel::Attention { heads });
+        }
+        let c = c3 / 3;
+        let d = c / heads;
+        let qkv = qkv.reshape((b, 3, heads, d, n))?;
+        let part = |i: usize| -> Result<Tensor> {
+            qkv.narrow(1, i, 1)?
+                .contiguous()?
+                .reshape((b * heads, d, n))
+        };
+        let q = (part(0)? * (1.0 / (d as f64).sqrt()))?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let a = self.softmax_last_dim(&q.matmul(&part(1)?)?)?;
+        part(2)?.matmul(&a.transpose(1, 2)?)?.reshape((b, c, n))
+    }
+
     /// Nearest-neighbour 2x upsampling of `[B, C, H, W]`.
     pub fn upsample_nearest2x(self, x: &Tensor) -> Result<Tensor> {
         if self.fused_for(x) {
@@ -180,6 +227,16 @@ pub fn group_norm_silu(
 /// [`KernelBackend::silu`] with the fused backend.
 pub fn silu(x: &Tensor) -> Result<Tensor> {
     KernelBackend::Fused.silu(x)
+}
+
+/// [`KernelBackend::softmax_last_dim`] with the fused backend.
+pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
+    KernelBackend::Fused.softmax_last_dim(x)
+}
+
+/// [`KernelBackend::attention`] with the fused backend.
+pub fn attention(qkv: &Tensor, heads: usize) -> Result<Tensor> {
+    KernelBackend::Fused.attention(qkv, heads)
 }
 
 /// [`KernelBackend::upsample_nearest2x`] with the fused backend.

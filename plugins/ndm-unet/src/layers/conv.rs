@@ -31,6 +31,32 @@ impl Conv2d {
             lo: -bound,
             up: bound,
         };
+        Self::with_init(vb, (cin, cout, kernel), stride, padding, init, backend)
+    }
+
+    /// Weight and bias initialised to zero, so the layer starts as the zero map (the last conv of
+    /// the U-Net and of its attention blocks, as in Nichol & Dhariwal 2021).
+    pub fn zeros(
+        vb: VarBuilder,
+        cin: usize,
+        cout: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+        backend: KernelBackend,
+    ) -> Result<Self> {
+        let init = Init::Const(0.0);
+        Self::with_init(vb, (cin, cout, kernel), stride, padding, init, backend)
+    }
+
+    fn with_init(
+        vb: VarBuilder,
+        (cin, cout, kernel): (usize, usize, usize),
+        stride: usize,
+        padding: usize,
+        init: Init,
+        backend: KernelBackend,
+    ) -> Result<Self> {
         let weight = vb.get_with_hints((cout, cin, kernel, kernel), "weight", init)?;
         let bias = vb.get_with_hints(cout, "bias", init)?;
         Ok(Self {
@@ -44,6 +70,10 @@ impl Conv2d {
 
     pub fn weight(&self) -> &Tensor {
         &self.weight
+    }
+
+    pub fn bias(&self) -> &Tensor {
+        &self.bias
     }
 
     pub fn backend(&self) -> KernelBackend {

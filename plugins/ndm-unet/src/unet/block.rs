@@ -1,7 +1,10 @@
-//! The residual block: GN+SiLU -> conv3x3 -> + time projection -> GN+SiLU -> conv3x3, plus skip.
+//! The residual block: GN+SiLU -> conv3x3 -> + time projection -> GN+SiLU -> dropout -> conv3x3,
+//! plus skip (a 1x1 conv when the channel count changes).
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::{linear, Linear, VarBuilder};
+use ndm_api::rng::host_tensor;
+use ndm_api::Rng;
 
 use crate::kernels::KernelBackend;
 use crate::layers::{Conv2d, GroupNorm};
@@ -12,24 +15,32 @@ pub struct ResBlock {
     conv1: Conv2d,
     temb: Linear,
     norm2: GroupNorm,
+    dropout: f64,
     conv2: Conv2d,
     skip: Option<Conv2d>,
 }
 
 impl ResBlock {
+    /// `dropout` (in [0, 1)) applies only when [`Self::forward`] is given an `Rng`.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         vb: VarBuilder,
         cin: usize,
         cout: usize,
         temb_dim: usize,
         groups: usize,
+        dropout: f64,
         backend: KernelBackend,
     ) -> Result<Self> {
+        if !(0.0..1.0).contains(&dropout) {
+            candle_core::bail!("ResBlock: dropout must be in [0, 1), got {dropout}");
+        }
         Ok(Self {
             norm1: GroupNorm::new(vb.pp("norm1"), cin, groups, true, backend)?,
             conv1: Conv2d::new(vb.pp("conv1"), cin, cout, 3, 1, 1, backend)?,
             temb: linear(temb_dim, cout, vb.pp("temb"))?,
             norm2: GroupNorm::new(vb.pp("norm2"), cout, groups, true, backend)?,
+            dropout,
             conv2: Conv2d::new(vb.pp("conv2"), cout, cout, 3, 1, 1, backend)?,
             skip: if cin != cout {
                 Some(Conv2d::new(vb.pp("skip"), cin, cout, 1, 1, 0, backend)?)
@@ -39,16 +50,36 @@ impl ResBlock {
         })
     }
 
-    /// `x: [B, Cin, H, W]`, `temb: [B, temb_dim]` (before its SiLU).
-    pub fn forward(&self, x: &Tensor, temb_act: &Tensor) -> Result<Tensor> {
+    /// `x: [B, Cin, H, W]`, `temb_act: [B, temb_dim]` (after its SiLU). With `rng`, dropout
+    /// (when above 0) zeroes each activation before the second conv with probability `dropout`
+    /// and scales the rest by `1 / (1 - dropout)`; without, the block is deterministic.
+    pub fn forward(&self, x: &Tensor, temb_act: &Tensor, rng: Option<&mut Rng>) -> Result<Tensor> {
         // conv1(norm1(x)) + temb projection, the projection fused into conv1's bias.
         let t = self.temb.forward(temb_act)?;
         let h = self.conv1.forward_shifted(&self.norm1.forward(x)?, &t)?;
-        let h = self.conv2.forward(&self.norm2.forward(&h)?)?;
+        let mut h = self.norm2.forward(&h)?;
+        if let Some(rng) = rng {
+            if self.dropout > 0.0 {
+                let mask = dropout_mask(rng, h.dims(), self.dropout, &h)?;
+                h = (h * mask)?;
+            }
+        }
+        let h = self.conv2.forward(&h)?;
         let skip = match &self.skip {
             Some(s) => s.forward(x)?,
             None => x.clone(),
         };
         h + skip
     }
+}
+
+/// Inverted-dropout mask like `like`: 0 with probability `p`, else `1 / (1 - p)`, drawn from the
+/// seeded `rng` (never candle's unseeded RNG).
+fn dropout_mask(rng: &mut Rng, dims: &[usize], p: f64, like: &Tensor) -> Result<Tensor> {
+    let n: usize = dims.iter().product();
+    let keep = 1.0 / (1.0 - p);
+    let m: Vec<f64> = (0..n)
+        .map(|_| if rng.uniform() < p { 0.0 } else { keep })
+        .collect();
+    host_tensor(m, dims, like.dtype(), like.device())
 }

@@ -1,46 +1,71 @@
-//! The time embedding: sinusoids of `time_scale * t` followed by a 2-layer MLP.
+//! The time embedding: sinusoids of `time_scale * t` (or of the scaled log-SNR) followed by a
+//! 2-layer MLP.
 
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{linear, Linear, VarBuilder};
 use ndm_api::embedding::sinusoidal_embedding;
 
+use super::config::{TimeInput, LOG_SNR_MAX, LOG_SNR_SPAN};
 use crate::kernels::KernelBackend;
 
-/// `linear(silu(linear(sinusoidal(t))))`, with the shared [`sinusoidal_embedding`] of ndm-api.
+/// `linear(silu(linear(sinusoidal(s))))`, with the shared [`sinusoidal_embedding`] of ndm-api and
+/// `s = scale * t` or `s = scale * (20 - log_snr) / 40` ([`TimeInput`]).
 #[derive(Debug, Clone)]
 pub struct TimeEmbedding {
     dim: usize,
     scale: f64,
+    input: TimeInput,
     l1: Linear,
     l2: Linear,
     backend: KernelBackend,
 }
 
 impl TimeEmbedding {
-    /// Sinusoids of size `dim` (even) of `scale * t`, then `dim -> out -> out`.
+    /// Sinusoids of size `dim` (even) of `scale * t` (or of the mapped log-SNR), then
+    /// `dim -> out -> out`.
     pub fn new(
         vb: VarBuilder,
         dim: usize,
         scale: f64,
+        input: TimeInput,
         out: usize,
         backend: KernelBackend,
     ) -> Result<Self> {
         Ok(Self {
             dim,
             scale,
+            input,
             l1: linear(dim, out, vb.pp("l1"))?,
             l2: linear(out, out, vb.pp("l2"))?,
             backend,
         })
     }
 
-    /// `t: [B]` -> `[B, out]`.
-    pub fn forward(&self, t: &Tensor) -> Result<Tensor> {
-        let t = match t.dtype() {
-            DType::F32 | DType::F64 => t.clone(),
-            _ => t.to_dtype(DType::F32)?,
+    /// What the sinusoids are of.
+    pub fn input(&self) -> TimeInput {
+        self.input
+    }
+
+    /// `t: [B]` (and for [`TimeInput::LogSnr`] `log_snr: [B]`, required) -> `[B, out]` in
+    /// `dtype`.
+    pub fn forward(&self, t: &Tensor, log_snr: Option<&Tensor>, dtype: DType) -> Result<Tensor> {
+        let dtype = match dtype {
+            DType::F32 | DType::F64 => dtype,
+            _ => DType::F32,
         };
-        let e = sinusoidal_embedding(&t, self.dim, self.scale)?;
+        let s = match self.input {
+            TimeInput::T => t.to_dtype(dtype)?,
+            TimeInput::LogSnr => {
+                let Some(l) = log_snr else {
+                    candle_core::bail!(
+                        "UNet: time_embedding = \"log-snr\" needs the log-SNR of every item"
+                    );
+                };
+                l.to_dtype(dtype)?
+                    .affine(-1.0 / LOG_SNR_SPAN, LOG_SNR_MAX / LOG_SNR_SPAN)?
+            }
+        };
+        let e = sinusoidal_embedding(&s, self.dim, self.scale)?;
         self.l2.forward(&self.backend.silu(&self.l1.forward(&e)?)?)
     }
 }

@@ -2,23 +2,45 @@
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn::VarBuilder;
+use ndm_api::Rng;
 
-use super::{ResBlock, TimeEmbedding, UNetConfig};
+use super::{AttentionBlock, ResBlock, TimeEmbedding, UNetConfig};
 use crate::kernels::KernelBackend;
 use crate::layers::{Conv2d, GroupNorm};
 
-/// DDPM-style U-Net; `forward(x, t)` with `x: [B, in, H, W]`, `t: [B]` in [0, 1].
+/// A residual block, followed by self-attention at the levels that have it.
+#[derive(Debug, Clone)]
+struct Stage {
+    res: ResBlock,
+    attn: Option<AttentionBlock>,
+}
+
+impl Stage {
+    fn forward(&self, x: &Tensor, temb: &Tensor, rng: Option<&mut Rng>) -> Result<Tensor> {
+        let h = self.res.forward(x, temb, rng)?;
+        match &self.attn {
+            Some(a) => a.forward(&h),
+            None => Ok(h),
+        }
+    }
+}
+
+/// DDPM-style U-Net (layout in [`UNetConfig`]); `forward(x, t)` with `x: [B, in, H, W]`,
+/// `t: [B]` in [0, 1].
 #[derive(Debug, Clone)]
 pub struct UNet {
     cfg: UNetConfig,
     in_channels: usize,
     out_channels: usize,
+    attention: Vec<bool>,
     time: TimeEmbedding,
     conv_in: Conv2d,
-    down: Vec<ResBlock>,
+    /// Per level, top to bottom: `blocks_per_level` stages.
+    down: Vec<Vec<Stage>>,
     downsample: Vec<Conv2d>,
-    mid: ResBlock,
-    up: Vec<ResBlock>,
+    mid: [Stage; 2],
+    /// Per level, bottom to top: `blocks_per_level + 1` stages.
+    up: Vec<Vec<Stage>>,
     upsample: Vec<Conv2d>,
     norm_out: GroupNorm,
     conv_out: Conv2d,
@@ -26,13 +48,15 @@ pub struct UNet {
 }
 
 impl UNet {
-    /// A U-Net from `in_channels` to `out_channels` image channels; errors (naming the field)
-    /// when the config does not hold together.
+    /// A U-Net from `in_channels` to `out_channels` image channels for `size = (H, W)` images
+    /// (the size decides which levels get attention); errors (naming the field) when the config
+    /// does not hold together or does not fit the size.
     pub fn new(
         vb: VarBuilder,
         cfg: &UNetConfig,
         in_channels: usize,
         out_channels: usize,
+        size: (usize, usize),
         backend: KernelBackend,
     ) -> Result<Self> {
         if let Err(e) = cfg.validate() {
@@ -41,27 +65,50 @@ impl UNet {
         if in_channels == 0 || out_channels == 0 {
             candle_core::bail!("UNet: need at least one input and output channel");
         }
+        let attention = match cfg.attention_levels(size.0, size.1) {
+            Ok(a) => a,
+            Err(e) => candle_core::bail!("UNet: {e}"),
+        };
         let ch = cfg.channels();
-        let (levels, g, td) = (ch.len(), cfg.groups, cfg.time_embed_dim);
+        let (levels, g, td, p) = (ch.len(), cfg.groups, cfg.time_embed_dim, cfg.dropout);
         let time = TimeEmbedding::new(
             vb.pp("time"),
             cfg.base_channels,
             cfg.time_scale,
+            cfg.time_embedding,
             td,
             backend,
         )?;
+        let stage = |vb: &VarBuilder, name: String, cin, cout, attn: bool| -> Result<Stage> {
+            Ok(Stage {
+                res: ResBlock::new(vb.pp(format!("res{name}")), cin, cout, td, g, p, backend)?,
+                attn: if attn {
+                    Some(AttentionBlock::new(
+                        vb.pp(format!("attn{name}")),
+                        cout,
+                        cfg.attention_heads,
+                        g,
+                        backend,
+                    )?)
+                } else {
+                    None
+                },
+            })
+        };
         let conv_in = Conv2d::new(vb.pp("conv_in"), in_channels, ch[0], 3, 1, 1, backend)?;
+        // Channels of every saved activation, in the order they are saved.
+        let mut skips = vec![ch[0]];
         let (mut down, mut downsample) = (Vec::new(), Vec::new());
         let mut prev = ch[0];
         for (i, &c) in ch.iter().enumerate() {
-            down.push(ResBlock::new(
-                vb.pp(format!("down{i}")),
-                prev,
-                c,
-                td,
-                g,
-                backend,
-            )?);
+            let lvb = vb.pp(format!("down{i}"));
+            let mut stages = Vec::new();
+            for b in 0..cfg.blocks_per_level {
+                stages.push(stage(&lvb, b.to_string(), prev, c, attention[i])?);
+                prev = c;
+                skips.push(c);
+            }
+            down.push(stages);
             if i + 1 < levels {
                 downsample.push(Conv2d::new(
                     vb.pp(format!("downsample{i}")),
@@ -72,20 +119,25 @@ impl UNet {
                     1,
                     backend,
                 )?);
+                skips.push(c);
             }
-            prev = c;
         }
-        let mid = ResBlock::new(vb.pp("mid"), prev, prev, td, g, backend)?;
+        let mvb = vb.pp("mid");
+        let mid_attn = attention[levels - 1];
+        let mid = [
+            stage(&mvb, "0".into(), prev, prev, mid_attn)?,
+            stage(&mvb, "1".into(), prev, prev, false)?,
+        ];
         let (mut up, mut upsample) = (Vec::new(), Vec::new());
         for (i, &c) in ch.iter().enumerate().rev() {
-            up.push(ResBlock::new(
-                vb.pp(format!("up{i}")),
-                prev + c,
-                c,
-                td,
-                g,
-                backend,
-            )?);
+            let lvb = vb.pp(format!("up{i}"));
+            let mut stages = Vec::new();
+            for b in 0..=cfg.blocks_per_level {
+                let s = skips.pop().expect("one saved activation per up block");
+                stages.push(stage(&lvb, b.to_string(), prev + s, c, attention[i])?);
+                prev = c;
+            }
+            up.push(stages);
             if i > 0 {
                 upsample.push(Conv2d::new(
                     vb.pp(format!("upsample{i}")),
@@ -97,12 +149,13 @@ impl UNet {
                     backend,
                 )?);
             }
-            prev = c;
         }
+        debug_assert!(skips.is_empty());
         Ok(Self {
             cfg: cfg.clone(),
             in_channels,
             out_channels,
+            attention,
             time,
             conv_in,
             down,
@@ -111,7 +164,7 @@ impl UNet {
             up,
             upsample,
             norm_out: GroupNorm::new(vb.pp("norm_out"), ch[0], g, true, backend)?,
-            conv_out: Conv2d::new(vb.pp("conv_out"), ch[0], out_channels, 3, 1, 1, backend)?,
+            conv_out: Conv2d::zeros(vb.pp("conv_out"), ch[0], out_channels, 3, 1, 1, backend)?,
             backend,
         })
     }
@@ -125,31 +178,74 @@ impl UNet {
         (self.in_channels, self.out_channels)
     }
 
+    /// Whether each level (top to bottom) has self-attention; the middle has it when the last
+    /// level has.
+    pub fn attention_levels(&self) -> &[bool] {
+        &self.attention
+    }
+
     pub fn backend(&self) -> KernelBackend {
         self.backend
     }
 
+    /// The deterministic network (no dropout) with the time embedding of `t`; errors for a
+    /// config whose `time_embedding` is `"log-snr"` (use [`Self::forward_cond`]).
     pub fn forward(&self, x: &Tensor, t: &Tensor) -> Result<Tensor> {
+        self.run(x, t, None, None)
+    }
+
+    /// The deterministic network (no dropout) given `t` and the log-SNR at `t` (`[B]`; used
+    /// when `time_embedding` is `"log-snr"`).
+    pub fn forward_cond(&self, x: &Tensor, t: &Tensor, log_snr: Option<&Tensor>) -> Result<Tensor> {
+        self.run(x, t, log_snr, None)
+    }
+
+    /// The network in training mode: as [`Self::forward_cond`], with dropout (when the config's
+    /// `dropout` is above 0) drawn from `rng`.
+    pub fn forward_train(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        log_snr: Option<&Tensor>,
+        rng: &mut Rng,
+    ) -> Result<Tensor> {
+        self.run(x, t, log_snr, Some(rng))
+    }
+
+    fn run(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        log_snr: Option<&Tensor>,
+        mut rng: Option<&mut Rng>,
+    ) -> Result<Tensor> {
         let (_, _, h, w) = x.dims4()?;
         if let Err(e) = self.cfg.check_size(h, w) {
             candle_core::bail!("UNet: {e}");
         }
         let temb = self
             .backend
-            .silu(&self.time.forward(&t.to_dtype(x.dtype())?)?)?;
+            .silu(&self.time.forward(t, log_snr, x.dtype())?)?;
         let mut h = self.conv_in.forward(x)?;
-        let mut skips = Vec::with_capacity(self.down.len());
-        for (i, block) in self.down.iter().enumerate() {
-            h = block.forward(&h, &temb)?;
-            skips.push(h.clone());
+        let mut skips = vec![h.clone()];
+        for (i, level) in self.down.iter().enumerate() {
+            for s in level {
+                h = s.forward(&h, &temb, rng.as_deref_mut())?;
+                skips.push(h.clone());
+            }
             if let Some(ds) = self.downsample.get(i) {
                 h = ds.forward(&h)?;
+                skips.push(h.clone());
             }
         }
-        h = self.mid.forward(&h, &temb)?;
-        for (j, block) in self.up.iter().enumerate() {
-            let skip = skips.pop().expect("one skip per level");
-            h = block.forward(&Tensor::cat(&[&h, &skip], 1)?, &temb)?;
+        for s in &self.mid {
+            h = s.forward(&h, &temb, rng.as_deref_mut())?;
+        }
+        for (j, level) in self.up.iter().enumerate() {
+            for s in level {
+                let skip = skips.pop().expect("one saved activation per up block");
+                h = s.forward(&Tensor::cat(&[&h, &skip], 1)?, &temb, rng.as_deref_mut())?;
+            }
             if let Some(us) = self.upsample.get(j) {
                 h = us.forward(&self.backend.upsample_nearest2x(&h)?)?;
             }
