@@ -65,6 +65,9 @@ pub struct Trainer<'a> {
     pipe: &'a Pipeline,
     cfg: TrainConfig,
     vars: Vec<(String, Var)>,
+    /// Update f32 weights on the CPU in one loop per variable instead of a chain of tensor ops
+    /// (on by default; the two give the same numbers up to rounding).
+    pub host_update: bool,
 }
 
 fn scalar(t: &Tensor) -> candle_core::Result<f64> {
@@ -78,6 +81,7 @@ impl<'a> Trainer<'a> {
             pipe,
             cfg: cfg.clone(),
             vars: pipe.vars(),
+            host_update: true,
         })
     }
 
@@ -101,51 +105,41 @@ impl<'a> Trainer<'a> {
             )));
         }
         let grads = out.loss.backward()?;
-        let mut sq = 0.0;
         let mut gs = Vec::with_capacity(self.vars.len());
         for (name, var) in &self.vars {
+            // Optimizer arithmetic must not be recorded: a tracked update would chain every step's
+            // graph to the next and memory would grow with the number of steps.
             let g = match grads.get(var.as_tensor()) {
-                Some(g) => g.clone(),
+                Some(g) => g.detach(),
                 None => var.zeros_like()?,
             };
-            sq += scalar(&g.sqr()?.sum_all()?)?;
             gs.push((name, var, g));
         }
-        let norm = sq.sqrt();
+        let lr = cfg.lr_at(step);
+        let (b1, b2) = (cfg.beta1, cfg.beta2);
+        let mut upd = Update {
+            clip: 1.0,
+            b1,
+            b2,
+            c1: 1.0 - b1.powi(step as i32),
+            c2: 1.0 - b2.powi(step as i32),
+            eps: cfg.adam_eps,
+            lr,
+            decay: 1.0 - lr * cfg.weight_decay,
+            ema: cfg
+                .ema_decay
+                .min((1.0 + step as f64) / (10.0 + step as f64)),
+        };
+        let host = self.host_update && gs.iter().all(|(_, v, g)| on_host_f32(v) && on_host_f32(g));
+        let norm = if host {
+            host_update(&mut gs_host(&gs)?, &gs, state, &mut upd, cfg.grad_clip)?
+        } else {
+            tensor_update(&gs, state, &mut upd, cfg.grad_clip)?
+        };
         if !norm.is_finite() {
             return Err(NdmError::NonFinite(format!(
                 "the gradient norm became {norm} at step {step}"
             )));
-        }
-        let clip = if cfg.grad_clip > 0.0 && norm > cfg.grad_clip {
-            cfg.grad_clip / norm
-        } else {
-            1.0
-        };
-        let lr = cfg.lr_at(step);
-        let (b1, b2) = (cfg.beta1, cfg.beta2);
-        let (c1, c2) = (1.0 - b1.powi(step as i32), 1.0 - b2.powi(step as i32));
-        let ema_decay = cfg
-            .ema_decay
-            .min((1.0 + step as f64) / (10.0 + step as f64));
-        let missing = |n: &str| NdmError::Spec(format!("training state has no entry for `{n}`"));
-        for (name, var, g) in gs {
-            // Optimizer arithmetic must not be recorded: a tracked update would chain every step's
-            // graph to the next and memory would grow with the number of steps.
-            let g = (g.detach() * clip)?;
-            let m = state.m.get(name).ok_or_else(|| missing(name))?;
-            let v = state.v.get(name).ok_or_else(|| missing(name))?;
-            let m = ((m * b1)? + (&g * (1.0 - b1))?)?;
-            let v = ((v * b2)? + (g.sqr()? * (1.0 - b2))?)?;
-            let upd = ((&m / c1)? / ((&v / c2)?.sqrt()? + cfg.adam_eps)?)?;
-            let w = var.as_tensor().detach();
-            let new_w = ((&w * (1.0 - lr * cfg.weight_decay))? - (upd * lr)?)?;
-            var.set(&new_w)?;
-            let e = state.ema.get(name).ok_or_else(|| missing(name))?;
-            let e = ((e * ema_decay)? + (new_w * (1.0 - ema_decay))?)?;
-            state.ema.insert(name.clone(), e.detach());
-            state.m.insert(name.clone(), m.detach());
-            state.v.insert(name.clone(), v.detach());
         }
         state.step = step;
         state.data = data_after;
@@ -157,6 +151,142 @@ impl<'a> Trainer<'a> {
             terms: out.terms,
         })
     }
+}
+
+/// The scalars of one AdamW step with bias correction, decoupled weight decay and the EMA:
+/// `g' = clip g`, `m = b1 m + (1 - b1) g'`, `v = b2 v + (1 - b2) g'^2`,
+/// `w = decay w - lr (m / c1) / (sqrt(v / c2) + eps)`, `ema = d ema + (1 - d) w`.
+#[derive(Debug, Clone, Copy)]
+struct Update {
+    clip: f64,
+    b1: f64,
+    b2: f64,
+    c1: f64,
+    c2: f64,
+    eps: f64,
+    lr: f64,
+    /// `1 - lr * weight_decay`.
+    decay: f64,
+    ema: f64,
+}
+
+impl Update {
+    /// The clip factor for a gradient norm.
+    fn set_clip(&mut self, norm: f64, grad_clip: f64) {
+        self.clip = if grad_clip > 0.0 && norm > grad_clip {
+            grad_clip / norm
+        } else {
+            1.0
+        };
+    }
+}
+
+fn on_host_f32(t: &Tensor) -> bool {
+    t.device().is_cpu() && t.dtype() == DType::F32
+}
+
+fn missing(n: &str) -> NdmError {
+    NdmError::Spec(format!("training state has no entry for `{n}`"))
+}
+
+type Grads<'g> = [(&'g String, &'g Var, Tensor)];
+
+/// The gradients as host vectors.
+fn gs_host(gs: &Grads) -> Result<Vec<Vec<f32>>> {
+    gs.iter()
+        .map(|(_, _, g)| Ok(g.flatten_all()?.to_vec1::<f32>()?))
+        .collect()
+}
+
+fn host_vec(t: &Tensor) -> Result<Vec<f32>> {
+    Ok(t.flatten_all()?.to_vec1::<f32>()?)
+}
+
+/// The update as one loop per variable over host copies (f64 arithmetic, f32 storage): a few
+/// copies instead of a dozen tensor ops, each a pass over memory and a dispatch. Returns the
+/// gradient norm; a non-finite norm leaves everything untouched.
+fn host_update(
+    host: &mut [Vec<f32>],
+    gs: &Grads,
+    state: &mut TrainState,
+    u: &mut Update,
+    grad_clip: f64,
+) -> Result<f64> {
+    let sq: f64 = host
+        .iter()
+        .flat_map(|g| g.iter())
+        .map(|&x| (x as f64) * (x as f64))
+        .sum();
+    let norm = sq.sqrt();
+    if !norm.is_finite() {
+        return Ok(norm);
+    }
+    u.set_clip(norm, grad_clip);
+    for ((name, var, _), g) in gs.iter().zip(host.iter()) {
+        let mut w = host_vec(var.as_tensor())?;
+        let mut m = host_vec(state.m.get(*name).ok_or_else(|| missing(name))?)?;
+        let mut v = host_vec(state.v.get(*name).ok_or_else(|| missing(name))?)?;
+        let mut e = host_vec(state.ema.get(*name).ok_or_else(|| missing(name))?)?;
+        for i in 0..g.len() {
+            let gi = g[i] as f64 * u.clip;
+            let mi = u.b1 * m[i] as f64 + (1.0 - u.b1) * gi;
+            let vi = u.b2 * v[i] as f64 + (1.0 - u.b2) * gi * gi;
+            let wi = u.decay * w[i] as f64 - u.lr * (mi / u.c1) / ((vi / u.c2).sqrt() + u.eps);
+            w[i] = wi as f32;
+            m[i] = mi as f32;
+            v[i] = vi as f32;
+            e[i] = (u.ema * e[i] as f64 + (1.0 - u.ema) * w[i] as f64) as f32;
+        }
+        let (shape, dev) = (var.shape().clone(), var.device().clone());
+        var.set(&Tensor::from_vec(w, shape.clone(), &dev)?)?;
+        state
+            .m
+            .insert((*name).clone(), Tensor::from_vec(m, shape.clone(), &dev)?);
+        state
+            .v
+            .insert((*name).clone(), Tensor::from_vec(v, shape.clone(), &dev)?);
+        state
+            .ema
+            .insert((*name).clone(), Tensor::from_vec(e, shape, &dev)?);
+    }
+    Ok(norm)
+}
+
+/// The same update with tensor ops, for any device and dtype. Returns the gradient norm; a
+/// non-finite norm leaves everything untouched.
+fn tensor_update(
+    gs: &Grads,
+    state: &mut TrainState,
+    u: &mut Update,
+    grad_clip: f64,
+) -> Result<f64> {
+    // One host round trip for the norm: the squared sums stay on the device until then.
+    let sums = gs
+        .iter()
+        .map(|(_, _, g)| Ok(g.sqr()?.sum_all()?.to_dtype(DType::F64)?))
+        .collect::<Result<Vec<_>>>()?;
+    let norm = scalar(&Tensor::stack(&sums, 0)?.sum_all()?)?.sqrt();
+    if !norm.is_finite() {
+        return Ok(norm);
+    }
+    u.set_clip(norm, grad_clip);
+    for (name, var, g) in gs {
+        let g = (g * u.clip)?;
+        let m = state.m.get(*name).ok_or_else(|| missing(name))?;
+        let v = state.v.get(*name).ok_or_else(|| missing(name))?;
+        let m = ((m * u.b1)? + (&g * (1.0 - u.b1))?)?;
+        let v = ((v * u.b2)? + (g.sqr()? * (1.0 - u.b2))?)?;
+        let step = ((&m / u.c1)? / ((&v / u.c2)?.sqrt()? + u.eps)?)?;
+        let w = var.as_tensor().detach();
+        let new_w = ((&w * u.decay)? - (step * u.lr)?)?;
+        var.set(&new_w)?;
+        let e = state.ema.get(*name).ok_or_else(|| missing(name))?;
+        let e = ((e * u.ema)? + (new_w * (1.0 - u.ema))?)?;
+        state.ema.insert((*name).clone(), e.detach());
+        state.m.insert((*name).clone(), m.detach());
+        state.v.insert((*name).clone(), v.detach());
+    }
+    Ok(norm)
 }
 
 /// What the step hook tells the loop.
