@@ -239,8 +239,9 @@ pub fn run(env: &Env, a: &TrainArgs) -> Result<Outcome> {
     let mut log = TrainLog::open(&rd.file(LOG_FILE), state.step)?;
     let pb = env.progress(spec.train.steps as u64, "train");
     pb.set_position(state.step as u64);
+    let log_ref = &mut log;
     let mut on_step = |r: &ndm_api::train::StepReport| {
-        log.row(r);
+        log_ref.row(r);
         pb.set_position(r.step as u64);
         if r.step.is_multiple_of(25) {
             pb.set_message(format!("loss {:.4}", r.loss));
@@ -253,7 +254,6 @@ pub fn run(env: &Env, a: &TrainArgs) -> Result<Outcome> {
     };
     let mut save = |s: &TrainState| rd.write_checkpoint(&pipe, s);
     let result = train_loop(&trainer, &mut state, data.as_ref(), &mut on_step, &mut save);
-    drop(on_step);
     log.finish()?;
     let summary = match result {
         Ok(s) => s,
