@@ -18,8 +18,10 @@ pub struct LossOutput {
 /// - eps-mse (DDPM's simple loss): regresses the parameterization's target; refuses a trainable
 ///   transform (`F` would collapse to 0, NDM sec. 6) in [`Objective::check`].
 /// - ndm-elbo-discrete / ndm-elbo-continuous: the NELBO of `docs/math.md` ("NELBO"), gradients into the backbone,
-///   transform, learned schedule (VDM) and prior (flow) alike, through [`crate::elbo`].
-/// - flow-nll for a flow prior is the prior's `prior_loss`, so it is part of the NELBO objectives.
+///   transform and (once they exist: planned) a learned schedule (VDM) and a flow prior alike,
+///   through [`crate::elbo`].
+/// - planned: a flow prior's NLL is the prior's `prior_loss`, so it will be part of the NELBO
+///   objectives rather than an objective of its own.
 pub trait Objective: Send + Sync + std::fmt::Debug {
     /// Refuses parts this objective cannot train, with a sentence that says why.
     fn check(&self, _pipe: &Pipeline) -> crate::Result<()> {

@@ -5,8 +5,8 @@ use candle_core::{DType, Device, Result, Tensor};
 
 /// The prior over the latent at `t_end`.
 ///
-/// - gaussian: `N(0, I)` at `t_end = 1`; `L_prior = KL(q(z_1|x) || N(0, I))` in closed form.
-/// - glow (DiNof): a normalizing flow at `t_end = t_m < 1`, with weights under `prior.`; `log_prob` is
+/// - gaussian (exists): `N(0, I)` at `t_end = 1`; `L_prior = KL(q(z_1|x) || N(0, I))` in closed form.
+/// - glow (DiNof; planned, not implemented yet): a normalizing flow at `t_end = t_m < 1`, with weights under `prior.`; `log_prob` is
 ///   the flow's exact log-density and `L_prior` its Monte Carlo NLL on the sample `z` (minus the
 ///   entropy of `q(z_{t_m}|x)`), so the flow trains through the same objective. Solvers then run the
 ///   reverse process from `t_m`, never from 1: every consumer asks the pipeline for `t_end`.

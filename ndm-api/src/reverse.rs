@@ -15,9 +15,9 @@ pub struct Gaussian {
 /// [`crate::pipeline::Pipeline`]; a solver never sees the transform, schedule or prior behind it.
 ///
 /// Times are scalars: one solver step moves the whole batch from `t` to `s < t`. The process runs
-/// on `[t_min, t_end]`, where `t_end` is the prior's time (1 for a Gaussian prior, `t_m` for DiNof's
-/// flow prior) and latents have [`ReverseProcess::latent_shape`] (a VAE transform's latent shape,
-/// not the data shape). Every tensor it returns is detached from the autograd graph: solvers never
+/// on `[t_min, t_end]`, where `t_end` is the prior's time (1 for the Gaussian prior; `t_m` for
+/// DiNof's flow prior, planned) and latents have [`ReverseProcess::latent_shape`] (the data shape
+/// today; a VAE transform's latent shape once it exists, planned). Every tensor it returns is detached from the autograd graph: solvers never
 /// train, and a tracked result would chain each step's graph to the next (memory grows with the
 /// number of steps).
 pub trait ReverseProcess: Send + Sync + std::fmt::Debug {

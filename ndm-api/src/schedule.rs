@@ -83,10 +83,10 @@ impl ScheduleBatch {
 /// A noise schedule on `t in [0, 1]` (0 = data side, 1 = noise side).
 ///
 /// Contract: `sigma_t > 0` on all of `[0, 1]` (so the NELBO's first KL and the reconstruction term
-/// are finite) and `lambda_t` strictly decreasing. Fixed schedules (vp-linear, cosine, ve, sub-vp,
-/// fm-ot) implement only [`NoiseSchedule::point`], in `f64`, where precision matters near the ends;
-/// the batch form [`NoiseSchedule::batch`] is derived from it. A schedule with trainable weights
-/// (VDM's learned monotone `gamma`, `alpha^2 = sigmoid(-gamma)`, `sigma^2 = sigmoid(gamma)`) takes a
+/// are finite) and `lambda_t` strictly decreasing. Fixed schedules (vp-linear and cosine today;
+/// ve, sub-vp and fm-ot are planned) implement only [`NoiseSchedule::point`], in `f64`, where
+/// precision matters near the ends; the batch form [`NoiseSchedule::batch`] is derived from it. A
+/// schedule with trainable weights (planned: VDM's learned monotone `gamma`, `alpha^2 = sigmoid(-gamma)`, `sigma^2 = sigmoid(gamma)`) takes a
 /// `VarBuilder` under the prefix `schedule.` when it is built, overrides `batch` with tensor ops so that
 /// gradients reach its weights, and answers `point` by evaluating the same weights on the host.
 pub trait NoiseSchedule: Send + Sync + std::fmt::Debug {

@@ -41,12 +41,12 @@ where
 ///
 /// How the special cases fit (`docs/math.md`, "Special cases"; blur, VAE and Glow are planned):
 /// - identity (DDPM, DDIM, VDM, flow matching): `F = x`, [`Transform::is_identity`] is true, `dF/dt = 0`.
-/// - blur / soft diffusion: `F = C_t x`, fixed, with an analytic `time_derivative`.
+/// - blur / soft diffusion (planned): `F = C_t x`, fixed, with an analytic `time_derivative`.
 /// - learned (NDM): a backbone network with weights under the prefix `transform.`; `is_trainable` is
 ///   true, so objectives that would let it collapse refuse it.
-/// - VAE encoder (LSGM): `F(x, t) = E(x)` for every `t`, [`Transform::latent_shape`] differs from the
+/// - VAE encoder (LSGM, planned): `F(x, t) = E(x)` for every `t`, [`Transform::latent_shape`] differs from the
 ///   data shape, and [`Transform::decode`] / [`Transform::reconstruction_nll`] supply the decoder.
-/// - Glow flow (INDM): time independent and invertible, `decode = f^-1`, with its log-det folded into
+/// - Glow flow (INDM, planned): time independent and invertible, `decode = f^-1`, with its log-det folded into
 ///   `reconstruction_nll`.
 ///
 /// The pipeline also applies `F` to the model's prediction `xhat` (NDM's reverse process), so `F`
