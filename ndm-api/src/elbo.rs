@@ -174,7 +174,7 @@ pub fn discrete_nelbo(
     rng: &mut Rng,
 ) -> Result<NelboTerms> {
     let b = x.dim(0)?;
-    let n = (pipe.t_end() * t_total as f64).round() as usize;
+    let n = crate::solver::grid_index(pipe.t_end(), t_total);
     let l_diff = match est {
         DiffEstimate::Sampled => {
             let idx: Vec<usize> = (0..b).map(|_| 1 + rng.below(n)).collect();

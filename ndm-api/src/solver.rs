@@ -26,6 +26,12 @@ pub trait Solver: Send + Sync + std::fmt::Debug {
     ) -> Result<SolveOutput>;
 }
 
+/// The index of time `t` on a training grid of `t_total` steps (`t_i = i / t_total`): the number of
+/// grid steps from 0 to `t` (a prior's `t_end` must lie on the grid, which the pipeline checks).
+pub fn grid_index(t: f64, t_total: usize) -> usize {
+    (t * t_total as f64).round() as usize
+}
+
 /// How `--steps N` places its times.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
@@ -219,8 +225,7 @@ impl TimeGrid {
                     .collect()
             }
             Some(t_total) => {
-                let hi = (t_end * t_total as f64).round() as usize;
-                let lo = (t_min * t_total as f64).round() as usize;
+                let (hi, lo) = (grid_index(t_end, t_total), grid_index(t_min, t_total));
                 let n = hi - lo;
                 if steps > n {
                     return Err(NdmError::InvalidArgument(format!(

@@ -19,7 +19,7 @@ pub fn draw_times(pipe: &Pipeline, b: usize, rng: &mut Rng) -> Result<Tensor> {
     let t_end = pipe.t_end();
     let ts: Vec<f64> = match pipe.spec.steps {
         Some(t_total) => {
-            let n = (t_end * t_total as f64).round() as usize;
+            let n = ndm_api::solver::grid_index(t_end, t_total);
             (0..b)
                 .map(|_| (1 + rng.below(n)) as f64 / t_total as f64)
                 .collect()
