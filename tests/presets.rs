@@ -7,7 +7,8 @@ use ndm_api::candle_core::{self, DType, Device, Tensor};
 use ndm_api::sample::sample;
 use ndm_api::train::{TrainState, Trainer};
 use ndm_api::{
-    Family, Gaussian, Pipeline, PluginSpec, ReverseProcess, Rng, SchedulePoint, TimeGrid,
+    BuildCtx, Family, Gaussian, Pipeline, PluginSpec, ReverseProcess, Rng, SchedulePoint, Spacing,
+    TimeGrid,
 };
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -205,4 +206,35 @@ fn optimizer_state_keeps_no_autograd_history() {
             assert!(!t.track_op(), "{name} records autograd history");
         }
     }
+}
+
+/// With `xhat` clamped to a range, every prediction a solver sees and the decoded samples stay in
+/// it; without, an untrained model's samples leave it.
+#[test]
+fn clipped_sampling_keeps_predictions_in_range() {
+    use ndm_api::sample::sample_clipped;
+    let reg = ndm_plugins_all::builtin_registry();
+    let mut spec = registry_file().preset("ddim").unwrap().model.clone();
+    spec.backbone.set("hidden", "16");
+    let pipe = Pipeline::build(&spec, &[2], &reg, &Device::Cpu, 3).unwrap();
+    let solver = reg
+        .build_solver(
+            &PluginSpec::new("ddim"),
+            &BuildCtx::without_weights(&Device::Cpu, &reg),
+        )
+        .unwrap();
+    let grid = TimeGrid::for_process(10, Spacing::Trailing, &pipe).unwrap();
+    let range = |clip| {
+        let s = sample_clipped(&pipe, solver.as_ref(), &grid, 500, clip, &mut Rng::new(1)).unwrap();
+        let v: Vec<f32> = s.x.flatten_all().unwrap().to_vec1().unwrap();
+        v.iter()
+            .fold((f32::MAX, f32::MIN), |(a, b), x| (a.min(*x), b.max(*x)))
+    };
+    let (lo, hi) = range(Some((-0.25, 0.25)));
+    assert!(lo >= -0.25 && hi <= 0.25, "{lo} {hi}");
+    let (lo, hi) = range(None);
+    assert!(
+        lo < -0.25 || hi > 0.25,
+        "unclipped samples already in range: {lo} {hi}"
+    );
 }

@@ -131,6 +131,7 @@ mod tests {
                 solver: p("ddim"),
                 steps: None,
                 spacing: Spacing::Uniform,
+                clip: None,
             },
             train: TrainConfig::default(),
         }

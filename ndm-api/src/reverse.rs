@@ -17,9 +17,9 @@ pub struct Gaussian {
 /// Times are scalars: one solver step moves the whole batch from `t` to `s < t`. The process runs
 /// on `[t_min, t_end]`, where `t_end` is the prior's time (1 for the Gaussian prior; `t_m` for
 /// DiNof's flow prior, planned) and latents have [`ReverseProcess::latent_shape`] (the data shape
-/// today; a VAE transform's latent shape once it exists, planned). Every tensor it returns is detached from the autograd graph: solvers never
-/// train, and a tracked result would chain each step's graph to the next (memory grows with the
-/// number of steps).
+/// today; a VAE transform's latent shape once it exists, planned). Every tensor it returns is
+/// detached from the autograd graph: solvers never train, and a tracked result would chain each
+/// step's graph to the next (memory grows with the number of steps).
 pub trait ReverseProcess: Send + Sync + std::fmt::Debug {
     /// Shape of one latent, without the batch dimension.
     fn latent_shape(&self) -> &[usize];
@@ -54,5 +54,52 @@ pub trait ReverseProcess: Send + Sync + std::fmt::Debug {
     fn probability_flow(&self, z: &Tensor, t: f64) -> Result<Tensor> {
         let xhat = self.predict_x(z, t)?;
         Ok(self.reverse_sde(z, &xhat, t, 0.0)?.0)
+    }
+}
+
+/// A reverse process whose prediction `xhat` is clamped to `[lo, hi]` at every step (the data's
+/// range: what diffusers calls `clip_sample`). Everything that depends on `xhat` (posterior mean,
+/// score, SDE drift, probability flow) follows from the clamped prediction, so every solver works
+/// with it unchanged.
+#[derive(Debug)]
+pub struct Clipped<'a> {
+    pub inner: &'a dyn ReverseProcess,
+    pub lo: f64,
+    pub hi: f64,
+}
+
+impl ReverseProcess for Clipped<'_> {
+    fn latent_shape(&self) -> &[usize] {
+        self.inner.latent_shape()
+    }
+    fn device(&self) -> &Device {
+        self.inner.device()
+    }
+    fn dtype(&self) -> DType {
+        self.inner.dtype()
+    }
+    fn t_min(&self) -> f64 {
+        self.inner.t_min()
+    }
+    fn t_end(&self) -> f64 {
+        self.inner.t_end()
+    }
+    fn training_steps(&self) -> Option<usize> {
+        self.inner.training_steps()
+    }
+    fn schedule_point(&self, t: f64) -> SchedulePoint {
+        self.inner.schedule_point(t)
+    }
+    fn predict_x(&self, z: &Tensor, t: f64) -> Result<Tensor> {
+        self.inner.predict_x(z, t)?.clamp(self.lo, self.hi)
+    }
+    fn posterior(&self, z_t: &Tensor, xhat: &Tensor, t: f64, s: f64, eta: f64) -> Result<Gaussian> {
+        self.inner.posterior(z_t, xhat, t, s, eta)
+    }
+    fn score(&self, z: &Tensor, xhat: &Tensor, t: f64) -> Result<Tensor> {
+        self.inner.score(z, xhat, t)
+    }
+    fn reverse_sde(&self, z: &Tensor, xhat: &Tensor, t: f64, eta: f64) -> Result<(Tensor, f64)> {
+        self.inner.reverse_sde(z, xhat, t, eta)
     }
 }

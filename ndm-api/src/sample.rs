@@ -1,6 +1,7 @@
 //! Sampling from a pipeline: prior draw, solver, decoder.
 
 use crate::pipeline::Pipeline;
+use crate::reverse::{Clipped, ReverseProcess};
 use crate::rng::Rng;
 use crate::solver::{Solver, TimeGrid};
 use crate::{NdmError, Result};
@@ -25,6 +26,19 @@ pub fn sample(
     n: usize,
     rng: &mut Rng,
 ) -> Result<Samples> {
+    sample_clipped(pipe, solver, grid, n, None, rng)
+}
+
+/// [`sample`] with the prediction `xhat` clamped to `clip = (lo, hi)` at every step and in the
+/// final decode (see [`crate::reverse::Clipped`]).
+pub fn sample_clipped(
+    pipe: &Pipeline,
+    solver: &dyn Solver,
+    grid: &TimeGrid,
+    n: usize,
+    clip: Option<(f64, f64)>,
+    rng: &mut Rng,
+) -> Result<Samples> {
     if n == 0 {
         return Err(NdmError::InvalidArgument(
             "the number of samples must be at least 1".into(),
@@ -33,9 +47,23 @@ pub fn sample(
     let mut shape = vec![n];
     shape.extend(&pipe.latent_shape);
     let z_start = pipe.prior.sample(&shape, rng, pipe.dtype, &pipe.device)?;
-    let out = solver.sample(pipe, z_start.clone(), grid, rng)?;
+    let clipped;
+    let rp: &dyn ReverseProcess = match clip {
+        Some((lo, hi)) => {
+            clipped = Clipped {
+                inner: pipe,
+                lo,
+                hi,
+            };
+            &clipped
+        }
+        None => pipe,
+    };
+    let out = solver.sample(rp, z_start.clone(), grid, rng)?;
     let t_min = grid.end();
-    let x = pipe.decode(&out.z, t_min)?;
+    // The decoder mean at t_min (clamped like every prediction), through the transform's decoder.
+    let xhat = rp.predict_x(&out.z, t_min)?;
+    let x = pipe.transform.decode(&xhat)?.unwrap_or(xhat);
     let finite = x
         .to_dtype(DType::F64)?
         .abs()?
@@ -72,12 +100,14 @@ impl crate::spec::SamplerSpec {
     }
 }
 
-/// Draws `n` samples the way a sampler spec says (its solver, steps and spacing).
+/// Draws `n` samples the way a sampler spec says (its solver, steps and spacing), with `xhat`
+/// clamped to `clip` when given.
 pub fn sample_with(
     pipe: &Pipeline,
     sampler: &crate::spec::SamplerSpec,
     plugins: &crate::PluginRegistry,
     n: usize,
+    clip: Option<(f64, f64)>,
     rng: &mut Rng,
 ) -> Result<(Samples, TimeGrid)> {
     let solver = plugins.build_solver(
@@ -85,5 +115,8 @@ pub fn sample_with(
         &crate::BuildCtx::without_weights(&pipe.device, plugins),
     )?;
     let grid = sampler.grid(pipe)?;
-    Ok((sample(pipe, solver.as_ref(), &grid, n, rng)?, grid))
+    Ok((
+        sample_clipped(pipe, solver.as_ref(), &grid, n, clip, rng)?,
+        grid,
+    ))
 }

@@ -121,6 +121,10 @@ pub struct SamplerSpec {
     pub steps: Option<usize>,
     #[serde(default)]
     pub spacing: Spacing,
+    /// Clamp the prediction `xhat` to the data range `[-1, 1]` at every step (diffusers'
+    /// `clip_sample`). Absent: on for discrete data (images), off otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clip: Option<bool>,
 }
 
 /// Training hyper-parameters. Every field has a default, so a preset or a flag names only what it changes.

@@ -92,6 +92,10 @@ pub struct SamplerArgs {
     /// Stochasticity of posterior solvers in [0, 1].
     #[arg(long)]
     pub eta: Option<f64>,
+    /// Clamp the prediction xhat to [-1, 1] at every step: true or false (default: true for
+    /// images, false for other data).
+    #[arg(long)]
+    pub clip: Option<bool>,
     /// Number of samples to draw (default 10,000 for flat data, 64 for images: an 8x8 grid).
     #[arg(long, short = 'n')]
     pub samples: Option<usize>,
@@ -129,6 +133,9 @@ impl SamplerArgs {
         }
         if let Some(s) = &self.spacing {
             sampler.spacing = s.parse()?;
+        }
+        if let Some(c) = self.clip {
+            sampler.clip = Some(c);
         }
         if let Some(eta) = self.eta {
             sampler

@@ -66,7 +66,13 @@ pub fn draw(
 ) -> Result<Value> {
     let t0 = Instant::now();
     let mut rng = Rng::derived(seed, "sample");
-    let (s, grid) = sample_with(pipe, sampler, env.plugins(), n, &mut rng)?;
+    // Predictions clamped to [-1, 1] for discrete data (images) unless the sampler says otherwise.
+    let clip = match sampler.clip {
+        Some(on) => on,
+        None => data.quantization().is_some(),
+    }
+    .then_some((-1.0, 1.0));
+    let (s, grid) = sample_with(pipe, sampler, env.plugins(), n, clip, &mut rng)?;
     let secs = t0.elapsed().as_secs_f64();
     let png = prefix.with_extension("png");
     if pipe.data_shape == [2] {
@@ -91,6 +97,7 @@ pub fn draw(
         "solver_params": sampler.solver.params,
         "steps": grid.steps(),
         "spacing": sampler.spacing,
+        "clip": clip.is_some(),
         "n": n,
         "nfe": s.nfe,
         "seconds": secs,

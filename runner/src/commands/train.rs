@@ -172,6 +172,7 @@ fn flags_resume_cannot_honour(a: &TrainArgs) -> Vec<String> {
         ("steps", s.steps.is_some()),
         ("spacing", s.spacing.is_some()),
         ("eta", s.eta.is_some()),
+        ("clip", s.clip.is_some()),
     ];
     let parts = p.plugins().map(|(f, k)| (f.key(), k.is_some()));
     given
