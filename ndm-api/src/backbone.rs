@@ -22,8 +22,14 @@ pub struct NetInput<'a> {
 /// built with (`backbone.` for the denoiser, `transform.net.` inside a learned transform). The MLP
 /// serves 2-D data, the U-Net images; both may be used inside a learned transform unchanged.
 pub trait Backbone: Send + Sync + std::fmt::Debug {
-    /// The raw output for one batch.
+    /// The raw output for one batch (sampling, evaluation: deterministic).
     fn forward(&self, input: &NetInput) -> Result<Tensor>;
+
+    /// The raw output in a training step, where the network may be stochastic (dropout) with
+    /// draws from `rng`; the default is [`Backbone::forward`].
+    fn forward_train(&self, input: &NetInput, _rng: &mut crate::Rng) -> Result<Tensor> {
+        self.forward(input)
+    }
 
     /// True when the output is already the data prediction `xhat` (the Gaussian oracle), so the
     /// parameterization is bypassed.

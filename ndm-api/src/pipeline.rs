@@ -31,6 +31,23 @@ pub struct Pipeline {
     pub varmap: VarMap,
     pub device: Device,
     pub dtype: DType,
+    /// Set by the trainer for the length of one training step: the generator of the backbone's
+    /// training-time randomness (dropout). `None` outside training, so sampling and evaluation
+    /// are deterministic.
+    training: std::sync::Mutex<Option<crate::Rng>>,
+}
+
+/// While alive, [`Pipeline::xhat`] runs the backbone in training mode with draws from its
+/// generator; dropping it ends training mode (also on an error path).
+#[derive(Debug)]
+pub struct TrainingMode<'a> {
+    pipe: &'a Pipeline,
+}
+
+impl Drop for TrainingMode<'_> {
+    fn drop(&mut self) {
+        *self.pipe.training.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -87,6 +104,7 @@ impl Pipeline {
             varmap,
             device: device.clone(),
             dtype,
+            training: std::sync::Mutex::new(None),
         };
         pipe.validate()?;
         pipe.objective.check(&pipe)?;
@@ -171,9 +189,30 @@ impl Pipeline {
         }
     }
 
+    /// Training mode until the returned guard is dropped: the backbone's training-time randomness
+    /// (dropout) draws from `rng`. The trainer derives `rng` from the seed and the step, so a
+    /// resumed run draws the same masks.
+    pub fn training_mode(&self, rng: crate::Rng) -> TrainingMode<'_> {
+        *self.training.lock().unwrap_or_else(|e| e.into_inner()) = Some(rng);
+        TrainingMode { pipe: self }
+    }
+
+    /// The backbone's raw output: in training mode ([`Pipeline::training_mode`]) its training
+    /// forward with the step's generator, otherwise its deterministic forward.
+    pub fn network(&self, input: &NetInput) -> candle_core::Result<Tensor> {
+        let mut training = self.training.lock().unwrap_or_else(|e| e.into_inner());
+        match training.as_mut() {
+            Some(rng) => self.backbone.forward_train(input, rng),
+            None => {
+                drop(training);
+                self.backbone.forward(input)
+            }
+        }
+    }
+
     /// The model's prediction `xhat(z_t, t)` given the schedule at `t`.
     pub fn xhat(&self, z: &Tensor, t: &Tensor, sb: &ScheduleBatch) -> candle_core::Result<Tensor> {
-        let raw = self.backbone.forward(&NetInput {
+        let raw = self.network(&NetInput {
             z,
             t,
             alpha: &sb.alpha,

@@ -97,7 +97,11 @@ impl<'a> Trainer<'a> {
             &self.pipe.device,
         )?;
         let data_after = data.iteration_state();
+        let mode = self
+            .pipe
+            .training_mode(Rng::derived(cfg.seed.wrapping_add(step as u64), "dropout"));
         let out = self.pipe.objective.loss(self.pipe, &x, &mut state.rng)?;
+        drop(mode);
         let loss = scalar(&out.loss)?;
         if !loss.is_finite() {
             return Err(NdmError::NonFinite(format!(

@@ -68,7 +68,7 @@ impl Objective for EpsMse {
         let fx = pipe.f(x, &t)?;
         let eps = noise_like(&fx, rng)?;
         let z = c.noised(&fx, &eps)?;
-        let raw = pipe.backbone.forward(&ndm_api::NetInput {
+        let raw = pipe.network(&ndm_api::NetInput {
             z: &z,
             t: &t,
             alpha: &sb.alpha,

@@ -4,10 +4,9 @@
 //! shape the pipeline builds the backbone for. On the CPU the network runs this crate's fused
 //! kernels, on other devices candle's own ops ([`KernelBackend::for_device`]).
 //!
-//! Dropout is refused here: [`Backbone::forward`] is called alike by the objectives (training) and
-//! by `ReverseProcess::predict_x` (sampling, evaluation), with no flag that tells them apart and no
-//! `Rng`, so a dropout applied in `forward` would also apply when sampling. The network has it
-//! ([`UNet::forward_train`]); the plugin can use it once the trait has a training entry point.
+//! Dropout applies only in training: the pipeline calls [`Backbone::forward_train`] with the
+//! trainer's per-step generator during a training step and [`Backbone::forward`] otherwise
+//! (sampling and evaluation are deterministic).
 
 use candle_core::{Result, Tensor};
 use ndm_api::registry::BuildCtx;
@@ -36,16 +35,6 @@ pub fn build_unet(cfg: UNetConfig, ctx: &BuildCtx) -> ndm_api::Result<UNet> {
     }
     cfg.check_image(h, w)
         .map_err(|e| NdmError::config(NAME, e))?;
-    if cfg.dropout > 0.0 {
-        return Err(NdmError::config(
-            NAME,
-            format!(
-                "dropout = {} is not supported yet: the Backbone trait cannot tell training from \
-                 sampling, so dropout would also apply when sampling; use dropout = 0",
-                cfg.dropout
-            ),
-        ));
-    }
     let backend = KernelBackend::for_device(ctx.device);
     Ok(UNet::new(ctx.vb.clone(), &cfg, c, c, (h, w), backend)?)
 }
@@ -53,6 +42,9 @@ pub fn build_unet(cfg: UNetConfig, ctx: &BuildCtx) -> ndm_api::Result<UNet> {
 impl Backbone for UNet {
     fn forward(&self, input: &NetInput) -> Result<Tensor> {
         UNet::forward_cond(self, input.z, input.t, Some(input.log_snr))
+    }
+    fn forward_train(&self, input: &NetInput, rng: &mut ndm_api::Rng) -> Result<Tensor> {
+        UNet::forward_train(self, input.z, input.t, Some(input.log_snr), rng)
     }
 }
 

@@ -321,7 +321,7 @@ fn refuses_attention_heads_that_do_not_divide_the_channels() {
 }
 
 #[test]
-fn refuses_dropout_out_of_range_and_dropout_through_the_trait() {
+fn refuses_dropout_out_of_range_and_applies_it_only_in_training() {
     for bad in ["1.0", "-0.1", "nan", "2"] {
         let e = refusal(&[("dropout", bad)], &[1, 8, 8]);
         assert!(
@@ -329,12 +329,42 @@ fn refuses_dropout_out_of_range_and_dropout_through_the_trait() {
             "{bad}: {e}"
         );
     }
-    // In range, but the Backbone trait cannot tell training from sampling.
-    let e = refusal(&[("dropout", "0.1")], &[1, 8, 8]);
-    assert!(
-        e.contains("backbone.unet") && e.contains("dropout = 0.1") && e.contains("sampling"),
-        "{e}"
+    // In range: `forward` (sampling, evaluation) is deterministic, `forward_train` draws its
+    // masks from the generator it is given.
+    let (vm, net) = build(&spec(&[("dropout", "0.5")]), &[1, 8, 8]);
+    let net = net.unwrap();
+    let mut rng = Rng::new(4);
+    // The output conv starts at zero: give every weight a value so the output depends on the masks.
+    for var in vm.all_vars() {
+        let w = rng
+            .normal_tensor(var.dims(), DType::F32, &Device::Cpu)
+            .unwrap();
+        var.set(&(w * 0.1).unwrap()).unwrap();
+    }
+    let z = rng
+        .normal_tensor(&[2, 1, 8, 8], DType::F32, &Device::Cpu)
+        .unwrap();
+    let t = Tensor::new(&[0.3f32, 0.7], &Device::Cpu).unwrap();
+    let (a, s, l) = (
+        t.ones_like().unwrap(),
+        t.ones_like().unwrap(),
+        t.zeros_like().unwrap(),
     );
+    let input = NetInput {
+        z: &z,
+        t: &t,
+        alpha: &a,
+        sigma: &s,
+        log_snr: &l,
+    };
+    let v = |x: Tensor| x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    assert_eq!(
+        v(net.forward(&input).unwrap()),
+        v(net.forward(&input).unwrap())
+    );
+    let train = |seed| v(net.forward_train(&input, &mut Rng::new(seed)).unwrap());
+    assert_eq!(train(1), train(1));
+    assert_ne!(train(1), train(2));
 }
 
 #[test]
