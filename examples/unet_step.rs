@@ -83,13 +83,7 @@ fn main() -> anyhow::Result<()> {
     );
     for k in 0..steps + 2 {
         let t0 = Instant::now();
-        let out = pipe.backbone.forward(&NetInput {
-            z: &z,
-            t: &t,
-            alpha: &sb.alpha,
-            sigma: &sb.sigma,
-            log_snr: &sb.log_snr,
-        })?;
+        let out = pipe.backbone.forward(&NetInput::at(&z, &t, &sb))?;
         let loss = (out - &target)?.sqr()?.mean_all()?;
         adam.backward_step(&loss)?;
         let b = t0.elapsed().as_secs_f64() * 1e3;

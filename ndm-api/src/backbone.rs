@@ -18,6 +18,19 @@ pub struct NetInput<'a> {
     pub log_snr: &'a Tensor,
 }
 
+impl<'a> NetInput<'a> {
+    /// The input at latents `z` and times `t`, with the schedule `sb` evaluated at `t`.
+    pub fn at(z: &'a Tensor, t: &'a Tensor, sb: &'a crate::ScheduleBatch) -> Self {
+        NetInput {
+            z,
+            t,
+            alpha: &sb.alpha,
+            sigma: &sb.sigma,
+            log_snr: &sb.log_snr,
+        }
+    }
+}
+
 /// A network `(z_t, t) -> raw output` of the latent shape, with weights under the prefix it was
 /// built with (`backbone.` for the denoiser, `transform.net.` inside a learned transform). The MLP
 /// serves 2-D data, the U-Net images; both may be used inside a learned transform unchanged.

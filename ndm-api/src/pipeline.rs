@@ -212,13 +212,7 @@ impl Pipeline {
 
     /// The model's prediction `xhat(z_t, t)` given the schedule at `t`.
     pub fn xhat(&self, z: &Tensor, t: &Tensor, sb: &ScheduleBatch) -> candle_core::Result<Tensor> {
-        let raw = self.network(&NetInput {
-            z,
-            t,
-            alpha: &sb.alpha,
-            sigma: &sb.sigma,
-            log_snr: &sb.log_snr,
-        })?;
+        let raw = self.network(&NetInput::at(z, t, sb))?;
         if self.backbone.predicts_data() {
             Ok(raw)
         } else {

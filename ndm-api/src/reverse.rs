@@ -57,18 +57,37 @@ pub trait ReverseProcess: Send + Sync + std::fmt::Debug {
     }
 }
 
-/// A reverse process whose prediction `xhat` is clamped to `[lo, hi]` at every step (the data's
-/// range: what diffusers calls `clip_sample`). Everything that depends on `xhat` (posterior mean,
-/// score, SDE drift, probability flow) follows from the clamped prediction, so every solver works
-/// with it unchanged.
-#[derive(Debug)]
-pub struct Clipped<'a> {
+/// A reverse process that passes every prediction `xhat` of another through `map` and delegates
+/// everything else. Everything built from `xhat` (posterior mean, score, SDE drift, probability
+/// flow) follows from the mapped prediction, so every solver works with it unchanged. Clipping to
+/// the data range ([`MapPrediction::clipped`]) is one use; counting network evaluations is another.
+pub struct MapPrediction<'a, F> {
     pub inner: &'a dyn ReverseProcess,
-    pub lo: f64,
-    pub hi: f64,
+    pub map: F,
 }
 
-impl ReverseProcess for Clipped<'_> {
+impl<'a> MapPrediction<'a, Box<dyn Fn(Tensor) -> Result<Tensor> + Send + Sync>> {
+    /// Predictions clamped to `[lo, hi]` (the data's range: what diffusers calls `clip_sample`).
+    pub fn clipped(inner: &'a dyn ReverseProcess, lo: f64, hi: f64) -> Self {
+        MapPrediction {
+            inner,
+            map: Box::new(move |x: Tensor| x.clamp(lo, hi)),
+        }
+    }
+}
+
+impl<F> std::fmt::Debug for MapPrediction<'_, F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MapPrediction")
+            .field("inner", &self.inner)
+            .finish()
+    }
+}
+
+impl<F> ReverseProcess for MapPrediction<'_, F>
+where
+    F: Fn(Tensor) -> Result<Tensor> + Send + Sync,
+{
     fn latent_shape(&self) -> &[usize] {
         self.inner.latent_shape()
     }
@@ -91,7 +110,7 @@ impl ReverseProcess for Clipped<'_> {
         self.inner.schedule_point(t)
     }
     fn predict_x(&self, z: &Tensor, t: f64) -> Result<Tensor> {
-        self.inner.predict_x(z, t)?.clamp(self.lo, self.hi)
+        (self.map)(self.inner.predict_x(z, t)?)
     }
     fn posterior(&self, z_t: &Tensor, xhat: &Tensor, t: f64, s: f64, eta: f64) -> Result<Gaussian> {
         self.inner.posterior(z_t, xhat, t, s, eta)

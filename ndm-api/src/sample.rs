@@ -1,7 +1,7 @@
 //! Sampling from a pipeline: prior draw, solver, decoder.
 
 use crate::pipeline::Pipeline;
-use crate::reverse::{Clipped, ReverseProcess};
+use crate::reverse::{MapPrediction, ReverseProcess};
 use crate::rng::Rng;
 use crate::solver::{Solver, TimeGrid};
 use crate::{NdmError, Result};
@@ -30,7 +30,7 @@ pub fn sample(
 }
 
 /// [`sample`] with the prediction `xhat` clamped to `clip = (lo, hi)` at every step and in the
-/// final decode (see [`crate::reverse::Clipped`]).
+/// final decode (see [`MapPrediction::clipped`]).
 pub fn sample_clipped(
     pipe: &Pipeline,
     solver: &dyn Solver,
@@ -50,11 +50,7 @@ pub fn sample_clipped(
     let clipped;
     let rp: &dyn ReverseProcess = match clip {
         Some((lo, hi)) => {
-            clipped = Clipped {
-                inner: pipe,
-                lo,
-                hi,
-            };
+            clipped = MapPrediction::clipped(pipe, lo, hi);
             &clipped
         }
         None => pipe,

@@ -103,20 +103,20 @@ pub struct SamplerArgs {
 
 /// Default sizes, by kind of data: flat data is cheap per example, images are not.
 #[derive(Debug, Clone, Copy)]
-pub struct Counts {
+pub struct DefaultCounts {
     pub samples: usize,
     pub eval_examples: usize,
 }
 
-impl Counts {
-    pub fn for_shape(data_shape: &[usize]) -> Counts {
+impl DefaultCounts {
+    pub fn for_shape(data_shape: &[usize]) -> DefaultCounts {
         if data_shape.len() == 3 {
-            Counts {
+            DefaultCounts {
                 samples: 64,
                 eval_examples: 100,
             }
         } else {
-            Counts {
+            DefaultCounts {
                 samples: 10_000,
                 eval_examples: 2000,
             }

@@ -68,13 +68,7 @@ impl Objective for EpsMse {
         let fx = pipe.f(x, &t)?;
         let eps = noise_like(&fx, rng)?;
         let z = c.noised(&fx, &eps)?;
-        let raw = pipe.network(&ndm_api::NetInput {
-            z: &z,
-            t: &t,
-            alpha: &sb.alpha,
-            sigma: &sb.sigma,
-            log_snr: &sb.log_snr,
-        })?;
+        let raw = pipe.network(&ndm_api::NetInput::at(&z, &t, &sb))?;
         let target = pipe.param.target(&fx, &eps, &c)?;
         let loss = (raw - target)?.sqr()?.mean_all()?;
         let v = loss

@@ -49,7 +49,7 @@ fn nll(pipe: &Pipeline, data: &dyn Dataset, a: &EvalArgs) -> Result<Value> {
     let mut rng = Rng::derived(a.seed, "nll");
     let n = a
         .examples
-        .unwrap_or(crate::cli::Counts::for_shape(&pipe.data_shape).eval_examples);
+        .unwrap_or(crate::cli::DefaultCounts::for_shape(&pipe.data_shape).eval_examples);
     let r = evaluate_ode_nll(pipe, data, n, EVAL_BATCH, &opts, &mut rng)?;
     println!("{r}{}", entropy_note(data));
     let mut v = serde_json::to_value(&r)?;
@@ -61,7 +61,7 @@ pub fn run(env: &Env, a: &EvalArgs) -> Result<Value> {
     let run = RunDir::new(&a.run).load(env.plugins(), &env.device)?;
     let n = a
         .examples
-        .unwrap_or(crate::cli::Counts::for_shape(&run.spec.data_shape).eval_examples);
+        .unwrap_or(crate::cli::DefaultCounts::for_shape(&run.spec.data_shape).eval_examples);
     let mut v = nelbo(&run.pipe, run.data.as_ref(), n, a.seed)?;
     if a.nll {
         v["ode_nll"] = nll(&run.pipe, run.data.as_ref(), a)?;

@@ -18,7 +18,7 @@ pub fn run(env: &Env, a: &SampleArgs) -> Result<Value> {
     let n = a
         .sampler
         .samples
-        .unwrap_or(crate::cli::Counts::for_shape(&run.spec.data_shape).samples);
+        .unwrap_or(crate::cli::DefaultCounts::for_shape(&run.spec.data_shape).samples);
     ensure!(n > 0, "--samples must be at least 1");
     let mut sampler = run.spec.sampler.clone();
     if let Some(s) = &a.sampler.solver {

@@ -302,7 +302,7 @@ pub fn run(env: &Env, a: &TrainArgs) -> Result<Outcome> {
         summary.steps_per_second(),
         summary.final_loss
     );
-    let counts = crate::cli::Counts::for_shape(&spec.data_shape);
+    let counts = crate::cli::DefaultCounts::for_shape(&spec.data_shape);
     let n_samples = a.sampler.samples.unwrap_or(counts.samples);
     if n_samples > 0 {
         metrics["samples"] = super::sample::draw(
