@@ -76,29 +76,36 @@ fn main() -> anyhow::Result<()> {
     let target = rng.normal_tensor(&[batch, 1, 28, 28], DType::F32, &dev)?;
     let t = rng.uniform_tensor(&[batch], 0.0, 1.0, DType::F32, &dev)?;
     let sb = pipe.schedule.batch(&t)?;
-    let (mut bare, mut piped, mut tensor_piped) = (Vec::new(), Vec::new(), Vec::new());
     println!(
         "U-Net {} parameters, batch {batch} x 1 x 28 x 28, {steps} steps each (after 2 warm-up steps)",
         pipe.num_params()
     );
+    // The three steps run in an order that rotates every round: whichever runs first after the
+    // previous round's frees measures differently on a busy allocator, and rotating spreads that.
+    let mut times = [Vec::new(), Vec::new(), Vec::new()];
     for k in 0..steps + 2 {
-        let t0 = Instant::now();
-        let out = pipe.backbone.forward(&NetInput::at(&z, &t, &sb))?;
-        let loss = (out - &target)?.sqr()?.mean_all()?;
-        adam.backward_step(&loss)?;
-        let b = t0.elapsed().as_secs_f64() * 1e3;
-        let t0 = Instant::now();
-        trainer.step(&mut state, &data)?;
-        let p = t0.elapsed().as_secs_f64() * 1e3;
-        let t0 = Instant::now();
-        tensor_trainer.step(&mut tensor_state, &data)?;
-        let q = t0.elapsed().as_secs_f64() * 1e3;
-        if k >= 2 {
-            bare.push(b);
-            piped.push(p);
-            tensor_piped.push(q);
+        for j in 0..3 {
+            let which = (k + j) % 3;
+            let t0 = Instant::now();
+            match which {
+                0 => {
+                    let out = pipe.backbone.forward(&NetInput::at(&z, &t, &sb))?;
+                    let loss = (out - &target)?.sqr()?.mean_all()?;
+                    adam.backward_step(&loss)?;
+                }
+                1 => {
+                    trainer.step(&mut state, &data)?;
+                }
+                _ => {
+                    tensor_trainer.step(&mut tensor_state, &data)?;
+                }
+            }
+            if k >= 2 {
+                times[which].push(t0.elapsed().as_secs_f64() * 1e3);
+            }
         }
     }
+    let [mut bare, mut piped, mut tensor_piped] = times;
     let (b, p, q) = (
         median(&mut bare),
         median(&mut piped),

@@ -160,6 +160,29 @@ mod tests {
     }
 
     #[test]
+    fn dotted_fields_reach_a_plugin_inside_a_plugin() {
+        let mut s = spec();
+        s.set("transform.net.kind=unet").unwrap();
+        s.set("transform.net.channel_mults=[1, 2]").unwrap();
+        let net = s
+            .model
+            .transform
+            .params
+            .get("net")
+            .and_then(|v| v.as_table());
+        let net = net.expect("a table `net`");
+        assert_eq!(net.get("kind"), Some(&toml::Value::String("unet".into())));
+        assert_eq!(
+            net.get("channel_mults"),
+            Some(&toml::Value::Array(vec![1.into(), 2.into()]))
+        );
+        // A scalar in the way becomes a table: the plugin's own check then names the field.
+        s.set("transform.depth=3").unwrap();
+        s.set("transform.depth.inner=1").unwrap();
+        assert!(s.model.transform.params["depth"].is_table());
+    }
+
+    #[test]
     fn bad_assignments_are_one_line_errors() {
         let mut s = spec();
         let e = s.set("nope.x=1").unwrap_err().to_string();

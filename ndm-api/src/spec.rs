@@ -31,19 +31,44 @@ impl PluginSpec {
         })
     }
     /// Sets one param from a string, parsed as a TOML value (`0.5`, `true`, `"x"`, bare words as strings).
+    /// A dotted key reaches into a nested table, such as the spec of a plugin inside a plugin:
+    /// `net.base_channels` sets `base_channels` in the table `net` (created when absent, replacing
+    /// a value that is not a table).
     pub fn set(&mut self, key: &str, value: &str) {
-        let v = value
-            .parse::<toml::Value>()
-            .ok()
-            .or_else(|| {
-                format!("v = {value}")
-                    .parse::<toml::Table>()
-                    .ok()
-                    .and_then(|mut t| t.remove("v"))
-            })
-            .unwrap_or_else(|| toml::Value::String(value.to_string()));
-        self.params.insert(key.to_string(), v);
+        set_nested(&mut self.params, key, parse_value(value));
     }
+}
+
+fn set_nested(table: &mut Params, key: &str, v: toml::Value) {
+    match key.split_once('.') {
+        None => {
+            table.insert(key.to_string(), v);
+        }
+        Some((head, rest)) => {
+            let entry = table
+                .entry(head.to_string())
+                .or_insert_with(|| toml::Value::Table(Params::new()));
+            if !entry.is_table() {
+                *entry = toml::Value::Table(Params::new());
+            }
+            if let toml::Value::Table(inner) = entry {
+                set_nested(inner, rest, v);
+            }
+        }
+    }
+}
+
+fn parse_value(value: &str) -> toml::Value {
+    value
+        .parse::<toml::Value>()
+        .ok()
+        .or_else(|| {
+            format!("v = {value}")
+                .parse::<toml::Table>()
+                .ok()
+                .and_then(|mut t| t.remove("v"))
+        })
+        .unwrap_or_else(|| toml::Value::String(value.to_string()))
 }
 
 /// The composed model: one plugin per role and the training time grid.
