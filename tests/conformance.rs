@@ -18,6 +18,7 @@ fn ctx<'a>(
         shape: &[2],
         vb,
         registry: reg,
+        classes: 0,
     }
 }
 

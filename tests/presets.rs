@@ -53,7 +53,11 @@ fn every_preset_builds_trains_20_steps_and_samples() {
         .build_dataset(&PluginSpec::new("checkerboard"), &ctx)
         .unwrap();
     for (name, preset) in &file.presets {
-        let pipe = build(&preset.model, &[2]);
+        let mut model = preset.model.clone();
+        if model.conditional {
+            model.classes = data.num_classes();
+        }
+        let pipe = build(&model, &[2]);
         let mut cfg = preset.train.clone();
         cfg.steps = 20;
         cfg.batch_size = 64;
@@ -98,6 +102,25 @@ fn every_preset_builds_trains_20_steps_and_samples() {
             out.nfe
         );
         assert_eq!(s.nfe, expected + 1, "{name}: sampling's NFE");
+        if pipe.classes() > 0 {
+            // A guided evaluation runs the conditional and the unconditional model: twice the
+            // network evaluations, counted as such.
+            let cond = ndm_api::guidance::Conditioning {
+                classes: (0..32).map(|i| i % 8).collect(),
+                guidance: 1.0,
+            };
+            let g = ndm_api::sample::sample_clipped(
+                &pipe,
+                solver.as_ref(),
+                &grid,
+                32,
+                None,
+                Some(&cond),
+                &mut Rng::new(1),
+            )
+            .unwrap();
+            assert_eq!(g.nfe, 2 * (expected + 1), "{name}: guided sampling's NFE");
+        }
         // The preset's names resolve to registered plugins.
         reg.get(Family::Solver, &preset.sampler.solver.kind)
             .unwrap();
@@ -165,7 +188,16 @@ fn clipped_sampling_keeps_predictions_in_range() {
         .unwrap();
     let grid = TimeGrid::for_process(10, Spacing::Trailing, &pipe).unwrap();
     let range = |clip| {
-        let s = sample_clipped(&pipe, solver.as_ref(), &grid, 500, clip, &mut Rng::new(1)).unwrap();
+        let s = sample_clipped(
+            &pipe,
+            solver.as_ref(),
+            &grid,
+            500,
+            clip,
+            None,
+            &mut Rng::new(1),
+        )
+        .unwrap();
         let v: Vec<f32> = s.x.flatten_all().unwrap().to_vec1().unwrap();
         v.iter()
             .fold((f32::MAX, f32::MIN), |(a, b), x| (a.min(*x), b.max(*x)))

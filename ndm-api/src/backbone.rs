@@ -16,6 +16,11 @@ pub struct NetInput<'a> {
     pub sigma: &'a Tensor,
     /// `lambda_t`, shape `[B]`.
     pub log_snr: &'a Tensor,
+    /// The class of every example (`u32`, shape `[B]`, in `0..=K` where `K` is the model's number
+    /// of classes and `K` itself means "no class"), for a network built with classes
+    /// ([`crate::BuildCtx::classes`] above 0). `None` is "no class" for every example; a network
+    /// built without classes refuses `Some`.
+    pub class: Option<&'a Tensor>,
 }
 
 impl<'a> NetInput<'a> {
@@ -27,7 +32,13 @@ impl<'a> NetInput<'a> {
             alpha: &sb.alpha,
             sigma: &sb.sigma,
             log_snr: &sb.log_snr,
+            class: None,
         }
+    }
+
+    /// The same input with classes.
+    pub fn with_class(self, class: Option<&'a Tensor>) -> Self {
+        NetInput { class, ..self }
     }
 }
 

@@ -20,6 +20,29 @@ pub trait Dataset: Send + Sync + std::fmt::Debug {
     /// A batch of `n` examples (f32, on `device`).
     fn sample(&self, n: usize, split: Split, rng: &mut Rng, device: &Device) -> Result<Tensor>;
 
+    /// The number of classes its examples are labelled with; 0 for unlabelled data.
+    fn num_classes(&self) -> usize {
+        0
+    }
+
+    /// The name of class `k` where the dataset has names (CIFAR-10's "cat", a folder's name).
+    fn class_name(&self, _k: usize) -> Option<String> {
+        None
+    }
+
+    /// A batch with its labels (`u32`, shape `[n]`, values in `0..num_classes()`), drawing exactly
+    /// what [`Dataset::sample`] draws for the same generator, so an unconditional model trains on
+    /// the same batches either way. The default has no labels.
+    fn sample_labeled(
+        &self,
+        n: usize,
+        split: Split,
+        rng: &mut Rng,
+        device: &Device,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        Ok((self.sample(n, split, rng, device)?, None))
+    }
+
     /// `log p_data(x)` per example where the density is known in closed form.
     fn log_density(&self, _x: &Tensor) -> Result<Option<Tensor>> {
         Ok(None)
@@ -54,6 +77,12 @@ pub trait Dataset: Send + Sync + std::fmt::Debug {
     /// Dataset-specific quality metrics of model samples (e.g. the fraction of checkerboard samples
     /// that land inside the board's squares).
     fn sample_metrics(&self, _samples: &Tensor) -> Result<Vec<(String, f64)>> {
+        Ok(Vec::new())
+    }
+
+    /// Quality metrics of samples drawn for class `class`, where the dataset defines one (for the
+    /// checkerboard: the fraction inside the requested square).
+    fn class_metrics(&self, _samples: &Tensor, _class: usize) -> Result<Vec<(String, f64)>> {
         Ok(Vec::new())
     }
 }

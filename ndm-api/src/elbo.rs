@@ -224,9 +224,7 @@ pub fn continuous_diff_integrand(
     } else {
         // One batched call for dF/dt at x and at xhat: half the transform calls.
         let b = x.dim(0)?;
-        let both = pipe
-            .transform
-            .time_derivative(&Tensor::cat(&[x, &xhat], 0)?, &Tensor::cat(&[t, t], 0)?)?;
+        let both = pipe.f_dot(&Tensor::cat(&[x, &xhat], 0)?, &Tensor::cat(&[t, t], 0)?)?;
         let (dfx, dfh) = (both.narrow(0, 0, b)?, both.narrow(0, b, b)?);
         let fh = pipe.f(&xhat, t)?;
         ((dfx - dfh)?.broadcast_mul(&c.alpha)? + (fx - fh)?.broadcast_mul(&lam_alpha)?)?

@@ -1,7 +1,77 @@
-//! The sinusoidal time embedding the backbones share (the MLP of `ndm-nets`, the U-Net of
-//! `ndm-unet`).
+//! The embeddings the backbones share (the MLP of `ndm-nets`, the U-Net of `ndm-unet`): the
+//! sinusoidal time embedding and the learned class embedding of conditional models.
 
-use candle_core::{Device, Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor};
+use candle_nn::VarBuilder;
+
+/// A learned embedding of `K` classes plus one "no class" row (index `K`), which label dropout
+/// trains and classifier-free guidance uses as the unconditional model. The lookup is a one-hot
+/// matrix product, whose gradient candle computes on every device.
+#[derive(Debug, Clone)]
+pub struct ClassEmbedding {
+    table: Tensor,
+    classes: usize,
+}
+
+impl ClassEmbedding {
+    /// `classes` classes (at least 1) embedded in `dim` dimensions, the table under
+    /// `vb.pp(name)` drawn from `N(0, 1)`.
+    pub fn new(classes: usize, dim: usize, vb: VarBuilder) -> Result<Self> {
+        if classes == 0 {
+            candle_core::bail!("ClassEmbedding: needs at least one class");
+        }
+        let table = vb.get_with_hints(
+            (classes + 1, dim),
+            "class_embedding",
+            candle_nn::Init::Randn {
+                mean: 0.0,
+                stdev: 1.0,
+            },
+        )?;
+        Ok(ClassEmbedding { table, classes })
+    }
+
+    /// The number of classes (without the "no class" row).
+    pub fn classes(&self) -> usize {
+        self.classes
+    }
+
+    /// `[B, dim]`: the rows of `class` (`u32` `[B]`, values in `0..=K`), or the "no class" row
+    /// for every example when `class` is `None`.
+    pub fn forward(&self, class: Option<&Tensor>, batch: usize, dtype: DType) -> Result<Tensor> {
+        let k = self.classes;
+        let ids: Vec<u32> = match class {
+            Some(c) => {
+                let ids = c.to_dtype(DType::U32)?.to_vec1::<u32>()?;
+                if ids.len() != batch {
+                    candle_core::bail!("{} classes for a batch of {batch} examples", ids.len());
+                }
+                if let Some(bad) = ids.iter().find(|&&v| v as usize > k) {
+                    candle_core::bail!("class {bad} is outside 0..{k} (and {k} for no class)");
+                }
+                ids
+            }
+            None => vec![k as u32; batch],
+        };
+        let mut onehot = vec![0f32; batch * (k + 1)];
+        for (i, &c) in ids.iter().enumerate() {
+            onehot[i * (k + 1) + c as usize] = 1.0;
+        }
+        let onehot = Tensor::from_vec(onehot, (batch, k + 1), &Device::Cpu)?
+            .to_dtype(self.table.dtype())?
+            .to_device(self.table.device())?;
+        onehot.matmul(&self.table)?.to_dtype(dtype)
+    }
+}
+
+/// Refuses classes given to a network built without them: a silent ignore would train or sample
+/// an unconditional model while the user asked for a class.
+pub fn refuse_class(class: Option<&Tensor>, network: &str) -> Result<()> {
+    if class.is_some() {
+        candle_core::bail!("{network} was built without classes but was given a class");
+    }
+    Ok(())
+}
 
 /// Sinusoidal embedding of times `t` (shape `[B]`, in `[0, 1]`) multiplied by `scale`: `[B, dim]`
 /// holding `sin(scale f_k t)` in the first half and `cos(scale f_k t)` in the second, with
@@ -29,7 +99,29 @@ pub fn sinusoidal_embedding(t: &Tensor, dim: usize, scale: f64) -> Result<Tensor
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::DType;
+
+    #[test]
+    fn class_rows_the_no_class_row_and_bad_classes() {
+        let vm = candle_nn::VarMap::new();
+        let vb = crate::vars::seeded_var_builder(&vm, 0, DType::F32, &Device::Cpu);
+        let e = ClassEmbedding::new(3, 5, vb).unwrap();
+        let table: Vec<Vec<f32>> = e.table.to_vec2().unwrap();
+        let c = Tensor::new(&[2u32, 0, 3], &Device::Cpu).unwrap();
+        let got: Vec<Vec<f32>> = e
+            .forward(Some(&c), 3, DType::F32)
+            .unwrap()
+            .to_vec2()
+            .unwrap();
+        assert_eq!(
+            got,
+            vec![table[2].clone(), table[0].clone(), table[3].clone()]
+        );
+        let none: Vec<Vec<f32>> = e.forward(None, 2, DType::F32).unwrap().to_vec2().unwrap();
+        assert_eq!(none, vec![table[3].clone(), table[3].clone()]);
+        let bad = Tensor::new(&[4u32], &Device::Cpu).unwrap();
+        assert!(e.forward(Some(&bad), 1, DType::F32).is_err());
+        assert!(e.forward(Some(&c), 2, DType::F32).is_err());
+    }
 
     #[test]
     fn values_frequencies_and_odd_sizes() {

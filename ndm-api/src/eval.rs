@@ -64,6 +64,66 @@ pub struct NelboReport {
     /// Present when the data is discrete and was dequantized.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dequantization: Option<Dequantization>,
+    /// A conditional model's NELBO of each class, conditional on the label (bits/dim); empty for
+    /// an unconditional model.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub per_class: Vec<ClassEstimate>,
+}
+
+/// An estimate over the held-out examples of one class.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct ClassEstimate {
+    pub class: usize,
+    pub bits_per_dim: Estimate,
+}
+
+/// Per-class bits/dim of per-example values in nats, for a conditional model's report.
+fn per_class(values: &[f64], labels: &[u32], classes: usize, dims: usize) -> Vec<ClassEstimate> {
+    (0..classes)
+        .filter_map(|k| {
+            let v: Vec<f64> = values
+                .iter()
+                .zip(labels)
+                .filter(|(_, &l)| l as usize == k)
+                .map(|(v, _)| *v)
+                .collect();
+            Estimate::of(&v).map(|e| ClassEstimate {
+                class: k,
+                bits_per_dim: e.bits_per_dim(dims),
+            })
+        })
+        .collect()
+}
+
+/// A held-out batch with its labels, and the condition a conditional model evaluates it under
+/// (the NELBO and NLL of a conditional model are conditional on the label).
+fn labeled_batch(
+    pipe: &Pipeline,
+    data: &dyn Dataset,
+    n: usize,
+    rng: &mut Rng,
+) -> Result<(Tensor, Option<Vec<u32>>)> {
+    let (x, labels) = data.sample_labeled(n, Split::Test, rng, &pipe.device)?;
+    if pipe.classes() == 0 {
+        return Ok((x, None));
+    }
+    let labels = labels.ok_or_else(|| {
+        NdmError::Incompatible("a conditional model is evaluated on labelled data".into())
+    })?;
+    Ok((x, Some(labels.to_dtype(DType::U32)?.to_vec1::<u32>()?)))
+}
+
+fn condition<'a>(
+    pipe: &'a Pipeline,
+    labels: &Option<Vec<u32>>,
+    start: usize,
+    b: usize,
+) -> Result<crate::pipeline::Condition<'a>> {
+    let class = labels
+        .as_ref()
+        .map(|l| Tensor::from_vec(l[start..start + b].to_vec(), b, &pipe.device))
+        .transpose()?;
+    Ok(pipe.conditioned(class))
 }
 
 impl std::fmt::Display for NelboReport {
@@ -73,7 +133,8 @@ impl std::fmt::Display for NelboReport {
             "NELBO {} nats ({:.4} bits/dim) on {} held-out examples: L_prior {:.4}, L_diff {:.4}, L_rec {:.4}",
             self.nelbo, self.bits_per_dim.mean, self.nelbo.n, self.l_prior, self.l_diff, self.l_rec
         )?;
-        dequantization_note(f, &self.dequantization)
+        dequantization_note(f, &self.dequantization)?;
+        per_class_note(f, &self.per_class)
     }
 }
 
@@ -91,6 +152,22 @@ fn dequantization_note(
         ),
         None => Ok(()),
     }
+}
+
+/// `; conditional on the label, bits/dim per class: 0: 1.23, 1: ...` for a conditional model.
+fn per_class_note(
+    f: &mut std::fmt::Formatter<'_>,
+    per_class: &[ClassEstimate],
+) -> std::fmt::Result {
+    if per_class.is_empty() {
+        return Ok(());
+    }
+    write!(f, "; conditional on the label, bits/dim per class:")?;
+    for (i, c) in per_class.iter().enumerate() {
+        let sep = if i == 0 { " " } else { ", " };
+        write!(f, "{sep}{}: {:.3}", c.class, c.bits_per_dim.mean)?;
+    }
+    Ok(())
 }
 
 fn to_f64s(t: &Tensor) -> Result<Vec<f64>> {
@@ -129,13 +206,16 @@ pub fn evaluate_nelbo(
         };
     let offset = deq.map_or(0.0, |d| d.log_volume_nats);
     let mut totals: Vec<f64> = Vec::with_capacity(n);
+    let mut all_labels = Vec::new();
     let mut sums = [0.0f64; 3];
     for start in (0..n).step_by(batch) {
         let b = batch.min(n - start);
-        let mut x = data.sample(b, Split::Test, rng, &pipe.device)?;
+        let (mut x, labels) = labeled_batch(pipe, data, b, rng)?;
         if let Some(d) = &deq {
             x = d.apply(&x, rng)?;
         }
+        let _cond = condition(pipe, &labels, 0, b)?;
+        all_labels.extend(labels.unwrap_or_default());
         let terms = match pipe.spec.steps {
             Some(t_total) => discrete_nelbo(pipe, &x, t_total, DiffEstimate::Exhaustive, rng)?,
             None => continuous_nelbo(
@@ -171,6 +251,7 @@ pub fn evaluate_nelbo(
         l_diff: sums[1] / nf,
         l_rec: sums[2] / nf,
         dequantization: deq,
+        per_class: per_class(&totals, &all_labels, pipe.classes(), pipe.data_dims()),
     })
 }
 
@@ -190,6 +271,9 @@ pub struct NllReport {
     /// Present when the data is discrete and was dequantized.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dequantization: Option<Dequantization>,
+    /// A conditional model's NLL of each class, conditional on the label; empty otherwise.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub per_class: Vec<ClassEstimate>,
 }
 
 impl std::fmt::Display for NllReport {
@@ -199,7 +283,8 @@ impl std::fmt::Display for NllReport {
             "ODE NLL {} nats ({:.4} bits/dim) on {} held-out examples, trace {} x{}, rk45 NFE {}",
             self.nll, self.bits_per_dim.mean, self.nll.n, self.trace, self.probes, self.nfe
         )?;
-        dequantization_note(f, &self.dequantization)
+        dequantization_note(f, &self.dequantization)?;
+        per_class_note(f, &self.per_class)
     }
 }
 
@@ -223,7 +308,7 @@ pub fn evaluate_ode_nll(
         ));
     }
     let deq = Dequantization::for_data(data, pipe.data_dims());
-    let mut x = data.sample(n, Split::Test, rng, &pipe.device)?;
+    let (mut x, labels) = labeled_batch(pipe, data, n, rng)?;
     if let Some(d) = &deq {
         x = d.apply(&x, rng)?;
     }
@@ -232,6 +317,7 @@ pub fn evaluate_ode_nll(
     let mut nfe = 0;
     for start in (0..n).step_by(batch) {
         let b = batch.min(n - start);
+        let _cond = condition(pipe, &labels, start, b)?;
         let r = ode_nll(pipe, &x.narrow(0, start, b)?, opts, rng)?;
         all.extend(r.nll.into_iter().map(|v| v + offset));
         nfe += r.stats.nfe;
@@ -250,6 +336,12 @@ pub fn evaluate_ode_nll(
         atol: opts.tol.atol,
         nfe,
         dequantization: deq,
+        per_class: per_class(
+            &all,
+            labels.as_deref().unwrap_or_default(),
+            pipe.classes(),
+            pipe.data_dims(),
+        ),
     })
 }
 

@@ -47,7 +47,7 @@
 //!
 //! pipe.set_weights(&state.ema)?; // sample and evaluate with the EMA weights
 //! let mut rng = Rng::new(1);
-//! let (samples, grid) = sample_with(&pipe, &spec.sampler, &setup.plugins, 100, None, &mut rng)?;
+//! let (samples, grid) = sample_with(&pipe, &spec.sampler, &setup.plugins, 100, None, None, &mut rng)?;
 //! assert_eq!(samples.x.dims(), &[100, 2]);
 //! println!("{} solver steps, NFE {}", grid.steps(), samples.nfe);
 //! let report = evaluate_nelbo(&pipe, data.as_ref(), 50, 50, &mut rng)?;
@@ -63,6 +63,7 @@ pub mod elbo;
 pub mod embedding;
 pub mod error;
 pub mod eval;
+pub mod guidance;
 pub mod likelihood;
 pub mod linalg;
 pub mod objective;

@@ -77,7 +77,22 @@ impl RunSpec {
                     .map_err(|_| bad(assignment, "model.decoder is gaussian or discretized"))?;
                 Ok(())
             }
-            "model" => Err(bad(assignment, "model fields are `steps` and `decoder`")),
+            "model" if field == "conditional" => {
+                self.model.conditional = value
+                    .parse()
+                    .map_err(|_| bad(assignment, "model.conditional is true or false"))?;
+                Ok(())
+            }
+            "model" if field == "classes" => {
+                self.model.classes = value
+                    .parse()
+                    .map_err(|_| bad(assignment, "model.classes takes a non-negative integer"))?;
+                Ok(())
+            }
+            "model" => Err(bad(
+                assignment,
+                "model fields are `steps`, `decoder`, `conditional` and `classes`",
+            )),
             "train" => {
                 let mut table = toml::Table::try_from(&self.train)
                     .map_err(|e| bad(assignment, crate::error::one_line(&e)))?;
@@ -126,6 +141,8 @@ mod tests {
                 prior: p("gaussian"),
                 objective: p("eps-mse"),
                 decoder: Default::default(),
+                conditional: false,
+                classes: 0,
             },
             sampler: SamplerSpec {
                 solver: p("ddim"),

@@ -35,6 +35,28 @@ pub struct Pipeline {
     /// training-time randomness (dropout). `None` outside training, so sampling and evaluation
     /// are deterministic.
     training: std::sync::Mutex<Option<crate::Rng>>,
+    /// Set for the length of a [`Condition`]: the classes of the batch being trained, sampled or
+    /// evaluated, which every network call of a conditional model sees.
+    condition: std::sync::Mutex<Option<Tensor>>,
+}
+
+/// While alive, every network of a conditional pipeline sees the classes it was made with
+/// ([`Pipeline::conditioned`]); dropping it puts back the classes that were set before (also on
+/// an error path), so conditions nest.
+#[derive(Debug)]
+pub struct Condition<'a> {
+    pipe: &'a Pipeline,
+    previous: Option<Tensor>,
+}
+
+impl Drop for Condition<'_> {
+    fn drop(&mut self) {
+        *self
+            .pipe
+            .condition
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = self.previous.take();
+    }
 }
 
 /// While alive, [`Pipeline::xhat`] runs the backbone in training mode with draws from its
@@ -81,6 +103,7 @@ impl Pipeline {
             shape: data_shape,
             vb,
             registry: reg,
+            classes: if spec.conditional { spec.classes } else { 0 },
         };
         let data_shape = data_shape.to_vec();
         let transform = reg.build_transform(&spec.transform, &base.pp("transform", &data_shape))?;
@@ -105,6 +128,7 @@ impl Pipeline {
             device: device.clone(),
             dtype,
             training: std::sync::Mutex::new(None),
+            condition: std::sync::Mutex::new(None),
         };
         pipe.validate()?;
         pipe.objective.check(&pipe)?;
@@ -180,13 +204,75 @@ impl Pipeline {
         })
     }
 
-    /// `F(x, t)`.
+    /// `F(x, t)` (given the classes of the current [`Condition`] for a conditional transform).
     pub fn f(&self, x: &Tensor, t: &Tensor) -> candle_core::Result<Tensor> {
         if self.transform.is_identity() {
             Ok(x.clone())
         } else {
-            self.transform.forward(x, t)
+            let class = self.class_for(x.dim(0)?)?;
+            self.transform.forward_with(x, t, class.as_ref())
         }
+    }
+
+    /// `dF/dt (x, t)` (given the classes of the current [`Condition`]).
+    pub fn f_dot(&self, x: &Tensor, t: &Tensor) -> candle_core::Result<Tensor> {
+        if self.transform.is_identity() {
+            x.zeros_like()
+        } else {
+            let class = self.class_for(x.dim(0)?)?;
+            self.transform.time_derivative_with(x, t, class.as_ref())
+        }
+    }
+
+    /// The number of classes of a conditional model; 0 when unconditional.
+    pub fn classes(&self) -> usize {
+        if self.spec.conditional {
+            self.spec.classes
+        } else {
+            0
+        }
+    }
+
+    /// The "no class" label (`K`) of a conditional model with `K` classes.
+    pub fn no_class(&self) -> u32 {
+        self.classes() as u32
+    }
+
+    /// Conditions every network call on `class` (`u32` `[B]`, values in `0..=K`, `K` meaning no
+    /// class; `None` means no class for every example) until the returned guard is dropped.
+    /// Objectives, solvers and likelihoods need not know: the networks see the classes through
+    /// [`Pipeline::network`] and [`Pipeline::f`]. A call on a batch that stacks `k` copies of
+    /// the conditioned batch (as the continuous NELBO does with `[x; xhat]`) sees the classes
+    /// repeated `k` times. On an unconditional model this is a no-op.
+    pub fn conditioned(&self, class: Option<Tensor>) -> Condition<'_> {
+        let mut cur = self.condition.lock().unwrap_or_else(|e| e.into_inner());
+        let previous = if self.classes() > 0 {
+            std::mem::replace(&mut *cur, class)
+        } else {
+            cur.clone()
+        };
+        Condition {
+            pipe: self,
+            previous,
+        }
+    }
+
+    /// The classes of the current condition for a network call on `batch` examples.
+    fn class_for(&self, batch: usize) -> candle_core::Result<Option<Tensor>> {
+        let cur = self.condition.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(c) = cur.as_ref() else {
+            return Ok(None);
+        };
+        let n = c.dim(0)?;
+        if n == batch {
+            return Ok(Some(c.clone()));
+        }
+        if n == 0 || !batch.is_multiple_of(n) {
+            candle_core::bail!(
+                "a network call on {batch} examples inside a condition on {n} classes"
+            );
+        }
+        Ok(Some(Tensor::cat(&vec![c; batch / n], 0)?))
     }
 
     /// Training mode until the returned guard is dropped: the backbone's training-time randomness
@@ -200,12 +286,20 @@ impl Pipeline {
     /// The backbone's raw output: in training mode ([`Pipeline::training_mode`]) its training
     /// forward with the step's generator, otherwise its deterministic forward.
     pub fn network(&self, input: &NetInput) -> candle_core::Result<Tensor> {
+        let class = match input.class {
+            Some(_) => None,
+            None => self.class_for(input.z.dim(0)?)?,
+        };
+        let input = match &class {
+            Some(c) => input.clone().with_class(Some(c)),
+            None => input.clone(),
+        };
         let mut training = self.training.lock().unwrap_or_else(|e| e.into_inner());
         match training.as_mut() {
-            Some(rng) => self.backbone.forward_train(input, rng),
+            Some(rng) => self.backbone.forward_train(&input, rng),
             None => {
                 drop(training);
-                self.backbone.forward(input)
+                self.backbone.forward(&input)
             }
         }
     }
@@ -330,7 +424,7 @@ impl Pipeline {
         let score = self.tracked_score(z, xhat, &tt, &p)?;
         let mut drift = ((z * p.dlog_alpha)? - (score * (c / 2.0))?)?;
         if !self.transform.is_identity() {
-            let fdot = self.transform.time_derivative(xhat, &tt)?;
+            let fdot = self.f_dot(xhat, &tt)?;
             drift = (drift + (fdot * p.alpha)?)?;
         }
         Ok((drift, g2.max(0.0).sqrt()))

@@ -66,6 +66,9 @@ pub struct BuildCtx<'a> {
     pub shape: &'a [usize],
     pub vb: VarBuilder<'a>,
     pub registry: &'a PluginRegistry,
+    /// The number of classes of a conditional model (its networks embed a class, plus a "no class"
+    /// entry); 0 for an unconditional model.
+    pub classes: usize,
 }
 
 impl<'a> BuildCtx<'a> {
@@ -77,6 +80,7 @@ impl<'a> BuildCtx<'a> {
             shape,
             vb: self.vb.pp(prefix),
             registry: self.registry,
+            classes: self.classes,
         }
     }
 
@@ -89,6 +93,7 @@ impl<'a> BuildCtx<'a> {
             shape: &[],
             vb: VarBuilder::zeros(DType::F32, device),
             registry,
+            classes: 0,
         }
     }
 }

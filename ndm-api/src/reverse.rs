@@ -49,6 +49,11 @@ pub trait ReverseProcess: Send + Sync + std::fmt::Debug {
     /// down to `t_min`, with `g^2 = eta^2 (-dlambda/dt) sigma^2`; `eta = 0` is the probability-flow
     /// ODE. Returns the drift and `g`.
     fn reverse_sde(&self, z: &Tensor, xhat: &Tensor, t: f64, eta: f64) -> Result<(Tensor, f64)>;
+    /// Network evaluations per [`ReverseProcess::predict_x`] and example: 1, or 2 for a guided
+    /// process that also evaluates the unconditional model. Samplers multiply their count by it.
+    fn network_passes(&self) -> usize {
+        1
+    }
     /// The probability-flow ODE's drift at `(z, t)` (the reverse SDE with `eta = 0` at the model's
     /// own prediction): one network evaluation, detached.
     fn probability_flow(&self, z: &Tensor, t: f64) -> Result<Tensor> {
@@ -108,6 +113,9 @@ where
     }
     fn schedule_point(&self, t: f64) -> SchedulePoint {
         self.inner.schedule_point(t)
+    }
+    fn network_passes(&self) -> usize {
+        self.inner.network_passes()
     }
     fn predict_x(&self, z: &Tensor, t: f64) -> Result<Tensor> {
         (self.map)(self.inner.predict_x(z, t)?)

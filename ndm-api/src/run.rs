@@ -55,20 +55,38 @@ impl RunSpec {
         Ok(spec)
     }
 
-    /// Checks every part against the registry, fills in every default and the data shape, and
-    /// validates the training config: what `spec.toml` records.
+    /// Checks every part against the registry, fills in every default, the data shape and (for a
+    /// conditional model) the dataset's number of classes, and validates the training config:
+    /// what `spec.toml` records.
     pub fn resolve(&self, plugins: &PluginRegistry, device: &Device) -> Result<RunSpec> {
         let mut out = self.clone();
-        out.model = self.model.resolve(plugins)?;
-        out.sampler.solver = self.sampler.solver.resolve(Family::Solver, plugins)?;
         out.dataset = self.dataset.resolve(Family::Dataset, plugins)?;
+        let data = out.build_dataset(plugins, device)?;
+        if out.model.conditional {
+            let k = data.num_classes();
+            if k == 0 {
+                return Err(crate::NdmError::Incompatible(format!(
+                    "model.conditional needs labels; dataset {} has none",
+                    out.dataset.kind
+                )));
+            }
+            if out.model.classes != 0 && out.model.classes != k {
+                return Err(crate::NdmError::Incompatible(format!(
+                    "model.classes = {} but dataset {} has {k} classes",
+                    out.model.classes, out.dataset.kind
+                )));
+            }
+            out.model.classes = k;
+        }
+        out.model = out.model.resolve(plugins)?;
+        out.sampler.solver = self.sampler.solver.resolve(Family::Solver, plugins)?;
         out.train.validate()?;
         // Built once here so a bad solver value is refused before training, not after it.
         plugins.build_solver(
             &out.sampler.solver,
             &BuildCtx::without_weights(device, plugins),
         )?;
-        out.data_shape = out.build_dataset(plugins, device)?.data_shape();
+        out.data_shape = data.data_shape();
         Ok(out)
     }
 

@@ -1,5 +1,6 @@
 //! Sampling from a pipeline: prior draw, solver, decoder.
 
+use crate::guidance::{Conditioning, Guided};
 use crate::pipeline::Pipeline;
 use crate::reverse::{MapPrediction, ReverseProcess};
 use crate::rng::Rng;
@@ -14,7 +15,8 @@ pub struct Samples {
     pub x: Tensor,
     /// The prior draw they started from, `[n, ..L]`.
     pub z_start: Tensor,
-    /// Network evaluations per sample (the final decode included).
+    /// Network evaluations per sample (the final decode included; a guided evaluation counts
+    /// two, see [`ReverseProcess::network_passes`]).
     pub nfe: usize,
 }
 
@@ -26,17 +28,20 @@ pub fn sample(
     n: usize,
     rng: &mut Rng,
 ) -> Result<Samples> {
-    sample_clipped(pipe, solver, grid, n, None, rng)
+    sample_clipped(pipe, solver, grid, n, None, None, rng)
 }
 
 /// [`sample`] with the prediction `xhat` clamped to `clip = (lo, hi)` at every step and in the
-/// final decode (see [`MapPrediction::clipped`]).
+/// final decode (see [`MapPrediction::clipped`]), and for a conditional model, of the classes
+/// of `cond` (one per sample, so `n` must be their number) with its guidance scale. Without
+/// `cond` a conditional model samples unconditionally (its "no class" entry).
 pub fn sample_clipped(
     pipe: &Pipeline,
     solver: &dyn Solver,
     grid: &TimeGrid,
     n: usize,
     clip: Option<(f64, f64)>,
+    cond: Option<&Conditioning>,
     rng: &mut Rng,
 ) -> Result<Samples> {
     if n == 0 {
@@ -44,22 +49,42 @@ pub fn sample_clipped(
             "the number of samples must be at least 1".into(),
         ));
     }
+    if let Some(c) = cond {
+        if c.classes.len() != n {
+            return Err(NdmError::InvalidArgument(format!(
+                "{} classes for {n} samples: give one class per sample",
+                c.classes.len()
+            )));
+        }
+    }
     let mut shape = vec![n];
     shape.extend(&pipe.latent_shape);
     let z_start = pipe.prior.sample(&shape, rng, pipe.dtype, &pipe.device)?;
+    let guided = cond.map(|c| Guided::new(pipe, c)).transpose()?;
+    let base: &dyn ReverseProcess = match &guided {
+        Some(g) => g,
+        None => pipe,
+    };
     let clipped;
     let rp: &dyn ReverseProcess = match clip {
         Some((lo, hi)) => {
-            clipped = MapPrediction::clipped(pipe, lo, hi);
+            clipped = MapPrediction::clipped(base, lo, hi);
             &clipped
         }
-        None => pipe,
+        None => base,
     };
     let out = solver.sample(rp, z_start.clone(), grid, rng)?;
     let t_min = grid.end();
     // The decoder mean at t_min (clamped like every prediction), through the transform's decoder.
     let xhat = rp.predict_x(&out.z, t_min)?;
-    let x = pipe.transform.decode(&xhat)?.unwrap_or(xhat);
+    let x = {
+        // A conditional transform's decoder (when it has one) decodes with the samples' classes.
+        let _c = pipe.conditioned(
+            cond.map(|c| Tensor::from_vec(c.classes.clone(), n, &pipe.device))
+                .transpose()?,
+        );
+        pipe.transform.decode(&xhat)?.unwrap_or(xhat)
+    };
     let finite = x
         .to_dtype(DType::F64)?
         .abs()?
@@ -74,7 +99,7 @@ pub fn sample_clipped(
     Ok(Samples {
         x,
         z_start,
-        nfe: out.nfe + 1,
+        nfe: (out.nfe + 1) * rp.network_passes(),
     })
 }
 
@@ -97,13 +122,14 @@ impl crate::spec::SamplerSpec {
 }
 
 /// Draws `n` samples the way a sampler spec says (its solver, steps and spacing), with `xhat`
-/// clamped to `clip` when given.
+/// clamped to `clip` when given, of the classes of `cond` (see [`sample_clipped`]).
 pub fn sample_with(
     pipe: &Pipeline,
     sampler: &crate::spec::SamplerSpec,
     plugins: &crate::PluginRegistry,
     n: usize,
     clip: Option<(f64, f64)>,
+    cond: Option<&Conditioning>,
     rng: &mut Rng,
 ) -> Result<(Samples, TimeGrid)> {
     let solver = plugins.build_solver(
@@ -112,7 +138,7 @@ pub fn sample_with(
     )?;
     let grid = sampler.grid(pipe)?;
     Ok((
-        sample_clipped(pipe, solver.as_ref(), &grid, n, clip, rng)?,
+        sample_clipped(pipe, solver.as_ref(), &grid, n, clip, cond, rng)?,
         grid,
     ))
 }

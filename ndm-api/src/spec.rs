@@ -87,6 +87,18 @@ pub struct ModelSpec {
     /// The decoder `p(x | z_0)` of the NELBO's `L_rec` (for transforms without their own).
     #[serde(default, skip_serializing_if = "Decoder::is_default")]
     pub decoder: Decoder,
+    /// A class-conditional model: its networks see the class of each example (and a "no class"
+    /// entry, trained by label dropout `train.cond_drop`, for classifier-free guidance).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub conditional: bool,
+    /// The number of classes of a conditional model, taken from the dataset when the run is
+    /// resolved ([`crate::run::RunSpec::resolve`]); 0 when unconditional.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub classes: usize,
+}
+
+fn is_zero(v: &usize) -> bool {
+    *v == 0
 }
 
 /// The decoder `p(x | z_0)` of the reconstruction term, around the prediction `xhat(z_0, 0)` with
@@ -127,6 +139,17 @@ impl ModelSpec {
             return Err(NdmError::Spec(
                 "model.steps must be at least 1 (or absent for continuous time)".into(),
             ));
+        }
+        if self.conditional && self.classes == 0 {
+            return Err(NdmError::Spec(
+                "model.conditional needs the number of classes (model.classes): a run takes it from a dataset with labels".into(),
+            ));
+        }
+        if !self.conditional && self.classes > 0 {
+            return Err(NdmError::Spec(format!(
+                "model.classes = {} on a model that is not conditional: set model.conditional = true too",
+                self.classes
+            )));
         }
         let mut out = self.clone();
         for (family, part) in out.parts_mut() {
@@ -176,6 +199,10 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Steps between checkpoints.
     pub checkpoint_every: usize,
+    /// Conditional models: the probability that an example's label is replaced by "no class" in
+    /// a training step, which trains the unconditional model classifier-free guidance needs.
+    /// Unconditional models ignore it.
+    pub cond_drop: f64,
     /// Changes of `steps` made when a run was resumed with another step count, oldest first. From
     /// each change's `at_step` on, the rate follows a half cosine from the rate the run had reached
     /// at that step down to `lr * final_lr_ratio` at the new `steps`: no jump, and the first
@@ -210,6 +237,7 @@ impl Default for TrainConfig {
             ema_decay: 0.995,
             seed: 0,
             checkpoint_every: 1000,
+            cond_drop: 0.1,
             step_changes: Vec::new(),
         }
     }
@@ -269,6 +297,9 @@ impl TrainConfig {
         }
         if !(0.0..=1.0).contains(&self.final_lr_ratio) {
             return bad("train.final_lr_ratio must be in [0, 1]");
+        }
+        if !(0.0..1.0).contains(&self.cond_drop) {
+            return bad("train.cond_drop must be in [0, 1)");
         }
         if !(0.0..1.0).contains(&self.ema_decay) {
             return bad("train.ema_decay must be in [0, 1)");

@@ -85,22 +85,53 @@ impl<'a> Trainer<'a> {
         })
     }
 
+    /// A conditional model's classes for a training step: the batch's labels, each replaced by
+    /// "no class" with probability `train.cond_drop` (label dropout, from a generator derived
+    /// from the seed and the step, so a resumed run drops the same labels). `None` for an
+    /// unconditional model, which draws nothing here.
+    fn training_classes(&self, labels: Option<Tensor>, step: usize) -> Result<Option<Tensor>> {
+        let k = self.pipe.classes();
+        if k == 0 {
+            return Ok(None);
+        }
+        let labels = labels.ok_or_else(|| {
+            NdmError::Incompatible("a conditional model needs a dataset with labels".into())
+        })?;
+        let mut ids = labels.to_dtype(DType::U32)?.to_vec1::<u32>()?;
+        let mut rng = Rng::derived(self.cfg.seed.wrapping_add(step as u64), "cond_drop");
+        for id in ids.iter_mut() {
+            if (*id as usize) >= k {
+                return Err(NdmError::Spec(format!(
+                    "the dataset gave label {id}; the model has {k} classes"
+                )));
+            }
+            if rng.uniform() < self.cfg.cond_drop {
+                *id = k as u32;
+            }
+        }
+        let n = ids.len();
+        Ok(Some(Tensor::from_vec(ids, n, &self.pipe.device)?))
+    }
+
     /// One step. A non-finite loss or gradient is an error and leaves weights and state untouched,
     /// so the caller can still checkpoint the last good state.
     pub fn step(&self, state: &mut TrainState, data: &dyn Dataset) -> Result<StepReport> {
         let cfg = &self.cfg;
         let step = state.step + 1;
-        let x = data.sample(
+        let (x, labels) = data.sample_labeled(
             cfg.batch_size,
             Split::Train,
             &mut state.rng,
             &self.pipe.device,
         )?;
         let data_after = data.iteration_state();
+        let class = self.training_classes(labels, step)?;
         let mode = self
             .pipe
             .training_mode(Rng::derived(cfg.seed.wrapping_add(step as u64), "dropout"));
+        let cond = self.pipe.conditioned(class);
         let out = self.pipe.objective.loss(self.pipe, &x, &mut state.rng)?;
+        drop(cond);
         drop(mode);
         let loss = scalar(&out.loss)?;
         if !loss.is_finite() {

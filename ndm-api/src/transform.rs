@@ -57,10 +57,27 @@ pub trait Transform: Send + Sync + std::fmt::Debug {
 
     /// `dF/dt (x, t)`; the default is [`central_difference_dt`] over [`Transform::forward`].
     fn time_derivative(&self, x: &Tensor, t: &Tensor) -> Result<Tensor> {
+        self.time_derivative_with(x, t, None)
+    }
+
+    /// `F(x, t | class)` for a transform that can be class-conditional (`class`: `u32` `[B]`, see
+    /// [`crate::NetInput::class`]); the default ignores the class, which is right for every
+    /// transform that does not learn one.
+    fn forward_with(&self, x: &Tensor, t: &Tensor, _class: Option<&Tensor>) -> Result<Tensor> {
+        self.forward(x, t)
+    }
+
+    /// `dF/dt (x, t | class)`: [`central_difference_dt`] over [`Transform::forward_with`].
+    fn time_derivative_with(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        class: Option<&Tensor>,
+    ) -> Result<Tensor> {
         if self.is_identity() {
             return x.zeros_like();
         }
-        central_difference_dt(|tt| self.forward(x, tt), t)
+        central_difference_dt(|tt| self.forward_with(x, tt, class), t)
     }
 
     /// The latent shape (without batch) for a data shape (without batch).

@@ -194,6 +194,14 @@ pub struct SampleArgs {
     /// Set one solver param: `solver.snr=0.1`, `solver.rtol=1e-4` (repeatable).
     #[arg(long = "set", value_name = "solver.FIELD=VALUE")]
     pub set: Vec<String>,
+    /// A conditional run's class for every sample (0..K-1), or `all` for an equal share of every
+    /// class (images: a grid with one row per class). Default for a conditional run: all.
+    #[arg(long, visible_alias = "classes", value_name = "K|all")]
+    pub class: Option<String>,
+    /// Classifier-free guidance scale w >= 0 of a conditional run: xhat = (1 + w) xhat(z | c) -
+    /// w xhat(z); 0 (the default) samples the conditional model.
+    #[arg(long, allow_negative_numbers = true)]
+    pub guidance: Option<f64>,
 }
 
 #[derive(Debug, Args, Clone)]

@@ -119,6 +119,12 @@ fn train_sample_eval_resume_end_to_end() {
     assert!(run.join("samples-ancestral-10.safetensors").is_file());
     let (ok, stdout, stderr) = out(runner(tmp.path()).args(["eval", "run", "--examples", "50"]));
     assert!(ok && stdout.contains("bits/dim"), "{stderr}");
+    // An unconditional run takes no class and no guidance.
+    for flag in [["--class", "3"], ["--guidance", "1"]] {
+        let (ok, _, stderr) = out(runner(tmp.path()).args(["sample", "run"]).args(flag));
+        assert!(!ok);
+        assert_clean_error(&stderr, "class-conditional run");
+    }
     // Refuses to overwrite, resumes on request.
     let (ok, _, stderr) = out(runner(tmp.path())
         .args(["train", "--model", "ddim", "--out", "run"])
@@ -176,6 +182,71 @@ fn train_sample_eval_resume_end_to_end() {
         out(runner(tmp.path()).args(["train", "--out", "run", "--resume", "--train-steps", "20"]));
     assert!(!ok);
     assert_clean_error(&stderr, "--train-steps must be larger");
+}
+
+#[test]
+fn conditional_run_samples_a_class_all_classes_and_refuses_bad_ones() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (ok, stdout, stderr) = out(runner(tmp.path())
+        .args(["train", "--model", "ddpm-cond", "--out", "run"])
+        .args(SMALL));
+    assert!(ok, "{stderr}");
+    // The run's own samples cover every class, and its NELBO is reported per class.
+    assert!(
+        stdout.contains("in_requested_square") && stdout.contains("per class"),
+        "{stdout}"
+    );
+    let (ok, stdout, stderr) = out(runner(tmp.path()).args([
+        "sample",
+        "run",
+        "--class",
+        "5",
+        "--guidance",
+        "2",
+        "-n",
+        "40",
+        "--steps",
+        "10",
+    ]));
+    assert!(ok, "{stderr}");
+    // Guided: two network evaluations per step and for the decoder.
+    assert!(
+        stdout.contains("NFE 22") && stdout.contains("mean of 1 classes"),
+        "{stdout}"
+    );
+    let (ok, stdout, stderr) = out(runner(tmp.path()).args([
+        "sample",
+        "run",
+        "--classes",
+        "all",
+        "-n",
+        "40",
+        "--steps",
+        "10",
+    ]));
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("sampled 40") && stdout.contains("mean of 8 classes"),
+        "{stdout}"
+    );
+    for (flag, value, needle) in [
+        (
+            "--class",
+            "8",
+            "--class 8 is out of range: the model has 8 classes",
+        ),
+        ("--class", "two", "--class takes a class number or `all`"),
+        (
+            "--guidance",
+            "-1",
+            "guidance scale must be a non-negative number",
+        ),
+    ] {
+        let (ok, _, stderr) =
+            out(runner(tmp.path()).args(["sample", "run", "--steps", "5", flag, value]));
+        assert!(!ok, "{flag} {value}");
+        assert_clean_error(&stderr, needle);
+    }
 }
 
 /// Reads every tensor of a safetensors file as f32 values, by name.

@@ -19,11 +19,28 @@ pub fn generate(
     device: &Device,
     mut point: impl FnMut(&mut Vec<f64>),
 ) -> Result<Tensor> {
+    Ok(generate_labeled(n, d, device, |v| {
+        point(v);
+        0
+    })?
+    .0)
+}
+
+/// `n` points of dimension `d` from a generator that pushes a point and returns its label: the
+/// points as an f32 tensor `[n, d]` and the labels as a `u32` tensor `[n]`.
+pub fn generate_labeled(
+    n: usize,
+    d: usize,
+    device: &Device,
+    mut point: impl FnMut(&mut Vec<f64>) -> u32,
+) -> Result<(Tensor, Tensor)> {
     let mut v = Vec::with_capacity(n * d);
+    let mut labels = Vec::with_capacity(n);
     for _ in 0..n {
-        point(&mut v);
+        labels.push(point(&mut v));
     }
-    Tensor::from_vec(v, (n, d), &Device::Cpu)?
+    let x = Tensor::from_vec(v, (n, d), &Device::Cpu)?
         .to_dtype(ndm_api::candle_core::DType::F32)?
-        .to_device(device)
+        .to_device(device)?;
+    Ok((x, Tensor::from_vec(labels, n, device)?))
 }

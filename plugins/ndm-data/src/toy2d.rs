@@ -1,6 +1,6 @@
 //! Two-dimensional toy densities.
 
-use crate::generate;
+use crate::generate_labeled;
 use ndm_api::candle_core::{DType, Device, Result, Tensor};
 use ndm_api::registry::BuildCtx;
 use ndm_api::registry::NoParams;
@@ -38,34 +38,93 @@ pub struct Toy2d {
     pub noise: f64,
 }
 
+impl Toy2d {
+    /// Points with their labels: the moon (0 upper, 1 lower), the Gaussian's index (0..8
+    /// counter-clockwise from the positive x axis), 0 for the swiss roll.
+    fn draw(&self, n: usize, rng: &mut Rng, device: &Device) -> Result<(Tensor, Tensor)> {
+        let noise = self.noise;
+        generate_labeled(n, 2, device, |v| {
+            let (x, y, label) = match self.kind {
+                Toy2dKind::Moons => {
+                    let a = PI * rng.uniform();
+                    if rng.uniform() < 0.5 {
+                        (a.cos() - 0.5, a.sin() - 0.25, 0)
+                    } else {
+                        (0.5 - a.cos(), 0.25 - a.sin(), 1)
+                    }
+                }
+                Toy2dKind::EightGaussians => {
+                    let k = rng.below(8);
+                    let a = 2.0 * PI * k as f64 / 8.0;
+                    (2.0 * a.cos(), 2.0 * a.sin(), k as u32)
+                }
+                Toy2dKind::SwissRoll => {
+                    let t = 1.5 * PI * (1.0 + 2.0 * rng.uniform());
+                    (t * t.cos() / 5.0, t * t.sin() / 5.0, 0)
+                }
+            };
+            v.push(x + noise * rng.normal());
+            v.push(y + noise * rng.normal());
+            label
+        })
+    }
+}
+
 impl Dataset for Toy2d {
     fn data_shape(&self) -> Vec<usize> {
         vec![2]
     }
     fn sample(&self, n: usize, _split: Split, rng: &mut Rng, device: &Device) -> Result<Tensor> {
-        let noise = self.noise;
-        generate(n, 2, device, |v| {
-            let (x, y) = match self.kind {
-                Toy2dKind::Moons => {
-                    let a = PI * rng.uniform();
-                    if rng.uniform() < 0.5 {
-                        (a.cos() - 0.5, a.sin() - 0.25)
-                    } else {
-                        (0.5 - a.cos(), 0.25 - a.sin())
-                    }
-                }
-                Toy2dKind::EightGaussians => {
-                    let a = 2.0 * PI * rng.below(8) as f64 / 8.0;
-                    (2.0 * a.cos(), 2.0 * a.sin())
-                }
-                Toy2dKind::SwissRoll => {
-                    let t = 1.5 * PI * (1.0 + 2.0 * rng.uniform());
-                    (t * t.cos() / 5.0, t * t.sin() / 5.0)
-                }
-            };
-            v.push(x + noise * rng.normal());
-            v.push(y + noise * rng.normal());
-        })
+        Ok(self.draw(n, rng, device)?.0)
+    }
+    /// Moons: 2 (which moon); 8gaussians: 8 (which Gaussian); the swiss roll has no labels.
+    fn num_classes(&self) -> usize {
+        match self.kind {
+            Toy2dKind::Moons => 2,
+            Toy2dKind::EightGaussians => 8,
+            Toy2dKind::SwissRoll => 0,
+        }
+    }
+    fn sample_labeled(
+        &self,
+        n: usize,
+        _split: Split,
+        rng: &mut Rng,
+        device: &Device,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let (x, labels) = self.draw(n, rng, device)?;
+        Ok((x, (self.num_classes() > 0).then_some(labels)))
+    }
+    /// 8gaussians: `nearest_is_requested`, the fraction of samples whose nearest centre is their
+    /// class's Gaussian.
+    fn class_metrics(&self, samples: &Tensor, class: usize) -> Result<Vec<(String, f64)>> {
+        if self.kind != Toy2dKind::EightGaussians {
+            return Ok(Vec::new());
+        }
+        let p = samples
+            .to_dtype(DType::F64)?
+            .flatten_from(1)?
+            .to_vec2::<f64>()?;
+        let nearest = |q: &[f64]| {
+            (0..8)
+                .map(|k| {
+                    let a = 2.0 * PI * k as f64 / 8.0;
+                    (
+                        (q[0] - 2.0 * a.cos()).powi(2) + (q[1] - 2.0 * a.sin()).powi(2),
+                        k,
+                    )
+                })
+                .min_by(|a, b| a.0.total_cmp(&b.0))
+                .map_or(usize::MAX, |(_, k)| k)
+        };
+        let hits = p
+            .iter()
+            .filter(|q| q.len() == 2 && nearest(q) == class)
+            .count();
+        Ok(vec![(
+            "nearest_is_requested".into(),
+            hits as f64 / p.len().max(1) as f64,
+        )])
     }
 }
 
@@ -81,6 +140,26 @@ impl Checkerboard {
             && (-2.0..2.0).contains(&y)
             && (x.floor() as i64 + y.floor() as i64) % 2 == 0
     }
+
+    /// The square a class labels: `(column, row)` of the board's lower-left corners, for
+    /// `class` in 0..8 (row `class / 2` from the bottom, the `class % 2`-th dark square in it).
+    pub fn square(class: usize) -> (f64, f64) {
+        let (row, k) = (class / 2, class % 2);
+        // In row `row`, the dark columns are those with (col + row) even.
+        let col = 2 * k + (row % 2);
+        (col as f64 - 2.0, row as f64 - 2.0)
+    }
+
+    /// Points with their square's class.
+    fn draw(n: usize, rng: &mut Rng, device: &Device) -> Result<(Tensor, Tensor)> {
+        generate_labeled(n, 2, device, |v| {
+            let cell = rng.below(8);
+            let (x0, y0) = Checkerboard::square(cell);
+            v.push(x0 + rng.uniform());
+            v.push(y0 + rng.uniform());
+            cell as u32
+        })
+    }
 }
 
 impl Dataset for Checkerboard {
@@ -88,14 +167,39 @@ impl Dataset for Checkerboard {
         vec![2]
     }
     fn sample(&self, n: usize, _split: Split, rng: &mut Rng, device: &Device) -> Result<Tensor> {
-        generate(n, 2, device, |v| {
-            let cell = rng.below(8);
-            let (row, k) = (cell / 2, cell % 2);
-            // In row `row`, the dark columns are those with (col + row) even.
-            let col = 2 * k + (row % 2);
-            v.push(col as f64 - 2.0 + rng.uniform());
-            v.push(row as f64 - 2.0 + rng.uniform());
-        })
+        Ok(Checkerboard::draw(n, rng, device)?.0)
+    }
+    /// The 8 dark squares, numbered by [`Checkerboard::square`].
+    fn num_classes(&self) -> usize {
+        8
+    }
+    fn sample_labeled(
+        &self,
+        n: usize,
+        _split: Split,
+        rng: &mut Rng,
+        device: &Device,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let (x, labels) = Checkerboard::draw(n, rng, device)?;
+        Ok((x, Some(labels)))
+    }
+    /// `in_requested_square`: the fraction of samples inside the square of their class.
+    fn class_metrics(&self, samples: &Tensor, class: usize) -> Result<Vec<(String, f64)>> {
+        let p = samples
+            .to_dtype(DType::F64)?
+            .flatten_from(1)?
+            .to_vec2::<f64>()?;
+        let (x0, y0) = Checkerboard::square(class);
+        let inside = p
+            .iter()
+            .filter(|q| {
+                q.len() == 2 && (x0..x0 + 1.0).contains(&q[0]) && (y0..y0 + 1.0).contains(&q[1])
+            })
+            .count();
+        Ok(vec![(
+            "in_requested_square".into(),
+            inside as f64 / p.len().max(1) as f64,
+        )])
     }
     fn entropy(&self) -> Option<f64> {
         Some(8f64.ln())

@@ -2,7 +2,7 @@
 
 use ndm_api::candle_core::{Module, Result, Tensor};
 use ndm_api::candle_nn::{linear, Linear, VarBuilder};
-use ndm_api::embedding::sinusoidal_embedding;
+use ndm_api::embedding::{refuse_class, sinusoidal_embedding, ClassEmbedding};
 use ndm_api::registry::BuildCtx;
 use ndm_api::{Backbone, NdmError, NetInput};
 use serde::{Deserialize, Serialize};
@@ -53,12 +53,20 @@ pub struct Mlp {
     dims: usize,
     input: Linear,
     time: Linear,
+    /// A conditional network's class embedding, added to the time embedding.
+    class: Option<ClassEmbedding>,
     blocks: Vec<Block>,
     output: Linear,
 }
 
 impl Mlp {
-    pub fn new(cfg: MlpConfig, shape: &[usize], vb: VarBuilder) -> ndm_api::Result<Self> {
+    /// An MLP for data of `shape`, class-conditional when `classes` is above 0.
+    pub fn new(
+        cfg: MlpConfig,
+        shape: &[usize],
+        classes: usize,
+        vb: VarBuilder,
+    ) -> ndm_api::Result<Self> {
         if cfg.hidden == 0 || cfg.time_dim == 0 || !cfg.time_dim.is_multiple_of(2) {
             return Err(NdmError::invalid_param(
                 "hidden must be >= 1 and time_dim even and >= 2",
@@ -68,6 +76,9 @@ impl Mlp {
         let h = cfg.hidden;
         let input = linear(dims * (1 + 2 * cfg.input_fourier), h, vb.pp("input"))?;
         let time = linear(cfg.time_dim, h, vb.pp("time"))?;
+        let class = (classes > 0)
+            .then(|| ClassEmbedding::new(classes, h, vb.pp("class")))
+            .transpose()?;
         let blocks = (0..cfg.blocks)
             .map(|i| {
                 let b = vb.pp(format!("block{i}"));
@@ -84,6 +95,7 @@ impl Mlp {
             dims,
             input,
             time,
+            class,
             blocks,
             output,
         })
@@ -110,14 +122,16 @@ impl Backbone for Mlp {
     fn forward(&self, input: &NetInput) -> Result<Tensor> {
         let shape = input.z.dims().to_vec();
         let z = input.z.reshape((shape[0], self.dims))?;
-        let temb = self
-            .time
-            .forward(&sinusoidal_embedding(
-                input.t,
-                self.cfg.time_dim,
-                self.cfg.time_scale,
-            )?)?
-            .silu()?;
+        let mut temb = self.time.forward(&sinusoidal_embedding(
+            input.t,
+            self.cfg.time_dim,
+            self.cfg.time_scale,
+        )?)?;
+        match &self.class {
+            Some(c) => temb = (&temb + c.forward(input.class, shape[0], temb.dtype())?)?,
+            None => refuse_class(input.class, "backbone.mlp")?,
+        }
+        let temb = temb.silu()?;
         let mut h = self.input.forward(&self.features(&z)?)?;
         for b in &self.blocks {
             let inner = (b.l1.forward(&h.silu()?)? + b.temb.forward(&temb)?)?;
@@ -132,5 +146,10 @@ ndm_api::register_plugin!(
     "mlp",
     "residual MLP with sinusoidal time embedding (for 2-D and other flat data)",
     MlpConfig,
-    |cfg: MlpConfig, ctx: &BuildCtx| Ok(Box::new(Mlp::new(cfg, ctx.shape, ctx.vb.clone())?))
+    |cfg: MlpConfig, ctx: &BuildCtx| Ok(Box::new(Mlp::new(
+        cfg,
+        ctx.shape,
+        ctx.classes,
+        ctx.vb.clone()
+    )?))
 );

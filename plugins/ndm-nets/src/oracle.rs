@@ -38,6 +38,11 @@ pub struct GaussianOracle {
 
 impl GaussianOracle {
     pub fn new(cfg: OracleConfig, ctx: &BuildCtx) -> ndm_api::Result<Self> {
+        if ctx.classes > 0 {
+            return Err(NdmError::Incompatible(
+                "the Gaussian oracle is the denoiser of one Gaussian: it cannot be class-conditional".into(),
+            ));
+        }
         let g = GaussianModel::new(cfg.mean, cfg.cov).map_err(NdmError::invalid_param)?;
         let d = g.dim();
         let dims: usize = ctx.shape.iter().product();
@@ -57,6 +62,7 @@ impl GaussianOracle {
 
 impl Backbone for GaussianOracle {
     fn forward(&self, input: &NetInput) -> Result<Tensor> {
+        ndm_api::embedding::refuse_class(input.class, "backbone.gaussian-oracle")?;
         let shape = input.z.dims().to_vec();
         let (b, d) = (shape[0], self.lambda.dim(1)?);
         let z = input.z.reshape((b, d))?;

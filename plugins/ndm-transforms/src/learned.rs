@@ -11,6 +11,9 @@ use serde::{Deserialize, Serialize};
 pub struct LearnedConfig {
     /// The network `g_phi`: any backbone plugin (the MLP for flat data, the U-Net for images).
     pub net: PluginSpec,
+    /// In a class-conditional model: whether `g` sees the class too (`F(x, t | c)`), so each
+    /// class gets its own transformation. Off, `F` is shared by all classes.
+    pub conditional: bool,
 }
 
 impl Default for LearnedConfig {
@@ -19,7 +22,10 @@ impl Default for LearnedConfig {
         net.set("hidden", "128");
         net.set("blocks", "2");
         net.set("time_scale", "10.0");
-        LearnedConfig { net }
+        LearnedConfig {
+            net,
+            conditional: false,
+        }
     }
 }
 
@@ -37,25 +43,32 @@ impl Default for LearnedConfig {
 #[derive(Debug)]
 pub struct Learned {
     net: Box<dyn Backbone>,
+    conditional: bool,
 }
 
 impl Learned {
     pub fn new(cfg: LearnedConfig, ctx: &BuildCtx) -> ndm_api::Result<Self> {
-        let net = ctx
-            .registry
-            .build_backbone(&cfg.net, &ctx.pp("net", ctx.shape))?;
+        let conditional = cfg.conditional && ctx.classes > 0;
+        let mut net_ctx = ctx.pp("net", ctx.shape);
+        if !conditional {
+            net_ctx.classes = 0;
+        }
+        let net = ctx.registry.build_backbone(&cfg.net, &net_ctx)?;
         if net.predicts_data() {
             return Err(ndm_api::NdmError::invalid_param(format!(
                 "backbone {} has no weights to learn a transform with",
                 cfg.net.kind
             )));
         }
-        Ok(Learned { net })
+        Ok(Learned { net, conditional })
     }
 }
 
 impl Transform for Learned {
     fn forward(&self, x: &Tensor, t: &Tensor) -> Result<Tensor> {
+        self.forward_with(x, t, None)
+    }
+    fn forward_with(&self, x: &Tensor, t: &Tensor, class: Option<&Tensor>) -> Result<Tensor> {
         let ones = t.ones_like()?;
         let zeros = t.zeros_like()?;
         let g = self.net.forward(&NetInput {
@@ -64,6 +77,7 @@ impl Transform for Learned {
             alpha: &ones,
             sigma: &ones,
             log_snr: &zeros,
+            class: if self.conditional { class } else { None },
         })?;
         x + g.broadcast_mul(&ndm_api::schedule::per_example(t, x.rank())?)?
     }

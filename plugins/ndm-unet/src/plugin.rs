@@ -36,15 +36,25 @@ pub fn build_unet(cfg: UNetConfig, ctx: &BuildCtx) -> ndm_api::Result<UNet> {
     cfg.check_image(h, w)
         .map_err(|e| NdmError::config(NAME, e))?;
     let backend = KernelBackend::for_device(ctx.device);
-    Ok(UNet::new(ctx.vb.clone(), &cfg, c, c, (h, w), backend)?)
+    let net = UNet::new(ctx.vb.clone(), &cfg, c, c, (h, w), backend)?;
+    if ctx.classes > 0 {
+        return Ok(net.with_classes(ctx.vb.clone(), ctx.classes)?);
+    }
+    Ok(net)
 }
 
 impl Backbone for UNet {
     fn forward(&self, input: &NetInput) -> Result<Tensor> {
-        UNet::forward_cond(self, input.z, input.t, Some(input.log_snr))
+        self.forward_classes(input.z, input.t, Some(input.log_snr), input.class, None)
     }
     fn forward_train(&self, input: &NetInput, rng: &mut ndm_api::Rng) -> Result<Tensor> {
-        UNet::forward_train(self, input.z, input.t, Some(input.log_snr), rng)
+        self.forward_classes(
+            input.z,
+            input.t,
+            Some(input.log_snr),
+            input.class,
+            Some(rng),
+        )
     }
 }
 

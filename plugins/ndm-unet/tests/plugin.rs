@@ -20,6 +20,7 @@ fn build(spec: &PluginSpec, shape: &[usize]) -> (VarMap, ndm_api::Result<Box<dyn
         shape,
         vb: seeded_var_builder(&vm, 3, DType::F32, &Device::Cpu).pp("backbone"),
         registry: &reg,
+        classes: 0,
     };
     let net = reg.build_backbone(spec, &ctx);
     (vm, net)
@@ -71,6 +72,7 @@ fn builds_from_the_registry_with_defaults_and_keeps_the_shape() {
             alpha: &ones,
             sigma: &ones,
             log_snr: &ones,
+            class: None,
         })
         .unwrap();
     assert_eq!(y.dims(), &[3, 1, 8, 8]);
@@ -114,6 +116,7 @@ fn several_channels_and_levels() {
             alpha: &t,
             sigma: &t,
             log_snr: &t,
+            class: None,
         })
         .unwrap();
     assert_eq!(y.dims(), &[2, 3, 8, 12]);
@@ -191,6 +194,7 @@ fn the_default_builds_for_mnist_and_cifar_shapes() {
                 alpha: &t,
                 sigma: &t,
                 log_snr: &t,
+                class: None,
             })
             .unwrap();
         assert_eq!(y.dims(), z.dims());
@@ -256,6 +260,7 @@ fn log_snr_embedding_reads_net_input_log_snr() {
             alpha: &t,
             sigma: &t,
             log_snr: &l,
+            class: None,
         })
         .unwrap()
         .flatten_all()
@@ -356,6 +361,7 @@ fn refuses_dropout_out_of_range_and_applies_it_only_in_training() {
         alpha: &a,
         sigma: &s,
         log_snr: &l,
+        class: None,
     };
     let v = |x: Tensor| x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
     assert_eq!(
@@ -399,6 +405,7 @@ fn the_backend_follows_the_device() {
         shape: &[1, 8, 8],
         vb: seeded_var_builder(&vm, 0, DType::F32, &Device::Cpu),
         registry: &reg,
+        classes: 0,
     };
     let net = ndm_unet::plugin::build_unet(UNetConfig::default(), &ctx).unwrap();
     assert_eq!(net.backend(), KernelBackend::Fused);

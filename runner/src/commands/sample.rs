@@ -4,8 +4,9 @@
 use crate::cli::SampleArgs;
 use crate::env::Env;
 use anyhow::{anyhow, ensure, Result};
-use candle_core::DType;
+use candle_core::{DType, Tensor};
 use ndm_api::checkpoint::{write_tensors, RunDir};
+use ndm_api::guidance::Conditioning;
 use ndm_api::sample::sample_with;
 use ndm_api::{Dataset, Family, Pipeline, Rng, SamplerSpec};
 use serde_json::{json, Value};
@@ -42,37 +43,162 @@ pub fn run(env: &Env, a: &SampleArgs) -> Result<Value> {
             sampler.steps_for(&run.pipe)
         ))
     });
+    let classes = ClassChoice::parse(a.class.as_deref(), &run.pipe)?;
+    if a.guidance.is_some() && classes == ClassChoice::Unconditional {
+        anyhow::bail!("--guidance needs a class-conditional run (model.conditional = true)");
+    }
+    let request = Request {
+        n,
+        seed: a.seed,
+        classes,
+        guidance: a.guidance.unwrap_or(0.0),
+    };
     draw(
         env,
         &run.pipe,
         run.data.as_ref(),
         &sampler,
-        n,
-        a.seed,
+        &request,
         &prefix,
     )
 }
 
-/// Samples `n` points with a sampler spec, writes `prefix.png` (2-D data) and
-/// `prefix.safetensors`, prints a summary line and returns it as JSON.
+/// How many samples to draw, from which seed, of which classes, with which guidance.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub n: usize,
+    pub seed: u64,
+    pub classes: ClassChoice,
+    pub guidance: f64,
+}
+
+/// Which classes to sample.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClassChoice {
+    /// An unconditional model (or none asked).
+    Unconditional,
+    /// Every sample of this class.
+    One(u32),
+    /// An equal share of every class, in class order (one grid row per class for images).
+    All,
+}
+
+impl ClassChoice {
+    /// `--class K|all` against a run: a conditional run defaults to all classes; an unconditional
+    /// one refuses a class.
+    pub fn parse(arg: Option<&str>, pipe: &Pipeline) -> Result<ClassChoice> {
+        let k = pipe.classes();
+        if k == 0 {
+            ensure!(
+                arg.is_none(),
+                "--class needs a class-conditional run; this run is unconditional (model.conditional = false)"
+            );
+            return Ok(ClassChoice::Unconditional);
+        }
+        match arg {
+            None | Some("all") => Ok(ClassChoice::All),
+            Some(s) => {
+                let c: u32 = s
+                    .parse()
+                    .map_err(|_| anyhow!("--class takes a class number or `all`, got `{s}`"))?;
+                ensure!(
+                    (c as usize) < k,
+                    "--class {c} is out of range: the model has {k} classes, 0..={}",
+                    k - 1
+                );
+                Ok(ClassChoice::One(c))
+            }
+        }
+    }
+
+    /// The class of each of `n` samples (for `All`, `n` rounded down to a multiple of the
+    /// number of classes, at least one per class), or `None` when unconditional.
+    pub fn classes(&self, n: usize, k: usize) -> Option<Vec<u32>> {
+        match self {
+            ClassChoice::Unconditional => None,
+            ClassChoice::One(c) => Some(vec![*c; n]),
+            ClassChoice::All => {
+                let per = (n / k).max(1);
+                Some((0..k * per).map(|i| (i / per) as u32).collect())
+            }
+        }
+    }
+}
+
+/// The dataset's per-class metrics of samples drawn for `classes` (one per sample): each class's
+/// values and their mean over the classes present, as a summary-line fragment and as JSON.
+fn class_metrics(data: &dyn Dataset, x: &Tensor, classes: &[u32]) -> Result<(String, Value)> {
+    let mut present: Vec<u32> = classes.to_vec();
+    present.dedup();
+    let mut per_class = serde_json::Map::new();
+    let mut sums: Vec<(String, f64)> = Vec::new();
+    for &k in &present {
+        let idx: Vec<u32> = (0..classes.len() as u32)
+            .filter(|&i| classes[i as usize] == k)
+            .collect();
+        let ids = Tensor::from_vec(idx.clone(), idx.len(), x.device())?;
+        let sub = x.index_select(&ids, 0)?;
+        let ms = data.class_metrics(&sub, k as usize)?;
+        per_class.insert(
+            k.to_string(),
+            json!(ms.iter().cloned().collect::<HashMap<_, _>>()),
+        );
+        for (name, v) in ms {
+            match sums.iter_mut().find(|(n, _)| *n == name) {
+                Some(s) => s.1 += v,
+                None => sums.push((name, v)),
+            }
+        }
+    }
+    let mut line = String::new();
+    for (name, sum) in &sums {
+        line += &format!(
+            ", {name} {:.4} (mean of {} classes)",
+            sum / present.len() as f64,
+            present.len()
+        );
+    }
+    Ok((line, Value::Object(per_class)))
+}
+
+/// Samples `n` points with a sampler spec (of `classes` with guidance `guidance` for a
+/// conditional model), writes `prefix.png` (2-D data, a grid of images with one row per class
+/// for all classes) and `prefix.safetensors`, prints a summary line and returns it as JSON.
 pub fn draw(
     env: &Env,
     pipe: &Pipeline,
     data: &dyn Dataset,
     sampler: &SamplerSpec,
-    n: usize,
-    seed: u64,
+    request: &Request,
     prefix: &Path,
 ) -> Result<Value> {
+    let Request {
+        n,
+        seed,
+        ref classes,
+        guidance,
+    } = *request;
     let t0 = Instant::now();
     let mut rng = Rng::derived(seed, "sample");
+    let cond = classes
+        .classes(n, pipe.classes())
+        .map(|classes| Conditioning { classes, guidance });
+    let n = cond.as_ref().map_or(n, |c| c.classes.len());
     // Predictions clamped to [-1, 1] for discrete data (images) unless the sampler says otherwise.
     let clip = match sampler.clip {
         Some(on) => on,
         None => data.quantization().is_some(),
     }
     .then_some((-1.0, 1.0));
-    let (s, grid) = sample_with(pipe, sampler, env.plugins(), n, clip, &mut rng)?;
+    let (s, grid) = sample_with(
+        pipe,
+        sampler,
+        env.plugins(),
+        n,
+        clip,
+        cond.as_ref(),
+        &mut rng,
+    )?;
     let secs = t0.elapsed().as_secs_f64();
     let png = prefix.with_extension("png");
     if pipe.data_shape == [2] {
@@ -84,7 +210,10 @@ pub fn draw(
                 .collect();
         crate::plot::scatter_png(&pts, &png)?;
     } else if pipe.data_shape.len() == 3 {
-        let rows = (n as f64).sqrt().round().max(1.0) as usize;
+        let rows = match classes {
+            ClassChoice::All => pipe.classes(),
+            _ => (n as f64).sqrt().round().max(1.0) as usize,
+        };
         crate::plot::image_grid_png(&s.x, rows, &png)?;
     }
     let tensors = HashMap::from([
@@ -111,6 +240,12 @@ pub fn draw(
     for (k, v) in data.sample_metrics(&s.x)? {
         line += &format!(", {k} {v:.4}");
         m[k] = json!(v);
+    }
+    if let Some(c) = &cond {
+        m["guidance"] = json!(guidance);
+        let (line_part, per_class) = class_metrics(data, &s.x, &c.classes)?;
+        line += &line_part;
+        m["classes"] = per_class;
     }
     println!("{line}");
     if pipe.data_shape == [2] || pipe.data_shape.len() == 3 {

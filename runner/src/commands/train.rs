@@ -310,8 +310,12 @@ pub fn run(env: &Env, a: &TrainArgs) -> Result<Outcome> {
             &pipe,
             data.as_ref(),
             &spec.sampler,
-            n_samples,
-            spec.train.seed,
+            &super::sample::Request {
+                n: n_samples,
+                seed: spec.train.seed,
+                classes: super::sample::ClassChoice::parse(None, &pipe)?,
+                guidance: 0.0,
+            },
             &rd.file("samples"),
         )?;
     }

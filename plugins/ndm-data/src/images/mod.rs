@@ -380,6 +380,37 @@ impl Dataset for ImageDataset {
         Ok(self.sample_with_labels(n, split, rng, device)?.0)
     }
 
+    /// The dataset's classes (MNIST's digits, CIFAR-10's ten, a folder's sub-folders); 0 for a
+    /// folder without sub-folders, whose one class carries no information.
+    fn num_classes(&self) -> usize {
+        if self.classes.len() >= 2 {
+            self.classes.len()
+        } else {
+            0
+        }
+    }
+
+    fn class_name(&self, k: usize) -> Option<String> {
+        (self.num_classes() > 0)
+            .then(|| self.classes.get(k).cloned())
+            .flatten()
+    }
+
+    fn sample_labeled(
+        &self,
+        n: usize,
+        split: Split,
+        rng: &mut Rng,
+        device: &Device,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let (x, labels) = self.sample_with_labels(n, split, rng, device)?;
+        if self.num_classes() == 0 {
+            return Ok((x, None));
+        }
+        let n = labels.len();
+        Ok((x, Some(Tensor::from_vec(labels, n, device)?)))
+    }
+
     /// `pixel_mean_error` and `pixel_std_error`: how far the samples' pixel mean and standard
     /// deviation are from the training images' (in `[-1, 1]` units); `out_of_range_fraction`:
     /// the fraction of sample values outside `[-1, 1]`. Cheap sanity checks, not a quality score.

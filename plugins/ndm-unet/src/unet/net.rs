@@ -34,6 +34,9 @@ pub struct UNet {
     out_channels: usize,
     attention: Vec<bool>,
     time: TimeEmbedding,
+    /// A conditional network's class embedding, added to the time embedding (ADM's label
+    /// embedding); see [`UNet::with_classes`].
+    class: Option<ndm_api::embedding::ClassEmbedding>,
     conv_in: Conv2d,
     /// Per level, top to bottom: `blocks_per_level` stages.
     down: Vec<Vec<Stage>>,
@@ -157,6 +160,7 @@ impl UNet {
             out_channels,
             attention,
             time,
+            class: None,
             conv_in,
             down,
             downsample,
@@ -167,6 +171,22 @@ impl UNet {
             conv_out: Conv2d::zeros(vb.pp("conv_out"), ch[0], out_channels, 3, 1, 1, backend)?,
             backend,
         })
+    }
+
+    /// The same network, class-conditional on `classes` classes (plus "no class"): a learned
+    /// class embedding under `vb.pp("class")` is added to the time embedding of every block.
+    pub fn with_classes(mut self, vb: VarBuilder, classes: usize) -> Result<Self> {
+        self.class = Some(ndm_api::embedding::ClassEmbedding::new(
+            classes,
+            self.cfg.time_embed_dim,
+            vb.pp("class"),
+        )?);
+        Ok(self)
+    }
+
+    /// The number of classes of a conditional network (0 otherwise).
+    pub fn classes(&self) -> usize {
+        self.class.as_ref().map_or(0, |c| c.classes())
     }
 
     pub fn config(&self) -> &UNetConfig {
@@ -191,13 +211,13 @@ impl UNet {
     /// The deterministic network (no dropout) with the time embedding of `t`; errors for a
     /// config whose `time_embedding` is `"log-snr"` (use [`Self::forward_cond`]).
     pub fn forward(&self, x: &Tensor, t: &Tensor) -> Result<Tensor> {
-        self.run(x, t, None, None)
+        self.run(x, t, None, None, None)
     }
 
     /// The deterministic network (no dropout) given `t` and the log-SNR at `t` (`[B]`; used
     /// when `time_embedding` is `"log-snr"`).
     pub fn forward_cond(&self, x: &Tensor, t: &Tensor, log_snr: Option<&Tensor>) -> Result<Tensor> {
-        self.run(x, t, log_snr, None)
+        self.run(x, t, log_snr, None, None)
     }
 
     /// The network in training mode: as [`Self::forward_cond`], with dropout (when the config's
@@ -209,7 +229,21 @@ impl UNet {
         log_snr: Option<&Tensor>,
         rng: &mut Rng,
     ) -> Result<Tensor> {
-        self.run(x, t, log_snr, Some(rng))
+        self.run(x, t, log_snr, None, Some(rng))
+    }
+
+    /// The network with classes (`u32` `[B]`, see [`ndm_api::NetInput::class`]; `None` is "no
+    /// class"), in training mode when given a generator. A network without classes refuses
+    /// `Some`.
+    pub fn forward_classes(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        log_snr: Option<&Tensor>,
+        class: Option<&Tensor>,
+        rng: Option<&mut Rng>,
+    ) -> Result<Tensor> {
+        self.run(x, t, log_snr, class, rng)
     }
 
     fn run(
@@ -217,15 +251,19 @@ impl UNet {
         x: &Tensor,
         t: &Tensor,
         log_snr: Option<&Tensor>,
+        class: Option<&Tensor>,
         mut rng: Option<&mut Rng>,
     ) -> Result<Tensor> {
-        let (_, _, h, w) = x.dims4()?;
+        let (b, _, h, w) = x.dims4()?;
         if let Err(e) = self.cfg.check_size(h, w) {
             candle_core::bail!("UNet: {e}");
         }
-        let temb = self
-            .backend
-            .silu(&self.time.forward(t, log_snr, x.dtype())?)?;
+        let mut emb = self.time.forward(t, log_snr, x.dtype())?;
+        match &self.class {
+            Some(c) => emb = (&emb + c.forward(class, b, emb.dtype())?)?,
+            None => ndm_api::embedding::refuse_class(class, "UNet")?,
+        }
+        let temb = self.backend.silu(&emb)?;
         let mut h = self.conv_in.forward(x)?;
         let mut skips = vec![h.clone()];
         for (i, level) in self.down.iter().enumerate() {
