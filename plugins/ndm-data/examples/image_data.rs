@@ -53,10 +53,10 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         d.data_shape(),
         d.len(Split::Train),
         d.len(Split::Test),
-        d.num_classes()
+        d.class_names().len()
     );
     for split in [Split::Train, Split::Test] {
-        let mut counts = vec![0usize; d.num_classes()];
+        let mut counts = vec![0usize; d.class_names().len()];
         for &l in d.labels(split) {
             counts[l as usize] += 1;
         }

@@ -280,4 +280,53 @@ mod tests {
         assert_eq!(cells.len(), 8);
         assert!(!Checkerboard::inside(0.5, -0.5));
     }
+
+    #[test]
+    fn labels_come_with_the_same_points_and_mean_what_they_say() {
+        let dev = Device::Cpu;
+        for kind in [Toy2dKind::Moons, Toy2dKind::EightGaussians] {
+            let d = Toy2d { kind, noise: 0.01 };
+            let x = d.sample(500, Split::Train, &mut Rng::new(4), &dev).unwrap();
+            let (xl, l) = d
+                .sample_labeled(500, Split::Train, &mut Rng::new(4), &dev)
+                .unwrap();
+            assert_eq!(x.to_vec2::<f32>().unwrap(), xl.to_vec2::<f32>().unwrap());
+            let l: Vec<u32> = l.unwrap().to_vec1().unwrap();
+            for (k, &c) in l.iter().enumerate() {
+                let m = d
+                    .class_metrics(&xl.narrow(0, k, 1).unwrap(), c as usize)
+                    .unwrap();
+                match kind {
+                    // The upper moon lies above y = -0.3, the lower one below 0.3.
+                    Toy2dKind::Moons => {
+                        let y = xl.to_vec2::<f32>().unwrap()[k][1];
+                        assert!(if c == 0 { y > -0.3 } else { y < 0.3 }, "{c} {y}");
+                    }
+                    _ => assert_eq!(m[0].1, 1.0, "point {k} of class {c}"),
+                }
+            }
+        }
+        assert_eq!(
+            Toy2d {
+                kind: Toy2dKind::SwissRoll,
+                noise: 0.0
+            }
+            .num_classes(),
+            0
+        );
+        // Checkerboard: points of class k lie in square k, and not in square k + 1.
+        let (x, l) = Checkerboard
+            .sample_labeled(400, Split::Train, &mut Rng::new(5), &dev)
+            .unwrap();
+        let l: Vec<u32> = l.unwrap().to_vec1().unwrap();
+        for (k, &c) in l.iter().enumerate() {
+            let p = x.narrow(0, k, 1).unwrap();
+            let own = Checkerboard.class_metrics(&p, c as usize).unwrap()[0].1;
+            let other = Checkerboard
+                .class_metrics(&p, (c as usize + 1) % 8)
+                .unwrap()[0]
+                .1;
+            assert_eq!((own, other), (1.0, 0.0));
+        }
+    }
 }

@@ -452,8 +452,14 @@ fn image_folder_resizes_crops_and_keeps_exact_values_at_its_size() {
     let d = load_image_folder(&folder_cfg(dir.path(), 10, 3)).unwrap();
     assert_eq!(d.shape(), [3, 10, 10]);
     assert_eq!(d.len(Split::Train), 4);
-    assert_eq!(d.num_classes(), 1);
+    // One folder is one class, which carries no information: unlabelled data for a model.
+    assert_eq!(d.class_names().len(), 1);
+    assert_eq!(d.num_classes(), 0);
     assert_eq!(d.labels(Split::Train), &[0, 0, 0, 0]);
+    let (_, labels) = d
+        .sample_labeled(2, Split::Train, &mut Rng::new(0), &Device::Cpu)
+        .unwrap();
+    assert!(labels.is_none());
     let x = d
         .gather(Split::Train, &[0, 1, 2, 3], None, &Device::Cpu)
         .unwrap();
@@ -519,6 +525,25 @@ fn image_folder_subfolders_are_classes_in_sorted_order() {
     let mut cfg = folder_cfg(dir.path(), 5, 1);
     let d = load_image_folder(&cfg).unwrap();
     assert_eq!(d.class_names(), &["ant", "moth", "zebra"]);
+    assert_eq!(d.num_classes(), 3);
+    assert_eq!(d.class_name(2).as_deref(), Some("zebra"));
+    // The labelled batch is the batch `sample` draws from the same generator and epoch position,
+    // with each image's label.
+    let at = d.iteration_state();
+    let (xl, l) = d
+        .sample_labeled(5, Split::Train, &mut Rng::new(9), &Device::Cpu)
+        .unwrap();
+    d.restore_iteration_state(&at).unwrap();
+    let xs = d
+        .sample(5, Split::Train, &mut Rng::new(9), &Device::Cpu)
+        .unwrap();
+    assert_eq!(values(&xl), values(&xs));
+    let l: Vec<u32> = l.unwrap().to_vec1().unwrap();
+    for (k, &label) in l.iter().enumerate() {
+        let shade = [90.0, 170.0, 10.0][label as usize];
+        let p = (values(&xl)[k * 25] + 1.0) * 128.0 - 0.5;
+        assert!((p - shade).abs() < 2.5 + 0.01, "{p} {label}");
+    }
     assert_eq!(d.labels(Split::Train), &[0, 0, 0, 1, 1, 1, 2, 2, 2]);
     let x = d.gather(Split::Train, &[4], None, &Device::Cpu).unwrap();
     assert_eq!(values(&x)[0], pixel_value(171));

@@ -252,14 +252,9 @@ impl ImageDataset {
         self.len(split) == 0
     }
 
-    /// The label of every image of a split, in file order (class indices `0..num_classes()`).
+    /// The label of every image of a split, in file order (indices into [`Self::class_names`]).
     pub fn labels(&self, split: Split) -> &[u32] {
         &self.split(split).labels
-    }
-
-    /// Number of classes.
-    pub fn num_classes(&self) -> usize {
-        self.classes.len()
     }
 
     /// Class names, indexed by label.
