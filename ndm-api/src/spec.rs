@@ -92,7 +92,7 @@ pub struct ModelSpec {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub conditional: bool,
     /// The number of classes of a conditional model, taken from the dataset when the run is
-    /// resolved ([`crate::run::RunSpec::resolve`]); 0 when unconditional.
+    /// resolved ([`crate::spec::RunSpec::resolve`]); 0 when unconditional.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub classes: usize,
 }
