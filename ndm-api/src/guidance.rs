@@ -53,6 +53,8 @@ impl Conditioning {
 pub struct Guided<'a> {
     pipe: &'a Pipeline,
     class: Tensor,
+    /// `[c; no class]`, the classes of a guided evaluation's doubled batch, built once.
+    class_and_none: Tensor,
     guidance: f64,
 }
 
@@ -60,10 +62,14 @@ impl<'a> Guided<'a> {
     /// Checks `cond` against `pipe` ([`Conditioning::check`]).
     pub fn new(pipe: &'a Pipeline, cond: &Conditioning) -> Result<Self> {
         cond.check(pipe)?;
-        let class = Tensor::from_vec(cond.classes.clone(), cond.classes.len(), &pipe.device)?;
+        let n = cond.classes.len();
+        let class = Tensor::from_vec(cond.classes.clone(), n, &pipe.device)?;
+        let none = Tensor::full(pipe.no_class(), n, &pipe.device)?;
+        let class_and_none = Tensor::cat(&[&class, &none], 0)?;
         Ok(Guided {
             pipe,
             class,
+            class_and_none,
             guidance: cond.guidance,
         })
     }
@@ -108,11 +114,8 @@ impl ReverseProcess for Guided<'_> {
             return self.with_class(|| self.pipe.predict_x(z, t));
         }
         let n = z.dim(0)?;
-        let none = Tensor::full(self.pipe.no_class(), n, &self.pipe.device)?;
         let both = {
-            let _c = self
-                .pipe
-                .conditioned(Some(Tensor::cat(&[&self.class, &none], 0)?));
+            let _c = self.pipe.conditioned(Some(self.class_and_none.clone()));
             self.pipe.predict_x(&Tensor::cat(&[z, z], 0)?, t)?
         };
         let (cond, uncond) = (both.narrow(0, 0, n)?, both.narrow(0, n, n)?);
