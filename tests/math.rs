@@ -130,7 +130,7 @@ fn parameterizations_round_trip() {
     let c = Coeffs {
         alpha: col(&|p| p.alpha),
         sigma: col(&|p| p.sigma),
-        dalpha: col(&|p| p.alpha * p.dlog_alpha),
+        dalpha: col(&|p| p.dalpha),
         dsigma: col(&|p| p.dsigma2 / (2.0 * p.sigma)),
     };
     let z = (x.broadcast_mul(&c.alpha).unwrap() + eps.broadcast_mul(&c.sigma).unwrap()).unwrap();

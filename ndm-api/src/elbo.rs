@@ -69,10 +69,12 @@ pub fn prior_term(pipe: &Pipeline, x: &Tensor, rng: &mut Rng) -> Result<Tensor> 
 
 /// `L_rec = -log p(x | z_0)`, `z_0 ~ q(z_0 | x)`: the transform's decoder where it has one, else a
 /// Gaussian decoder `N(x; xhat(z_0, 0), (sigma_0 / alpha_0)^2 I)` around the model's prediction.
+/// "0" is the process's lowest time, [`Pipeline::t_min`] (0 except for rectified flow).
 pub fn rec_term(pipe: &Pipeline, x: &Tensor, rng: &mut Rng) -> Result<Tensor> {
     let n = x.dim(0)?;
-    let t0 = pipe.time_tensor(0.0, n)?;
-    let p = pipe.schedule.point(0.0);
+    let t_min = pipe.t_min();
+    let t0 = pipe.time_tensor(t_min, n)?;
+    let p = pipe.schedule.point(t_min);
     let f0 = pipe.f(x, &t0)?;
     let z0 = p.noised(&f0, &noise_like(&f0, rng)?)?;
     if let Some(nll) = pipe.transform.reconstruction_nll(x, &z0)? {
@@ -236,18 +238,19 @@ pub fn continuous_diff_integrand(
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum TimeSampling {
-    /// `t ~ U[0, t_end]`, weight `t_end`.
+    /// `t ~ U[t_min, t_end]`, weight `t_end - t_min`.
     Uniform,
     /// `p(t)` proportional to `1 / g^2(t)` (NDM sec. 3.2), weight `1 / p(t)`.
     #[default]
     Importance,
 }
 
-/// A piecewise-constant density on `[0, t_end]` proportional to `1 / g^2(t)` at cell midpoints.
+/// A piecewise-constant density on `[t_min, t_end]` proportional to `1 / g^2(t)` at cell midpoints.
 /// Sampling is exact for this density and the weight is `1 / p(t)`, so the estimate is unbiased
 /// whatever the resolution; the resolution only controls how close `p` is to `1 / g^2`.
 #[derive(Debug, Clone)]
 pub struct ImportanceTable {
+    t_min: f64,
     t_end: f64,
     /// Cumulative mass at cell edges, `cdf[0] = 0`, `cdf[m] = 1`.
     cdf: Vec<f64>,
@@ -255,11 +258,11 @@ pub struct ImportanceTable {
 
 impl ImportanceTable {
     pub fn new(pipe: &Pipeline, cells: usize) -> Self {
-        let t_end = pipe.t_end();
-        let h = t_end / cells as f64;
+        let (t_min, t_end) = (pipe.t_min(), pipe.t_end());
+        let h = (t_end - t_min) / cells as f64;
         let w: Vec<f64> = (0..cells)
             .map(|j| {
-                let p = pipe.schedule.point((j as f64 + 0.5) * h);
+                let p = pipe.schedule.point(t_min + (j as f64 + 0.5) * h);
                 1.0 / ((-p.dlog_snr()) * p.sigma * p.sigma)
             })
             .collect();
@@ -274,7 +277,7 @@ impl ImportanceTable {
         if let Some(last) = cdf.last_mut() {
             *last = 1.0;
         }
-        ImportanceTable { t_end, cdf }
+        ImportanceTable { t_min, t_end, cdf }
     }
 
     /// The time at quantile `u` in `[0, 1)` and its weight `1 / p(t)`.
@@ -282,13 +285,13 @@ impl ImportanceTable {
         let m = self.cdf.len() - 1;
         let j = self.cdf.partition_point(|&c| c <= u).clamp(1, m) - 1;
         let mass = self.cdf[j + 1] - self.cdf[j];
-        let h = self.t_end / m as f64;
+        let h = (self.t_end - self.t_min) / m as f64;
         let frac = if mass > 0.0 {
             (u - self.cdf[j]) / mass
         } else {
             0.5
         };
-        ((j as f64 + frac.clamp(0.0, 1.0)) * h, h / mass)
+        (self.t_min + (j as f64 + frac.clamp(0.0, 1.0)) * h, h / mass)
     }
 }
 
@@ -299,10 +302,11 @@ pub fn times_and_weights(
     table: Option<&ImportanceTable>,
     quantiles: &[f64],
 ) -> Result<(Tensor, Tensor)> {
-    let t_end = pipe.t_end();
+    let (t_min, t_end) = (pipe.t_min(), pipe.t_end());
+    let span = t_end - t_min;
     let (ts, ws): (Vec<f64>, Vec<f64>) = match (rule, table) {
         (TimeSampling::Importance, Some(tab)) => quantiles.iter().map(|&u| tab.quantile(u)).unzip(),
-        _ => quantiles.iter().map(|&u| (t_end * u, t_end)).unzip(),
+        _ => quantiles.iter().map(|&u| (t_min + span * u, span)).unzip(),
     };
     Ok((col(pipe, ts)?, col(pipe, ws)?))
 }

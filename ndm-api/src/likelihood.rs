@@ -125,7 +125,9 @@ pub fn ode_nll(pipe: &Pipeline, x: &Tensor, opts: &NllOptions, rng: &mut Rng) ->
     }
     let b = x.dim(0)?;
     let dims = x.elem_count() / b;
-    let p0 = pipe.schedule.point(0.0);
+    // From the process's lowest time (0 except for rectified flow, see `NoiseSchedule::t_min`).
+    let t0 = pipe.t_min();
+    let p0 = pipe.schedule.point(t0);
     let t_end = pipe.t_end();
     let z0 = (x.to_dtype(pipe.dtype)? * p0.alpha)?;
     let probes = if opts.trace == Trace::Exact {
@@ -149,7 +151,7 @@ pub fn ode_nll(pipe: &Pipeline, x: &Tensor, opts: &NllOptions, rng: &mut Rng) ->
             let (f, div) = divergence(pipe, &y[0], t, opts.trace, probe.as_ref())?;
             Ok(vec![f, div])
         };
-        let (y, s) = dopri5(&mut rhs, vec![z0.clone(), delta0], 0.0, t_end, &opts.tol)?;
+        let (y, s) = dopri5(&mut rhs, vec![z0.clone(), delta0], t0, t_end, &opts.tol)?;
         stats.accepted += s.accepted;
         stats.rejected += s.rejected;
         stats.nfe += s.nfe;

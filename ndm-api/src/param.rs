@@ -35,4 +35,10 @@ pub trait Parameterization: Send + Sync + std::fmt::Debug {
     fn raw_from_x(&self, x: &Tensor, z: &Tensor, c: &Coeffs) -> Result<Tensor>;
     /// The regression target of the simple losses, for `z = alpha x + sigma eps`.
     fn target(&self, x: &Tensor, eps: &Tensor, c: &Coeffs) -> Result<Tensor>;
+    /// Whether `predict_x` stays finite where `alpha = 0` (flow matching's `t = 1`): false for
+    /// noise prediction, which divides by `alpha`. A pipeline whose schedule reaches `alpha = 0`
+    /// refuses a parameterization that says false.
+    fn finite_at_zero_alpha(&self) -> bool {
+        false
+    }
 }

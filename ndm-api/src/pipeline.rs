@@ -150,12 +150,29 @@ impl Pipeline {
                 )));
             }
         }
-        for t in [0.0, 0.5, t_end] {
+        let t_min = self.schedule.t_min();
+        if !(0.0..t_end).contains(&t_min) {
+            return Err(NdmError::Spec(format!(
+                "schedule {} starts at t_min = {t_min}, not below the prior's time {t_end}",
+                self.spec.schedule.kind
+            )));
+        }
+        for t in [t_min, 0.5 * (t_min + t_end), t_end] {
             let p = self.schedule.point(t);
-            if !(p.sigma > 0.0 && p.alpha > 0.0 && p.log_snr.is_finite()) {
+            // Flow matching ends at alpha_1 = 0 (lambda_1 = -inf): allowed at the prior's time only.
+            let open_end = t == 1.0 && p.alpha == 0.0 && p.dalpha.is_finite();
+            if !(p.sigma > 0.0 && (open_end || (p.alpha > 0.0 && p.log_snr.is_finite()))) {
                 return Err(NdmError::Spec(format!(
-                    "schedule {} gives alpha = {}, sigma = {} at t = {t}: both must be positive",
+                    "schedule {} gives alpha = {}, sigma = {} at t = {t}: both must be positive \
+                     (alpha may be 0 at t = 1 only)",
                     self.spec.schedule.kind, p.alpha, p.sigma
+                )));
+            }
+            if open_end && !self.param.finite_at_zero_alpha() {
+                return Err(NdmError::Incompatible(format!(
+                    "param {} cannot predict the data where alpha = 0 (schedule {} at t = 1); \
+                     use param velocity, v or x0",
+                    self.spec.param.kind, self.spec.schedule.kind
                 )));
             }
         }
@@ -182,6 +199,11 @@ impl Pipeline {
         self.prior.t_end()
     }
 
+    /// The lowest time of the process ([`NoiseSchedule::t_min`]; 0 except for rectified flow).
+    pub fn t_min(&self) -> f64 {
+        self.schedule.t_min()
+    }
+
     /// A `[n]` tensor filled with `t`.
     pub fn time_tensor(&self, t: f64, n: usize) -> candle_core::Result<Tensor> {
         Tensor::full(t, n, &self.device)?.to_dtype(self.dtype)
@@ -194,12 +216,11 @@ impl Pipeline {
 
     /// The parameterization's coefficients at a schedule batch, broadcastable to latents.
     pub fn coeffs(&self, sb: &ScheduleBatch) -> candle_core::Result<Coeffs> {
-        let dalpha = (&sb.alpha * &sb.dlog_alpha)?;
         let dsigma = (&sb.dsigma2 / (&sb.sigma * 2.0)?)?;
         Ok(Coeffs {
             alpha: self.per_example(&sb.alpha)?,
             sigma: self.per_example(&sb.sigma)?,
-            dalpha: self.per_example(&dalpha)?,
+            dalpha: self.per_example(&sb.dalpha)?,
             dsigma: self.per_example(&dsigma)?,
         })
     }
@@ -353,6 +374,9 @@ impl ReverseProcess for Pipeline {
     fn t_end(&self) -> f64 {
         self.prior.t_end()
     }
+    fn t_min(&self) -> f64 {
+        Pipeline::t_min(self)
+    }
     fn training_steps(&self) -> Option<usize> {
         self.spec.steps
     }
@@ -416,16 +440,34 @@ impl Pipeline {
         t: f64,
         eta: f64,
     ) -> candle_core::Result<(Tensor, f64)> {
+        // alpha Fdot + r z - c/2 s with c = dsig2 - 2 r sigma^2 + g^2 (docs/math.md) is written as
+        // the probability-flow drift alpha' F + alpha Fdot + sigma' epshat, epshat = (z - alpha F) / sigma,
+        // minus g^2/2 s: the same number, with no `r`, so it stays finite where alpha = 0
+        // (flow matching's t = 1, where r and g^2 are infinite).
         let p = self.schedule.point(t);
-        let s2 = p.sigma * p.sigma;
-        let g2 = eta * eta * (-p.dlog_snr()) * s2;
-        let c = p.dsigma2 - 2.0 * p.dlog_alpha * s2 + g2;
         let tt = self.time_tensor(t, z.dim(0)?)?;
-        let score = self.tracked_score(z, xhat, &tt, &p)?;
-        let mut drift = ((z * p.dlog_alpha)? - (score * (c / 2.0))?)?;
+        let fx = self.f(xhat, &tt)?;
+        let dsigma = p.dsigma2 / (2.0 * p.sigma);
+        let mean = (&fx * p.alpha)?;
+        let mut drift = ((&fx * p.dalpha)? + ((z - &mean)? * (dsigma / p.sigma))?)?;
         if !self.transform.is_identity() {
             let fdot = self.f_dot(xhat, &tt)?;
             drift = (drift + (fdot * p.alpha)?)?;
+        }
+        let g2 = if eta == 0.0 {
+            0.0
+        } else {
+            eta * eta * (-p.dlog_snr()) * p.sigma * p.sigma
+        };
+        if !g2.is_finite() {
+            candle_core::bail!(
+                "the reverse SDE with eta = {eta} has infinite noise at t = {t} (alpha_t = 0): sample this \
+                 schedule with eta = 0 or an ODE solver"
+            );
+        }
+        if g2 > 0.0 {
+            let score = ((mean - z)? / (p.sigma * p.sigma))?;
+            drift = (drift - (score * (g2 / 2.0))?)?;
         }
         Ok((drift, g2.max(0.0).sqrt()))
     }

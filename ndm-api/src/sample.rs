@@ -73,6 +73,7 @@ pub fn sample_clipped(
         }
         None => base,
     };
+    solver.check(rp)?;
     let out = solver.sample(rp, z_start.clone(), grid, rng)?;
     let t_min = grid.end();
     // The decoder mean at t_min (clamped like every prediction), through the transform's decoder.

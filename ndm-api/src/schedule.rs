@@ -12,8 +12,11 @@ pub struct SchedulePoint {
     pub sigma: f64,
     /// `lambda_t = log(alpha^2 / sigma^2)`.
     pub log_snr: f64,
-    /// `r(t) = d log(alpha_t) / dt`.
+    /// `r(t) = d log(alpha_t) / dt` (`-inf` where `alpha_t = 0`).
     pub dlog_alpha: f64,
+    /// `d alpha_t / dt`, finite also where `alpha_t = 0` (flow matching's `t = 1`), where
+    /// `alpha * dlog_alpha` is not a number.
+    pub dalpha: f64,
     /// `d(sigma_t^2) / dt`.
     pub dsigma2: f64,
 }
@@ -39,6 +42,7 @@ impl SchedulePoint {
             sigma,
             log_snr: 2.0 * (alpha.ln() - sigma.ln()),
             dlog_alpha: dalpha / alpha,
+            dalpha,
             dsigma2: 2.0 * sigma * dsigma,
         }
     }
@@ -59,6 +63,7 @@ pub struct ScheduleBatch {
     pub sigma: Tensor,
     pub log_snr: Tensor,
     pub dlog_alpha: Tensor,
+    pub dalpha: Tensor,
     pub dsigma2: Tensor,
 }
 
@@ -75,6 +80,7 @@ impl ScheduleBatch {
             sigma: col(|p| p.sigma)?,
             log_snr: col(|p| p.log_snr)?,
             dlog_alpha: col(|p| p.dlog_alpha)?,
+            dalpha: col(|p| p.dalpha)?,
             dsigma2: col(|p| p.dsigma2)?,
         })
     }
@@ -83,8 +89,10 @@ impl ScheduleBatch {
 /// A noise schedule on `t in [0, 1]` (0 = data side, 1 = noise side).
 ///
 /// Contract: `sigma_t > 0` on all of `[0, 1]` (so the NELBO's first KL and the reconstruction term
-/// are finite) and `lambda_t` strictly decreasing. Fixed schedules (vp-linear and cosine today;
-/// ve, sub-vp and fm-ot are planned) implement only [`NoiseSchedule::point`], in `f64`, where
+/// are finite), `alpha_t > 0` before the prior's time and `lambda_t` strictly decreasing. `alpha_t`
+/// may reach 0 at `t = 1` (flow matching): there `lambda = -inf` and `dlog_alpha = -inf`, and every
+/// formula of the pipeline uses `dalpha` instead, which stays finite. Fixed schedules (vp-linear,
+/// cosine, ve, sub-vp, fm-ot) implement only [`NoiseSchedule::point`], in `f64`, where
 /// precision matters near the ends; the batch form [`NoiseSchedule::batch`] is derived from it. A
 /// schedule with trainable weights (planned: VDM's learned monotone `gamma`, `alpha^2 = sigmoid(-gamma)`, `sigma^2 = sigmoid(gamma)`) takes a
 /// `VarBuilder` under the prefix `schedule.` when it is built, overrides `batch` with tensor ops so that
@@ -98,6 +106,13 @@ pub trait NoiseSchedule: Send + Sync + std::fmt::Debug {
         let ts: Vec<f64> = t.to_dtype(candle_core::DType::F64)?.to_vec1()?;
         let points: Vec<SchedulePoint> = ts.iter().map(|&t| self.point(t)).collect();
         ScheduleBatch::from_points(&points, t)
+    }
+
+    /// The lowest time of the process, where sampling stops and likelihoods start: 0 unless the
+    /// schedule has no noise there (rectified flow's `sigma_0 = 0`), where `sigma_t > 0` must hold
+    /// from this time on.
+    fn t_min(&self) -> f64 {
+        0.0
     }
 
     /// Whether the schedule owns trainable weights.

@@ -16,6 +16,13 @@ pub struct SolveOutput {
 
 /// A stateless sampler over a reverse process.
 pub trait Solver: Send + Sync + std::fmt::Debug {
+    /// Refuses, in one sentence, a process this solver cannot run (for example the reverse SDE
+    /// with noise on a schedule where `alpha_1 = 0`, whose diffusion is infinite at `t = 1`).
+    /// Called before every solve.
+    fn check(&self, _rp: &dyn ReverseProcess) -> Result<()> {
+        Ok(())
+    }
+
     /// Integrates from `z_start` at `grid.start()` down to `grid.end()`.
     fn sample(
         &self,
@@ -30,6 +37,21 @@ pub trait Solver: Send + Sync + std::fmt::Debug {
 /// grid steps from 0 to `t` (a prior's `t_end` must lie on the grid, which the pipeline checks).
 pub fn grid_index(t: f64, t_total: usize) -> usize {
     (t * t_total as f64).round() as usize
+}
+
+/// Whether a process reaches `alpha = 0` at its prior's time (flow matching), where the reverse
+/// SDE's noise `g^2 = eta^2 (-lambda') sigma^2` is infinite: only `eta = 0` (the probability-flow
+/// ODE) and posterior steps run there. Returns the refusal for a solver `name` with noise `eta > 0`.
+pub fn refuse_sde_at_zero_alpha(rp: &dyn ReverseProcess, name: &str, eta: f64) -> Result<()> {
+    let t_end = rp.t_end();
+    if eta > 0.0 && rp.schedule_point(t_end).alpha == 0.0 {
+        return Err(NdmError::Incompatible(format!(
+            "solver {name} with eta = {eta} cannot start where alpha = 0 (t = {t_end}): the reverse \
+             SDE's noise is infinite there; use eta = 0, heun, rk45, dpmpp-2m, ancestral or pc with \
+             the reverse-diffusion predictor"
+        )));
+    }
+    Ok(())
 }
 
 /// How `--steps N` places its times.
@@ -158,6 +180,13 @@ impl TimeGrid {
             ));
         }
         let (hi, lo) = (level(t_end), level(t_min));
+        if !(hi.is_finite() && lo.is_finite()) {
+            return Err(NdmError::InvalidArgument(format!(
+                "spacing {spacing} needs a finite log-SNR at both ends, but it is infinite at t = {} \
+                 (alpha = 0 there); use uniform spacing",
+                if hi.is_finite() { t_min } else { t_end }
+            )));
+        }
         let mut times = Vec::with_capacity(steps + 1);
         for k in 0..=steps {
             times.push(match k {

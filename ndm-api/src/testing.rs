@@ -16,22 +16,54 @@ fn ensure(ok: bool, msg: impl FnOnce() -> String) -> Check {
     }
 }
 
-/// A schedule: positive finite `alpha` and `sigma` on `[0, 1]`, strictly decreasing log-SNR,
+/// A schedule: positive finite `alpha` and `sigma` on `[0, 1]` (`alpha_1 = 0` allowed, with
+/// `log_snr = -inf` there), strictly decreasing log-SNR,
 /// `log_snr` consistent with `alpha` and `sigma`, derivatives that match central differences, and a
 /// batch form that agrees with the scalar one.
 pub fn check_schedule(s: &dyn NoiseSchedule) -> Check {
     let n = 200;
     let mut prev = f64::INFINITY;
+    // From the schedule's lowest time (0 except where sigma_0 = 0, as in rectified flow).
+    let t_min = s.t_min();
+    ensure((0.0..0.5).contains(&t_min), || {
+        format!("t_min = {t_min} is outside [0, 0.5)")
+    })?;
     for i in 0..=n {
-        let t = i as f64 / n as f64;
+        let t = t_min + (1.0 - t_min) * i as f64 / n as f64;
         let p = s.point(t);
-        let finite = [p.alpha, p.sigma, p.log_snr, p.dlog_alpha, p.dsigma2]
+        // Flow matching's end: alpha_1 = 0, so lambda and d log alpha / dt are -inf there.
+        let open_end = i == n && p.alpha == 0.0;
+        let finite = if open_end {
+            [p.sigma, p.dalpha, p.dsigma2].iter().all(|v| v.is_finite())
+                && p.log_snr == f64::NEG_INFINITY
+        } else {
+            [
+                p.alpha,
+                p.sigma,
+                p.log_snr,
+                p.dlog_alpha,
+                p.dalpha,
+                p.dsigma2,
+            ]
             .iter()
-            .all(|v| v.is_finite());
+            .all(|v| v.is_finite())
+        };
         ensure(finite, || format!("non-finite value at t = {t}: {p:?}"))?;
-        ensure(p.alpha > 0.0 && p.sigma > 0.0, || {
-            format!("alpha and sigma must be positive at t = {t}: {p:?}")
+        ensure((p.alpha > 0.0 || open_end) && p.sigma > 0.0, || {
+            format!(
+                "alpha and sigma must be positive at t = {t} (alpha may be 0 at t = 1 only): {p:?}"
+            )
         })?;
+        if open_end {
+            ensure(p.log_snr < prev, || {
+                format!("log-SNR is not strictly decreasing at t = {t}")
+            })?;
+            break;
+        }
+        ensure(
+            (p.dalpha - p.alpha * p.dlog_alpha).abs() <= 1e-9 * (1.0 + p.dalpha.abs()),
+            || format!("dalpha is not alpha * dlog_alpha at t = {t}: {p:?}"),
+        )?;
         let lambda = 2.0 * (p.alpha.ln() - p.sigma.ln());
         ensure(
             (lambda - p.log_snr).abs() < 1e-8 * (1.0 + lambda.abs()),
@@ -54,7 +86,7 @@ pub fn check_schedule(s: &dyn NoiseSchedule) -> Check {
         prev = p.log_snr;
         // Interior points, away from grid kinks of discrete schedules.
         if i > 0 && i < n {
-            let tm = t + 0.3 / n as f64;
+            let tm = t + 0.3 * (1.0 - t_min) / n as f64;
             let h = 1e-6;
             let (q, a, b) = (s.point(tm), s.point(tm - h), s.point(tm + h));
             let dla = (b.alpha.ln() - a.alpha.ln()) / (2.0 * h);
@@ -64,6 +96,13 @@ pub fn check_schedule(s: &dyn NoiseSchedule) -> Check {
                 format!(
                     "d log alpha / dt = {} but finite differences give {dla} at t = {tm}",
                     q.dlog_alpha
+                )
+            })?;
+            let da = (b.alpha - a.alpha) / (2.0 * h);
+            ensure(close(q.dalpha, da), || {
+                format!(
+                    "d alpha / dt = {} but finite differences give {da} at t = {tm}",
+                    q.dalpha
                 )
             })?;
             ensure(close(q.dsigma2, ds2), || {

@@ -39,9 +39,9 @@ where
 
 /// A transformation `F(x, t)` of data `x` (shape `[B, ..D]`) into the latent space (shape `[B, ..L]`).
 ///
-/// How the special cases fit (`docs/math.md`, "Special cases"; blur, VAE and Glow are planned):
+/// How the special cases fit (`docs/math.md`, "Special cases"; VAE and Glow are planned):
 /// - identity (DDPM, DDIM, VDM, flow matching): `F = x`, [`Transform::is_identity`] is true, `dF/dt = 0`.
-/// - blur / soft diffusion (planned): `F = C_t x`, fixed, with an analytic `time_derivative`.
+/// - blur (`transform.blur`): `F = V D_t V^T x`, fixed, with an analytic `time_derivative`.
 /// - learned (NDM): a backbone network with weights under the prefix `transform.`; `is_trainable` is
 ///   true, so objectives that would let it collapse refuse it.
 /// - VAE encoder (LSGM, planned): `F(x, t) = E(x)` for every `t`, [`Transform::latent_shape`] differs from the

@@ -216,6 +216,9 @@ pub struct EvalArgs {
     /// Also the NLL under the probability-flow ODE (RK45), for transforms that are the identity at t = 0.
     #[arg(long)]
     pub nll: bool,
+    /// Only the ODE NLL: skip the NELBO and keep the other entries of an existing `eval.json`.
+    #[arg(long)]
+    pub nll_only: bool,
     /// Divergence of the drift: auto (exact up to 16 dimensions), exact, rademacher, gaussian.
     #[arg(long, default_value = "auto")]
     pub trace: String,

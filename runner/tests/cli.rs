@@ -119,6 +119,26 @@ fn train_sample_eval_resume_end_to_end() {
     assert!(run.join("samples-ancestral-10.safetensors").is_file());
     let (ok, stdout, stderr) = out(runner(tmp.path()).args(["eval", "run", "--examples", "50"]));
     assert!(ok && stdout.contains("bits/dim"), "{stderr}");
+    // `--nll-only` adds the ODE NLL and keeps the NELBO entries already written.
+    let read_eval = || -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(run.join("eval.json")).unwrap()).unwrap()
+    };
+    let before = read_eval();
+    assert!(before.get("ode_nll").is_none());
+    let (ok, _, stderr) =
+        out(runner(tmp.path()).args(["eval", "run", "--examples", "8", "--nll-only"]));
+    assert!(ok, "{stderr}");
+    let after = read_eval();
+    assert!(
+        after["ode_nll"]["nll"]["mean"]
+            .as_f64()
+            .unwrap()
+            .is_finite(),
+        "{after}"
+    );
+    for (k, v) in before.as_object().unwrap() {
+        assert_eq!(&after[k], v, "eval.json lost `{k}`");
+    }
     // An unconditional run takes no class and no guidance.
     for flag in [["--class", "3"], ["--guidance", "1"]] {
         let (ok, _, stderr) = out(runner(tmp.path()).args(["sample", "run"]).args(flag));

@@ -68,6 +68,7 @@ impl NoiseSchedule for EdmVp {
             sigma: s * alpha,
             log_snr: -2.0 * s.ln(),
             dlog_alpha: -s * ds / one_plus,
+            dalpha: -alpha * s * ds / one_plus,
             dsigma2: 2.0 * s * ds / (one_plus * one_plus),
         }
     }

@@ -1,6 +1,7 @@
 //! Objectives: `objective.eps-mse` (DDPM's simple loss) and `objective.ndm-elbo-discrete` (the full
 //! discrete-time NELBO of `docs/math.md`; with the identity transform it is DDPM's variational bound) and
-//! `objective.ndm-elbo-continuous` (its continuous-time limit).
+//! `objective.ndm-elbo-continuous` (its continuous-time limit), and `objective.cfm` (flow matching's
+//! velocity regression).
 
 use ndm_api::candle_core::{Result, Tensor};
 use ndm_api::elbo::{
@@ -14,7 +15,7 @@ use ndm_api::{LossOutput, NdmError, Objective, Pipeline, Rng};
 use serde::{Deserialize, Serialize};
 
 /// Draws one training time per example: uniform on the training grid `i / T`, `i in 1..=n`, for
-/// discrete models, uniform on `(0, t_end]` in continuous time.
+/// discrete models, uniform on `(t_min, t_end]` in continuous time.
 pub fn draw_times(pipe: &Pipeline, b: usize, rng: &mut Rng) -> Result<Tensor> {
     let t_end = pipe.t_end();
     let ts: Vec<f64> = match pipe.spec.steps {
@@ -24,7 +25,12 @@ pub fn draw_times(pipe: &Pipeline, b: usize, rng: &mut Rng) -> Result<Tensor> {
                 .map(|_| (1 + rng.below(n)) as f64 / t_total as f64)
                 .collect()
         }
-        None => (0..b).map(|_| t_end * (1.0 - rng.uniform())).collect(),
+        None => {
+            let t_min = pipe.t_min();
+            (0..b)
+                .map(|_| t_min + (t_end - t_min) * (1.0 - rng.uniform()))
+                .collect()
+        }
     };
     host_tensor(ts, &[b], pipe.dtype, &pipe.device)
 }
@@ -39,45 +45,83 @@ fn nelbo_loss(terms: &NelboTerms, x: &Tensor) -> Result<LossOutput> {
     })
 }
 
+/// Refuses what a plain regression of the network output cannot train: a learnable transform
+/// (minimised by `F` collapsing to 0, NDM sec. 6) and a backbone that predicts data directly.
+fn check_regression(name: &str, pipe: &Pipeline) -> ndm_api::Result<()> {
+    if pipe.transform.is_trainable() {
+        return Err(NdmError::Incompatible(format!(
+            "objective {name} cannot train the learnable transform {}: a plain regression loss is \
+             minimised by F collapsing to 0 (NDM sec. 6); use ndm-elbo-discrete or ndm-elbo-continuous",
+            pipe.spec.transform.kind
+        )));
+    }
+    if pipe.backbone.predicts_data() {
+        return Err(NdmError::Incompatible(format!(
+            "objective {name} regresses a network output, but backbone {} predicts data directly",
+            pipe.spec.backbone.kind
+        )));
+    }
+    Ok(())
+}
+
+/// `E_{t, x, eps} || raw(z_t, t) - target(x, eps) ||^2` with the parameterization's target, `t`
+/// drawn by [`draw_times`]; the term is logged as `term`.
+fn regression_loss(pipe: &Pipeline, x: &Tensor, rng: &mut Rng, term: &str) -> Result<LossOutput> {
+    let t = draw_times(pipe, x.dim(0)?, rng)?;
+    let sb = pipe.schedule.batch(&t)?;
+    let c = pipe.coeffs(&sb)?;
+    let fx = pipe.f(x, &t)?;
+    let eps = noise_like(&fx, rng)?;
+    let z = c.noised(&fx, &eps)?;
+    let raw = pipe.network(&ndm_api::NetInput::at(&z, &t, &sb))?;
+    let target = pipe.param.target(&fx, &eps, &c)?;
+    let loss = (raw - target)?.sqr()?.mean_all()?;
+    let v = loss
+        .to_dtype(ndm_api::candle_core::DType::F64)?
+        .to_scalar::<f64>()?;
+    Ok(LossOutput {
+        loss,
+        terms: vec![(term.into(), v)],
+    })
+}
+
 /// `E || raw(z_t, t) - target ||^2`, the parameterization's target (eps for `param.eps`).
 #[derive(Debug, Clone, Default)]
 pub struct EpsMse;
 
 impl Objective for EpsMse {
     fn check(&self, pipe: &Pipeline) -> ndm_api::Result<()> {
-        if pipe.transform.is_trainable() {
-            return Err(NdmError::Incompatible(format!(
-                "objective eps-mse cannot train the learnable transform {}: a plain regression loss is \
-                 minimised by F collapsing to 0 (NDM sec. 6); use ndm-elbo-discrete or ndm-elbo-continuous",
-                pipe.spec.transform.kind
-            )));
-        }
-        if pipe.backbone.predicts_data() {
-            return Err(NdmError::Incompatible(format!(
-                "objective eps-mse regresses a network output, but backbone {} predicts data directly",
-                pipe.spec.backbone.kind
-            )));
-        }
-        Ok(())
+        check_regression("eps-mse", pipe)
     }
 
     fn loss(&self, pipe: &Pipeline, x: &Tensor, rng: &mut Rng) -> Result<LossOutput> {
-        let t = draw_times(pipe, x.dim(0)?, rng)?;
-        let sb = pipe.schedule.batch(&t)?;
-        let c = pipe.coeffs(&sb)?;
-        let fx = pipe.f(x, &t)?;
-        let eps = noise_like(&fx, rng)?;
-        let z = c.noised(&fx, &eps)?;
-        let raw = pipe.network(&ndm_api::NetInput::at(&z, &t, &sb))?;
-        let target = pipe.param.target(&fx, &eps, &c)?;
-        let loss = (raw - target)?.sqr()?.mean_all()?;
-        let v = loss
-            .to_dtype(ndm_api::candle_core::DType::F64)?
-            .to_scalar::<f64>()?;
-        Ok(LossOutput {
-            loss,
-            terms: vec![("mse".into(), v)],
-        })
+        regression_loss(pipe, x, rng, "mse")
+    }
+}
+
+/// Conditional flow matching (Lipman et al. 2023): `E_{t ~ U, x, eps} || u_theta(z_t, t) - u ||^2`
+/// with the path's velocity `u = alpha' x + sigma' eps` (`param.velocity`'s target).
+#[derive(Debug, Clone, Default)]
+pub struct Cfm;
+
+impl Objective for Cfm {
+    fn check(&self, pipe: &Pipeline) -> ndm_api::Result<()> {
+        if pipe.spec.param.kind != "velocity" {
+            return Err(NdmError::Incompatible(format!(
+                "objective cfm regresses the path's velocity and needs param velocity, not {}",
+                pipe.spec.param.kind
+            )));
+        }
+        if pipe.spec.steps.is_some() {
+            return Err(NdmError::Incompatible(
+                "objective cfm draws continuous times: unset model.steps".into(),
+            ));
+        }
+        check_regression("cfm", pipe)
+    }
+
+    fn loss(&self, pipe: &Pipeline, x: &Tensor, rng: &mut Rng) -> Result<LossOutput> {
+        regression_loss(pipe, x, rng, "velocity_mse")
     }
 }
 
@@ -118,6 +162,13 @@ ndm_api::register_plugin!(
     "DDPM's simple loss: MSE to the parameterization's target (refuses a learnable transform)",
     NoParams,
     |_c: NoParams, _ctx: &BuildCtx| Ok(Box::new(EpsMse))
+);
+ndm_api::register_plugin!(
+    Objective,
+    "cfm",
+    "conditional flow matching: MSE of the predicted velocity to u = alpha' x + sigma' eps (param velocity)",
+    NoParams,
+    |_c: NoParams, _ctx: &BuildCtx| Ok(Box::new(Cfm))
 );
 ndm_api::register_plugin!(
     Objective,

@@ -1,4 +1,5 @@
-//! Parameterizations (`docs/math.md`, "Parameterizations"): `param.eps`, `param.x0`, `param.v`.
+//! Parameterizations (`docs/math.md`, "Parameterizations"): `param.eps`, `param.x0`, `param.v`,
+//! `param.velocity`.
 
 use ndm_api::candle_core::{Result, Tensor};
 use ndm_api::registry::BuildCtx;
@@ -35,6 +36,9 @@ impl Parameterization for X0 {
     fn target(&self, x: &Tensor, _eps: &Tensor, _c: &Coeffs) -> Result<Tensor> {
         Ok(x.clone())
     }
+    fn finite_at_zero_alpha(&self) -> bool {
+        true
+    }
 }
 
 /// v-prediction (Salimans & Ho 2022): `v = alpha eps - sigma x`,
@@ -53,6 +57,41 @@ impl Parameterization for V {
     }
     fn target(&self, x: &Tensor, eps: &Tensor, c: &Coeffs) -> Result<Tensor> {
         eps.broadcast_mul(&c.alpha)? - x.broadcast_mul(&c.sigma)?
+    }
+    fn finite_at_zero_alpha(&self) -> bool {
+        true
+    }
+}
+
+/// Velocity prediction (flow matching): the network predicts `u = dz/dt = alpha' x + sigma' eps`,
+/// the time derivative of the forward path at fixed `x` and `eps` (not v-prediction's
+/// `alpha eps - sigma x`). `xhat = (sigma' z - sigma uhat) / (sigma' alpha - sigma alpha')`; the
+/// denominator is 1 on the OT path and positive wherever the log-SNR decreases, `alpha = 0` included.
+/// With it the probability-flow drift `alpha' xhat + sigma' epshat` is `uhat` itself.
+#[derive(Debug, Clone, Default)]
+pub struct Velocity;
+
+impl Velocity {
+    /// `sigma' alpha - sigma alpha'` (`= -alpha sigma lambda' / 2 > 0`).
+    fn denominator(c: &Coeffs) -> Result<Tensor> {
+        c.dsigma.mul(&c.alpha)? - c.sigma.mul(&c.dalpha)?
+    }
+}
+
+impl Parameterization for Velocity {
+    fn predict_x(&self, raw: &Tensor, z: &Tensor, c: &Coeffs) -> Result<Tensor> {
+        (z.broadcast_mul(&c.dsigma)? - raw.broadcast_mul(&c.sigma)?)?
+            .broadcast_div(&Self::denominator(c)?)
+    }
+    fn raw_from_x(&self, x: &Tensor, z: &Tensor, c: &Coeffs) -> Result<Tensor> {
+        let eps = Eps.raw_from_x(x, z, c)?;
+        self.target(x, &eps, c)
+    }
+    fn target(&self, x: &Tensor, eps: &Tensor, c: &Coeffs) -> Result<Tensor> {
+        x.broadcast_mul(&c.dalpha)? + eps.broadcast_mul(&c.dsigma)?
+    }
+    fn finite_at_zero_alpha(&self) -> bool {
+        true
     }
 }
 
@@ -76,4 +115,11 @@ ndm_api::register_plugin!(
     "v-prediction: v = alpha eps - sigma x",
     NoParams,
     |_c: NoParams, _ctx: &BuildCtx| Ok(Box::new(V))
+);
+ndm_api::register_plugin!(
+    Param,
+    "velocity",
+    "velocity prediction (flow matching): u = dz/dt = alpha' x + sigma' eps",
+    NoParams,
+    |_c: NoParams, _ctx: &BuildCtx| Ok(Box::new(Velocity))
 );

@@ -54,6 +54,7 @@ impl NoiseSchedule for Cosine {
             sigma: s,
             log_snr: 2.0 * (c / s).ln(),
             dlog_alpha: -th.tan() * dth,
+            dalpha: -s * dth,
             dsigma2: 2.0 * s * c * dth,
         }
     }

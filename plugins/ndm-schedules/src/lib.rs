@@ -1,8 +1,13 @@
-//! Noise schedules: `schedule.vp-linear` (DDPM's linear betas, discrete or continuous form) and
-//! `schedule.cosine` (Nichol & Dhariwal's cosine, truncated in log-SNR).
+//! Noise schedules: `schedule.vp-linear` (DDPM's linear betas, discrete or continuous form),
+//! `schedule.cosine` (Nichol & Dhariwal's cosine, truncated in log-SNR), the score-SDE processes
+//! `schedule.ve` and `schedule.sub-vp`, and flow matching's `schedule.fm-ot`.
 
 mod cosine;
+mod fm_ot;
+mod score_sde;
 mod vp_linear;
 
 pub use cosine::{Cosine, CosineConfig};
+pub use fm_ot::{FmOt, FmOtConfig};
+pub use score_sde::{SubVp, SubVpConfig, Ve, VeConfig};
 pub use vp_linear::{VpForm, VpLinear, VpLinearConfig};

@@ -107,6 +107,7 @@ impl NoiseSchedule for VpLinear {
             sigma: sig2.sqrt(),
             log_snr: la - sig2.ln(),
             dlog_alpha: 0.5 * dla,
+            dalpha: 0.5 * dla * abar.sqrt(),
             dsigma2: -abar * dla,
         }
     }

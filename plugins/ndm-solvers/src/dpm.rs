@@ -49,7 +49,7 @@ impl Solver for DpmSolver2M {
 ndm_api::register_plugin!(
     Solver,
     "dpmpp-2m",
-    "DPM-Solver++(2M): second-order multistep in log-SNR, first-order first and last steps",
+    "DPM-Solver++(2M): second-order multistep in log-SNR, first-order first and last steps; runs every process (alpha_1 = 0 too)",
     NoParams,
     |_c: NoParams, _ctx: &BuildCtx| Ok(Box::new(DpmSolver2M))
 );

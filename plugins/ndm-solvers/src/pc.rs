@@ -90,6 +90,15 @@ impl PcSolver {
 }
 
 impl Solver for PcSolver {
+    fn check(&self, rp: &dyn ReverseProcess) -> ndm_api::Result<()> {
+        match self.cfg.predictor {
+            Predictor::EulerMaruyama => {
+                ndm_api::solver::refuse_sde_at_zero_alpha(rp, "pc (euler-maruyama predictor)", 1.0)
+            }
+            Predictor::ReverseDiffusion => Ok(()),
+        }
+    }
+
     fn sample(
         &self,
         rp: &dyn ReverseProcess,
@@ -121,7 +130,7 @@ impl Solver for PcSolver {
 ndm_api::register_plugin!(
     Solver,
     "pc",
-    "predictor-corrector: Langevin corrector (snr 0.16) + reverse-diffusion or Euler-Maruyama predictor",
+    "predictor-corrector: Langevin corrector (snr 0.16) + reverse-diffusion (every process) or Euler-Maruyama predictor (not flow matching)",
     PcConfig,
     |c: PcConfig, _ctx: &BuildCtx| {
         if !(c.snr > 0.0 && c.snr.is_finite()) {

@@ -66,7 +66,7 @@ pub struct DdimConfig {
 ndm_api::register_plugin!(
     Solver,
     "ancestral",
-    "ancestral sampling with NDM's posterior (eta = 1: DDPM), any sub-grid",
+    "ancestral sampling with NDM's posterior (eta = 1: DDPM), any sub-grid; runs every process",
     AncestralConfig,
     |c: AncestralConfig, _ctx: &BuildCtx| Ok(Box::new(PosteriorSolver::new(
         "solver.ancestral",
@@ -76,7 +76,7 @@ ndm_api::register_plugin!(
 ndm_api::register_plugin!(
     Solver,
     "ddim",
-    "DDIM: the posterior step with eta = 0 (deterministic), any sub-grid",
+    "DDIM: the posterior step with eta = 0 (deterministic), any sub-grid; runs every process",
     DdimConfig,
     |c: DdimConfig, _ctx: &BuildCtx| Ok(Box::new(PosteriorSolver::new("solver.ddim", c.eta)?))
 );

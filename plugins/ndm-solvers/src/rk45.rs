@@ -69,7 +69,7 @@ impl Solver for Rk45 {
 ndm_api::register_plugin!(
     Solver,
     "rk45",
-    "adaptive Dormand-Prince 5(4) on the probability-flow ODE (rtol/atol 1e-5)",
+    "adaptive Dormand-Prince 5(4) on the probability-flow ODE (rtol/atol 1e-5); runs every process",
     Rk45Config,
     |c: Rk45Config, _ctx: &BuildCtx| {
         if !(c.rtol > 0.0 && c.atol > 0.0 && c.max_steps > 0) {

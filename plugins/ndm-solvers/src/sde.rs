@@ -43,6 +43,10 @@ pub fn em_step(
 }
 
 impl Solver for EulerMaruyama {
+    fn check(&self, rp: &dyn ReverseProcess) -> ndm_api::Result<()> {
+        ndm_api::solver::refuse_sde_at_zero_alpha(rp, "euler-maruyama", self.eta)
+    }
+
     fn sample(
         &self,
         rp: &dyn ReverseProcess,
@@ -94,7 +98,7 @@ impl Solver for Heun {
 ndm_api::register_plugin!(
     Solver,
     "euler-maruyama",
-    "Euler-Maruyama on NDM's reverse SDE (eta = 1; eta = 0 is the probability-flow ODE)",
+    "Euler-Maruyama on NDM's reverse SDE (eta = 1; eta = 0 is the probability-flow ODE); eta > 0 needs alpha > 0 at the prior (not flow matching)",
     EulerMaruyamaConfig,
     |c: EulerMaruyamaConfig, _ctx: &BuildCtx| {
         if !(0.0..=1.0).contains(&c.eta) {
@@ -109,7 +113,7 @@ ndm_api::register_plugin!(
 ndm_api::register_plugin!(
     Solver,
     "heun",
-    "Heun's second-order method on the probability-flow ODE (2 NFE per step)",
+    "Heun's second-order method on the probability-flow ODE (2 NFE per step); runs every process",
     NoParams,
     |_c: NoParams, _ctx: &BuildCtx| Ok(Box::new(Heun))
 );

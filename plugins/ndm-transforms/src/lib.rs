@@ -1,8 +1,10 @@
-//! Data transformations `F(x, t)`: `transform.identity` (DDPM, DDIM, VDM, flow matching) and
-//! `transform.learned` (Neural Diffusion Models).
+//! Data transformations `F(x, t)`: `transform.identity` (DDPM, DDIM, VDM, flow matching),
+//! `transform.learned` (Neural Diffusion Models) and `transform.blur` (blurring diffusion).
 
+mod blur;
 mod learned;
 
+pub use blur::{dct_matrix, Blur, BlurConfig};
 pub use learned::{Learned, LearnedConfig};
 use ndm_api::registry::NoParams;
 

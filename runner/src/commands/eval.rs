@@ -57,15 +57,36 @@ fn nll(pipe: &Pipeline, data: &dyn Dataset, a: &EvalArgs) -> Result<Value> {
     Ok(v)
 }
 
+/// The entries of an earlier `eval.json` (an empty object when there is none), so that an NLL-only
+/// evaluation keeps the NELBO it did not recompute.
+fn previous(path: &std::path::Path) -> Result<Value> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => match serde_json::from_str::<Value>(&text) {
+            Ok(v @ Value::Object(_)) => Ok(v),
+            _ => bail!(
+                "{} is not a JSON object; move it away to evaluate the NLL alone",
+                path.display()
+            ),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(json!({})),
+        Err(e) => bail!("cannot read {}: {e}", path.display()),
+    }
+}
+
 pub fn run(env: &Env, a: &EvalArgs) -> Result<Value> {
     let run = RunDir::new(&a.run).load(env.plugins(), &env.device)?;
     let n = a
         .examples
         .unwrap_or(crate::cli::DefaultCounts::for_shape(&run.spec.data_shape).eval_examples);
-    let mut v = nelbo(&run.pipe, run.data.as_ref(), n, a.seed)?;
-    if a.nll {
+    let path = a.run.join("eval.json");
+    let mut v = if a.nll_only {
+        previous(&path)?
+    } else {
+        nelbo(&run.pipe, run.data.as_ref(), n, a.seed)?
+    };
+    if a.nll || a.nll_only {
         v["ode_nll"] = nll(&run.pipe, run.data.as_ref(), a)?;
     }
-    write_text(&a.run.join("eval.json"), &serde_json::to_string_pretty(&v)?)?;
+    write_text(&path, &serde_json::to_string_pretty(&v)?)?;
     Ok(v)
 }
