@@ -430,3 +430,147 @@ fn blur_is_an_orthonormal_dct_heat_dissipation_with_exact_time_derivative() {
         .to_string();
     assert!(e.contains("transform.blur") && e.contains("images"), "{e}");
 }
+
+#[test]
+fn vdm_gamma_is_monotone_with_an_exact_derivative_for_random_weights() {
+    for seed in 0..4 {
+        let pipe = Pipeline::build(&preset("vdm"), &[2], &registry(), &Device::Cpu, seed).unwrap();
+        let s = pipe.schedule.as_ref();
+        assert!(s.is_trainable());
+        assert_eq!(
+            s.variance_trained_vars().len(),
+            4,
+            "{:?}",
+            s.variance_trained_vars()
+        );
+        // The end points start at VDM's values.
+        assert!((s.point(0.0).log_snr - 13.3).abs() < 1e-4);
+        assert!((s.point(1.0).log_snr + 5.0).abs() < 1e-4);
+        // Monotone, with derivatives that match central differences (the conformance check), in f64.
+        ndm_api::testing::check_schedule(s).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        let mut prev = f64::NEG_INFINITY;
+        for i in 0..=1000 {
+            let t = i as f64 / 1000.0;
+            let p = s.point(t);
+            let (gamma, h) = (-p.log_snr, 1e-5);
+            assert!(gamma > prev, "seed {seed}: gamma not increasing at t = {t}");
+            prev = gamma;
+            if i > 0 && i < 1000 {
+                let fd = (s.point(t - h).log_snr - s.point(t + h).log_snr) / (2.0 * h);
+                let dgamma = -p.dlog_snr();
+                assert!(
+                    (dgamma - fd).abs() < 1e-5 * (1.0 + fd.abs()),
+                    "seed {seed} t={t}: gamma' {dgamma} vs {fd}"
+                );
+            }
+        }
+        // The batch form (the one that trains) agrees with the host form.
+        let tt = Tensor::new(&[0.1f32, 0.5, 0.9], &Device::Cpu).unwrap();
+        let b = s.batch(&tt).unwrap();
+        for (k, t) in [0.1, 0.5, 0.9].into_iter().enumerate() {
+            let p = s.point(t);
+            let got = to_vec(&b.log_snr)[k];
+            assert!(
+                (got - p.log_snr).abs() < 1e-3 * (1.0 + p.log_snr.abs()),
+                "{got} vs {}",
+                p.log_snr
+            );
+            let got = to_vec(&b.dsigma2)[k];
+            assert!(
+                (got - p.dsigma2).abs() < 1e-3 * (1.0 + p.dsigma2.abs()),
+                "{got} vs {}",
+                p.dsigma2
+            );
+        }
+    }
+}
+
+#[test]
+fn vdm_loss_is_the_ndm_continuous_loss_with_identity_f() {
+    // L_diff = 1/2 E_t[gamma'(t) ||eps - epshat||^2] (VDM) and NDM's continuous integrand with the
+    // identity transform are the same number, time by time.
+    let pipe = build(&preset("vdm"), &[2]);
+    let x = gaussian_data()
+        .sample(6, Split::Train, &mut Rng::new(1), &Device::Cpu)
+        .unwrap();
+    let eps = Rng::new(2)
+        .normal_tensor(&[6, 2], DType::F32, &Device::Cpu)
+        .unwrap();
+    let t = Tensor::new(&[0.02f32, 0.2, 0.4, 0.6, 0.8, 0.97], &Device::Cpu).unwrap();
+    let ndm = to_vec(&ndm_api::elbo::continuous_diff_integrand(&pipe, &x, &t, &eps).unwrap());
+    let sb = pipe.schedule.batch(&t).unwrap();
+    let c = pipe.coeffs(&sb).unwrap();
+    let z = c.noised(&x, &eps).unwrap();
+    let epshat = pipe.network(&NetInput::at(&z, &t, &sb)).unwrap();
+    let sq = to_vec(&(eps - epshat).unwrap().sqr().unwrap().sum(1).unwrap());
+    for (k, tk) in [0.02, 0.2, 0.4, 0.6, 0.8, 0.97].into_iter().enumerate() {
+        let dgamma = -pipe.schedule.point(tk).dlog_snr();
+        let vdm = dgamma * sq[k];
+        assert!(
+            (vdm - ndm[k]).abs() < 2e-3 * (1.0 + vdm.abs()),
+            "t={tk}: VDM {vdm} vs NDM {}",
+            ndm[k]
+        );
+    }
+}
+
+#[test]
+fn vdm_trains_its_end_points_on_the_nelbo_and_its_interior_on_the_variance() {
+    let pipe = build(&preset("vdm"), &[2]);
+    let x = gaussian_data()
+        .sample(64, Split::Train, &mut Rng::new(1), &Device::Cpu)
+        .unwrap();
+    let out = pipe.objective.loss(&pipe, &x, &mut Rng::new(2)).unwrap();
+    let variance = out
+        .variance
+        .as_ref()
+        .expect("a VDM loss carries the variance term");
+    let (g_loss, g_var) = (out.loss.backward().unwrap(), variance.backward().unwrap());
+    let norm = |store: &ndm_api::candle_core::backprop::GradStore, name: &str| {
+        let (_, v) = pipe.vars().into_iter().find(|(n, _)| n == name).unwrap();
+        store
+            .get(v.as_tensor())
+            .map(|g| {
+                g.sqr()
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap()
+            })
+            .unwrap_or(0.0)
+    };
+    // The NELBO reaches both end points (through L_prior and L_rec as well as L_diff) ...
+    for name in ["schedule.gamma0", "schedule.gamma1"] {
+        assert!(norm(&g_loss, name) > 0.0, "no NELBO gradient into {name}");
+    }
+    // ... and the squared L_diff reaches the interior, which the trainer takes from it.
+    for name in pipe.schedule.variance_trained_vars() {
+        assert!(
+            norm(&g_var, &name) > 0.0,
+            "no variance gradient into {name}"
+        );
+    }
+    let mut cfg = registry_file().preset("vdm").unwrap().train.clone();
+    cfg.batch_size = 64;
+    let data = gaussian_data();
+    let trainer = ndm_api::train::Trainer::new(&pipe, &cfg).unwrap();
+    let mut state = ndm_api::train::TrainState::new(&pipe, 0).unwrap();
+    let before: Vec<Vec<f32>> = pipe
+        .vars()
+        .iter()
+        .filter(|(n, _)| n.starts_with("schedule."))
+        .map(|(_, v)| v.as_tensor().flatten_all().unwrap().to_vec1().unwrap())
+        .collect();
+    trainer.step(&mut state, data.as_ref()).unwrap();
+    let after: Vec<Vec<f32>> = pipe
+        .vars()
+        .iter()
+        .filter(|(n, _)| n.starts_with("schedule."))
+        .map(|(_, v)| v.as_tensor().flatten_all().unwrap().to_vec1().unwrap())
+        .collect();
+    assert_eq!(before.len(), 6);
+    for (b, a) in before.iter().zip(&after) {
+        assert_ne!(b, a, "a schedule weight did not move");
+    }
+}

@@ -11,6 +11,21 @@ pub struct LossOutput {
     pub loss: Tensor,
     /// Named terms (batch means), e.g. `l_diff`, `l_prior`, `l_rec`, for progress and metrics.
     pub terms: Vec<(String, f64)>,
+    /// The batch mean of the squared per-example diffusion loss, when the schedule names weights
+    /// trained on the estimate's variance ([`crate::NoiseSchedule::variance_trained_vars`]): those
+    /// weights take their gradient from this tensor, every other weight from `loss`.
+    pub variance: Option<Tensor>,
+}
+
+impl LossOutput {
+    /// A loss whose gradient trains every weight.
+    pub fn new(loss: Tensor, terms: Vec<(String, f64)>) -> Self {
+        LossOutput {
+            loss,
+            terms,
+            variance: None,
+        }
+    }
 }
 
 /// A loss over a data batch for a composed pipeline.

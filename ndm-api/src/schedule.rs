@@ -120,6 +120,14 @@ pub trait NoiseSchedule: Send + Sync + std::fmt::Debug {
         false
     }
 
+    /// The full names of the weights that train on the variance of the diffusion loss's estimate
+    /// instead of on the loss (VDM's interior of `gamma`: in continuous time `L_diff` depends on
+    /// the schedule only through its end points, in expectation). A NELBO objective then returns
+    /// [`crate::LossOutput::variance`] and the trainer takes these weights' gradients from it.
+    fn variance_trained_vars(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// The discrete `beta_i = 1 - alpha_{t_i}^2 / alpha_{t_{i-1}}^2` at `t_i = i / n` (i = 1..=n),
     /// the quantity discrete-time VP solvers (reverse-diffusion predictor, Langevin step size) use.
     fn discrete_betas(&self, n: usize) -> Vec<f64> {

@@ -140,11 +140,20 @@ impl<'a> Trainer<'a> {
             )));
         }
         let grads = out.loss.backward()?;
+        // VDM: the schedule's interior weights descend the variance of the L_diff estimate.
+        let variance_grads = match &out.variance {
+            Some(v) => Some((v.backward()?, self.pipe.schedule.variance_trained_vars())),
+            None => None,
+        };
         let mut gs = Vec::with_capacity(self.vars.len());
         for (name, var) in &self.vars {
+            let store = match &variance_grads {
+                Some((vg, names)) if names.contains(name) => vg,
+                _ => &grads,
+            };
             // Optimizer arithmetic must not be recorded: a tracked update would chain every step's
             // graph to the next and memory would grow with the number of steps.
-            let g = match grads.get(var.as_tensor()) {
+            let g = match store.get(var.as_tensor()) {
                 Some(g) => g.detach(),
                 None => var.zeros_like()?,
             };

@@ -103,16 +103,30 @@ pub fn loss_curve_png(points: &[(usize, f64)], path: &Path) -> Result<()> {
         pts.len() >= 2,
         "fewer than two finite positive losses to plot"
     );
+    lines_png(&[(pts, RGBColor(20, 60, 180))], path)
+}
+
+/// Writes curves `(x, y)` on shared axes (the union of their ranges) as an 800 x 400 PNG: coloured
+/// lines on a grey frame, no text (the caller writes the numbers next to it).
+pub fn lines_png(lines: &[(Vec<(f64, f64)>, RGBColor)], path: &Path) -> Result<()> {
+    let all = || lines.iter().flat_map(|(pts, _)| pts.iter());
+    anyhow::ensure!(all().count() >= 2, "fewer than two points to plot");
     let (w, h) = (800u32, 400u32);
     let mut buf = vec![0u8; (w * h * 3) as usize];
     {
         let root = BitMapBackend::with_buffer(&mut buf, (w, h)).into_drawing_area();
         let err = |e: &dyn std::fmt::Display| anyhow::anyhow!("drawing failed: {e}");
         root.fill(&WHITE).map_err(|e| err(&e))?;
-        let (x0, x1) = (pts[0].0, pts[pts.len() - 1].0.max(pts[0].0 + 1.0));
-        let (mut y0, mut y1) = pts
-            .iter()
-            .fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(p.1), b.max(p.1)));
+        let range = |f: fn(&(f64, f64)) -> f64| {
+            all()
+                .map(f)
+                .fold((f64::MAX, f64::MIN), |(a, b), v| (a.min(v), b.max(v)))
+        };
+        let (x0, mut x1) = range(|p| p.0);
+        let (mut y0, mut y1) = range(|p| p.1);
+        if x1 - x0 < 1e-9 {
+            x1 = x0 + 1.0;
+        }
         if y1 - y0 < 1e-9 {
             (y0, y1) = (y0 - 0.5, y1 + 0.5);
         }
@@ -131,11 +145,13 @@ pub fn loss_curve_png(points: &[(usize, f64)], path: &Path) -> Result<()> {
             RGBColor(200, 200, 200),
         ))
         .map_err(|e| err(&e))?;
-        root.draw(&PathElement::new(
-            pts.iter().map(map).collect::<Vec<_>>(),
-            RGBColor(20, 60, 180),
-        ))
-        .map_err(|e| err(&e))?;
+        for (pts, colour) in lines {
+            root.draw(&PathElement::new(
+                pts.iter().map(map).collect::<Vec<_>>(),
+                *colour,
+            ))
+            .map_err(|e| err(&e))?;
+        }
         root.present().map_err(|e| err(&e))?;
     }
     save_png(buf, w, h, path)

@@ -37,12 +37,14 @@ pub fn draw_times(pipe: &Pipeline, b: usize, rng: &mut Rng) -> Result<Tensor> {
 
 /// The NELBO objectives' loss: the batch mean of the NELBO per data dimension (nats per dimension,
 /// scale-free across data sets), with the terms in nats per example for logs.
-fn nelbo_loss(terms: &NelboTerms, x: &Tensor) -> Result<LossOutput> {
+/// A schedule with variance-trained weights (VDM) also gets the mean squared `L_diff` per example.
+fn nelbo_loss(pipe: &Pipeline, terms: &NelboTerms, x: &Tensor) -> Result<LossOutput> {
     let dims = (x.elem_count() / x.dim(0)?) as f64;
-    Ok(LossOutput {
-        loss: (terms.total()?.mean_all()? / dims)?,
-        terms: terms.means()?,
-    })
+    let mut out = LossOutput::new((terms.total()?.mean_all()? / dims)?, terms.means()?);
+    if !pipe.schedule.variance_trained_vars().is_empty() {
+        out.variance = Some(terms.l_diff.sqr()?.mean_all()?);
+    }
+    Ok(out)
 }
 
 /// Refuses what a plain regression of the network output cannot train: a learnable transform
@@ -79,10 +81,7 @@ fn regression_loss(pipe: &Pipeline, x: &Tensor, rng: &mut Rng, term: &str) -> Re
     let v = loss
         .to_dtype(ndm_api::candle_core::DType::F64)?
         .to_scalar::<f64>()?;
-    Ok(LossOutput {
-        loss,
-        terms: vec![(term.into(), v)],
-    })
+    Ok(LossOutput::new(loss, vec![(term.into(), v)]))
 }
 
 /// `E || raw(z_t, t) - target ||^2`, the parameterization's target (eps for `param.eps`).
@@ -152,7 +151,7 @@ impl Objective for ElboDiscrete {
             ndm_api::candle_core::Error::Msg("ndm-elbo-discrete needs model.steps".into())
         })?;
         let terms = discrete_nelbo(pipe, x, t_total, DiffEstimate::Sampled, rng)?;
-        nelbo_loss(&terms, x)
+        nelbo_loss(pipe, &terms, x)
     }
 }
 
@@ -182,7 +181,8 @@ ndm_api::register_plugin!(
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ElboContinuousConfig {
-    /// `importance` (p(t) proportional to 1/g^2, NDM sec. 3.2) or `uniform`.
+    /// `importance` (p(t) proportional to 1/g^2, NDM sec. 3.2), `uniform`, or `antithetic`
+    /// (uniform times spread evenly over the batch, VDM's low-discrepancy sampler).
     pub time_sampling: TimeSampling,
 }
 
@@ -200,7 +200,7 @@ impl Objective for ElboContinuous {
         // A learned schedule moves 1/g^2 while training: rebuild its table every step.
         let fresh;
         let table = match self.rule {
-            TimeSampling::Uniform => None,
+            TimeSampling::Uniform | TimeSampling::Antithetic => None,
             TimeSampling::Importance if pipe.schedule.is_trainable() => {
                 fresh = ImportanceTable::new(pipe, 1024);
                 Some(&fresh)
@@ -210,7 +210,7 @@ impl Objective for ElboContinuous {
             }
         };
         let terms = continuous_nelbo(pipe, x, self.rule, table, 1, rng)?;
-        nelbo_loss(&terms, x)
+        nelbo_loss(pipe, &terms, x)
     }
 }
 

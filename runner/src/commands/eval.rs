@@ -57,6 +57,39 @@ fn nll(pipe: &Pipeline, data: &dyn Dataset, a: &EvalArgs) -> Result<Value> {
     Ok(v)
 }
 
+/// A learned schedule's `gamma(t) = -log-SNR` at initialisation (grey) and after training (blue):
+/// `gamma.png`, with the numbers in `gamma.csv` (`t,initial,trained`). Returns the PNG's name.
+fn schedule_plot(init: &Pipeline, trained: &Pipeline, dir: &std::path::Path) -> Result<String> {
+    let (t_min, t_end) = (trained.t_min(), trained.t_end());
+    let ts: Vec<f64> = (0..=200)
+        .map(|i| t_min + (t_end - t_min) * i as f64 / 200.0)
+        .collect();
+    let gamma = |p: &Pipeline| -> Vec<(f64, f64)> {
+        ts.iter()
+            .map(|&t| (t, -p.schedule.point(t).log_snr))
+            .collect()
+    };
+    let (g0, g1) = (gamma(init), gamma(trained));
+    let mut csv = String::from("t,initial,trained\n");
+    for ((t, a), (_, b)) in g0.iter().zip(&g1) {
+        csv += &format!("{t},{a},{b}\n");
+    }
+    write_text(&dir.join("gamma.csv"), &csv)?;
+    println!(
+        "gamma(t): {:.3} .. {:.3} trained, {:.3} .. {:.3} initially (gamma.png, gamma.csv)",
+        g1[0].1, g1[200].1, g0[0].1, g0[200].1
+    );
+    crate::plot::lines_png(
+        &[
+            (g0, plotters::style::RGBColor(160, 160, 160)),
+            (g1, plotters::style::RGBColor(20, 60, 180)),
+        ],
+        &dir.join("gamma.png"),
+    )?;
+
+    Ok("gamma.png".into())
+}
+
 /// The entries of an earlier `eval.json` (an empty object when there is none), so that an NLL-only
 /// evaluation keeps the NELBO it did not recompute.
 fn previous(path: &std::path::Path) -> Result<Value> {
@@ -86,6 +119,10 @@ pub fn run(env: &Env, a: &EvalArgs) -> Result<Value> {
     };
     if a.nll || a.nll_only {
         v["ode_nll"] = nll(&run.pipe, run.data.as_ref(), a)?;
+    }
+    if run.pipe.schedule.is_trainable() {
+        let init = run.spec.build_pipeline(env.plugins(), &env.device)?;
+        v["schedule_plot"] = json!(schedule_plot(&init, &run.pipe, &a.run)?);
     }
     write_text(&path, &serde_json::to_string_pretty(&v)?)?;
     Ok(v)
