@@ -33,7 +33,7 @@ impl LossOutput {
 /// - eps-mse (DDPM's simple loss): regresses the parameterization's target; refuses a trainable
 ///   transform (`F` would collapse to 0, NDM sec. 6) in [`Objective::check`].
 /// - ndm-elbo-discrete / ndm-elbo-continuous: the NELBO of `docs/math.md` ("NELBO"), gradients into the backbone,
-///   transform and (once they exist: planned) a learned schedule (VDM) and a flow prior alike,
+///   transform, a learned schedule (VDM: its interior from `LossOutput::variance`) and (planned) a flow prior,
 ///   through [`crate::elbo`].
 /// - planned: a flow prior's NLL is the prior's `prior_loss`, so it will be part of the NELBO
 ///   objectives rather than an objective of its own.

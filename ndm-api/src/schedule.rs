@@ -94,7 +94,7 @@ impl ScheduleBatch {
 /// formula of the pipeline uses `dalpha` instead, which stays finite. Fixed schedules (vp-linear,
 /// cosine, ve, sub-vp, fm-ot) implement only [`NoiseSchedule::point`], in `f64`, where
 /// precision matters near the ends; the batch form [`NoiseSchedule::batch`] is derived from it. A
-/// schedule with trainable weights (planned: VDM's learned monotone `gamma`, `alpha^2 = sigmoid(-gamma)`, `sigma^2 = sigmoid(gamma)`) takes a
+/// schedule with trainable weights (`vdm`: a learned monotone `gamma`, `alpha^2 = sigmoid(-gamma)`, `sigma^2 = sigmoid(gamma)`) takes a
 /// `VarBuilder` under the prefix `schedule.` when it is built, overrides `batch` with tensor ops so that
 /// gradients reach its weights, and answers `point` by evaluating the same weights on the host.
 pub trait NoiseSchedule: Send + Sync + std::fmt::Debug {

@@ -209,14 +209,31 @@ impl Dataset for Checkerboard {
             .to_dtype(DType::F64)?
             .flatten_from(1)?
             .to_vec2::<f64>()?;
-        let inside = p
+        // Which of the 16 cells each inside point is in (8 of them can be hit).
+        let mut counts = [0usize; 16];
+        for q in p
             .iter()
             .filter(|q| q.len() == 2 && Checkerboard::inside(q[0], q[1]))
-            .count();
-        Ok(vec![(
-            "inside_fraction".into(),
-            inside as f64 / p.len().max(1) as f64,
-        )])
+        {
+            counts[((q[1].floor() + 2.0) * 4.0 + q[0].floor() + 2.0) as usize] += 1;
+        }
+        let inside: usize = counts.iter().sum();
+        // Total variation between the inside points' spread over the 8 squares and the uniform
+        // 1/8 each: 0 for the data, 7/8 when every point sits in one square.
+        let tv = 0.5
+            * counts
+                .iter()
+                .enumerate()
+                .filter(|(k, _)| (k / 4 + k % 4) % 2 == 0)
+                .map(|(_, &c)| (c as f64 / inside.max(1) as f64 - 0.125).abs())
+                .sum::<f64>();
+        Ok(vec![
+            (
+                "inside_fraction".into(),
+                inside as f64 / p.len().max(1) as f64,
+            ),
+            ("square_tv".into(), tv),
+        ])
     }
 }
 
@@ -272,6 +289,12 @@ mod tests {
             .unwrap();
         let m = Checkerboard.sample_metrics(&x).unwrap();
         assert_eq!(m[0].1, 1.0);
+        // 4000 uniform draws over 8 squares: TV about sqrt(8 / (2 pi 4000)) ~ 0.02 from uniform.
+        assert!(m[1].1 < 0.05, "square_tv {}", m[1].1);
+        // All in one square: 7/8.
+        let one = Tensor::from_vec(vec![0.5f32, 0.5, 0.25, 0.75], (2, 2), &Device::Cpu).unwrap();
+        let m = Checkerboard.sample_metrics(&one).unwrap();
+        assert!((m[1].1 - 0.875).abs() < 1e-12, "{m:?}");
         let p = x.to_vec2::<f32>().unwrap();
         let mut cells = std::collections::HashSet::new();
         for q in &p {
