@@ -574,3 +574,32 @@ fn vdm_trains_its_end_points_on_the_nelbo_and_its_interior_on_the_variance() {
         assert_ne!(b, a, "a schedule weight did not move");
     }
 }
+
+#[test]
+fn a_log_snr_time_embedding_stays_finite_where_alpha_is_zero() {
+    // Flow matching's log-SNR is -inf at t = 1: the U-Net's log-SNR embedding must not turn it
+    // into NaN.
+    let mut spec = preset("fm-ot");
+    spec.backbone = PluginSpec::new("unet");
+    for (k, v) in [
+        ("base_channels", "8"),
+        ("channel_mults", "[1]"),
+        ("attention_resolutions", "[]"),
+        ("time_embedding", "\"log-snr\""),
+    ] {
+        spec.backbone.set(k, v);
+    }
+    let pipe = build(&spec, &[1, 8, 8]);
+    let z = Rng::new(1)
+        .normal_tensor(&[2, 1, 8, 8], DType::F32, &Device::Cpu)
+        .unwrap();
+    for t in [1.0, 0.5] {
+        let drift = pipe.ode_drift(&z, t).unwrap();
+        assert!(
+            to_vec(&drift.flatten_all().unwrap())
+                .iter()
+                .all(|v| v.is_finite()),
+            "t = {t}"
+        );
+    }
+}

@@ -378,7 +378,7 @@ fn unknown_plugin_lists_the_known_ones() {
     assert!(!ok);
     assert_clean_error(
         &stderr,
-        "unknown schedule plugin `cosin`; known: cosine, vp-linear",
+        "unknown schedule plugin `cosin`; known: cosine, fm-ot, sub-vp, vdm, ve, vp-linear",
     );
     assert!(
         !tmp.path().join("r").exists(),

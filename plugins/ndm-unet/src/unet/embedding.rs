@@ -61,7 +61,10 @@ impl TimeEmbedding {
                         "UNet: time_embedding = \"log-snr\" needs the log-SNR of every item"
                     );
                 };
+                // Clamped far outside every schedule's range but finite: flow matching's
+                // log-SNR is -inf at t = 1 (alpha = 0).
                 l.to_dtype(dtype)?
+                    .clamp(-3.0 * LOG_SNR_MAX, 3.0 * LOG_SNR_MAX)?
                     .affine(-1.0 / LOG_SNR_SPAN, LOG_SNR_MAX / LOG_SNR_SPAN)?
             }
         };
