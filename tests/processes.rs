@@ -603,3 +603,58 @@ fn a_log_snr_time_embedding_stays_finite_where_alpha_is_zero() {
         );
     }
 }
+
+#[test]
+fn with_the_exact_denoiser_the_continuous_nelbo_is_tight_under_ve_sub_vp_and_flow_matching() {
+    // The continuous bound with the exact denoiser exceeds the true NLL only by the prior's and
+    // the decoder's mismatch, both tiny here: it checks the new schedules' coefficients, VE's
+    // scaled prior and flow matching's alpha_1 = 0 end inside the NELBO.
+    use ndm_api::elbo::{continuous_nelbo, ImportanceTable, TimeSampling};
+    let mut ve = PluginSpec::new("ve");
+    ve.set("sigma_max", "50.0");
+    let mut wide = PluginSpec::new("gaussian");
+    wide.set("scale", "50.0");
+    let mut fm = preset("fm-ot");
+    fm.backbone = PluginSpec::new("gaussian-oracle");
+    fm.objective = PluginSpec::new("ndm-elbo-continuous");
+    let data = gaussian_data();
+    for (name, pipe) in [
+        ("ve", oracle_pipeline("score-sde-ve", Some(ve), Some(wide))),
+        ("sub-vp", oracle_pipeline("score-sde-subvp", None, None)),
+        ("fm-ot", build(&fm, &[2])),
+    ] {
+        let mut rng = Rng::new(11);
+        let x = data
+            .sample(400, Split::Test, &mut rng, &Device::Cpu)
+            .unwrap();
+        // As `runner eval` samples times: half 1/g^2, half uniform.
+        let table = ImportanceTable::defensive(&pipe, 4096, 0.5);
+        let terms = continuous_nelbo(
+            &pipe,
+            &x,
+            TimeSampling::Importance,
+            Some(&table),
+            256,
+            &mut rng,
+        )
+        .unwrap();
+        let nll = to_vec(&data.log_density(&x).unwrap().unwrap());
+        let gaps: Vec<f64> = to_vec(&terms.total().unwrap())
+            .iter()
+            .zip(&nll)
+            .map(|(b, l)| b + l)
+            .collect();
+        let n = gaps.len() as f64;
+        let gap = gaps.iter().sum::<f64>() / n;
+        let se = (gaps.iter().map(|g| (g - gap).powi(2)).sum::<f64>() / (n - 1.0) / n).sqrt();
+        eprintln!(
+            "{name}: NELBO - NLL = {gap:.4} ± {se:.4}; terms {:?}",
+            terms.means().unwrap()
+        );
+        assert!(
+            gap > -4.0 * se,
+            "{name}: NELBO below the NLL by {gap} ± {se}"
+        );
+        assert!(gap < 0.05 + 4.0 * se, "{name}: NELBO - NLL = {gap} ± {se}");
+    }
+}

@@ -285,6 +285,15 @@ pub struct ImportanceTable {
 
 impl ImportanceTable {
     pub fn new(pipe: &Pipeline, cells: usize) -> Self {
+        Self::defensive(pipe, cells, 0.0)
+    }
+
+    /// The density `(1 - uniform) p_{1/g^2} + uniform / (t_end - t_min)`: a defensive mixture
+    /// whose weights `1 / p(t)` never exceed `(t_end - t_min) / uniform`, so the estimate's
+    /// variance stays within `1 / uniform` times the uniform sampler's wherever `1 / g^2` is a poor
+    /// guide to the integrand (VE and sub-VP, whose estimates under pure `1 / g^2` sampling are
+    /// heavy-tailed). Evaluation uses `uniform = 0.5`.
+    pub fn defensive(pipe: &Pipeline, cells: usize, uniform: f64) -> Self {
         let (t_min, t_end) = (pipe.t_min(), pipe.t_end());
         let h = (t_end - t_min) / cells as f64;
         let w: Vec<f64> = (0..cells)
@@ -298,7 +307,7 @@ impl ImportanceTable {
         cdf.push(0.0);
         let mut acc = 0.0;
         for wj in &w {
-            acc += wj / total;
+            acc += (1.0 - uniform) * wj / total + uniform / cells as f64;
             cdf.push(acc);
         }
         if let Some(last) = cdf.last_mut() {

@@ -193,7 +193,7 @@ pub fn evaluate_nelbo(
         .spec
         .steps
         .is_none()
-        .then(|| ImportanceTable::new(pipe, 4096));
+        .then(|| ImportanceTable::defensive(pipe, 4096, 0.5));
     // A discretized decoder gives a probability of the discrete data itself: no dequantization.
     let deq =
         match pipe.spec.decoder {
