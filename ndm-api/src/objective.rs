@@ -11,7 +11,8 @@ pub struct LossOutput {
     pub loss: Tensor,
     /// Named terms (batch means), e.g. `l_diff`, `l_prior`, `l_rec`, for progress and metrics.
     pub terms: Vec<(String, f64)>,
-    /// The batch mean of the squared per-example diffusion loss, when the schedule names weights
+    /// The batch mean of the squared per-example diffusion loss (up to a positive constant
+    /// factor, which Adam's per-weight normalisation ignores), when the schedule names weights
     /// trained on the estimate's variance ([`crate::NoiseSchedule::variance_trained_vars`]): those
     /// weights take their gradient from this tensor, every other weight from `loss`.
     pub variance: Option<Tensor>,

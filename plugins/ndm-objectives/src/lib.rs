@@ -37,12 +37,19 @@ pub fn draw_times(pipe: &Pipeline, b: usize, rng: &mut Rng) -> Result<Tensor> {
 
 /// The NELBO objectives' loss: the batch mean of the NELBO per data dimension (nats per dimension,
 /// scale-free across data sets), with the terms in nats per example for logs.
-/// A schedule with variance-trained weights (VDM) also gets the mean squared `L_diff` per example.
+/// A schedule with variance-trained weights (VDM) also gets the mean squared `L_diff` per example,
+/// rescaled to the loss's units.
 fn nelbo_loss(pipe: &Pipeline, terms: &NelboTerms, x: &Tensor) -> Result<LossOutput> {
     let dims = (x.elem_count() / x.dim(0)?) as f64;
     let mut out = LossOutput::new((terms.total()?.mean_all()? / dims)?, terms.means()?);
     if !pipe.schedule.variance_trained_vars().is_empty() {
-        out.variance = Some(terms.l_diff.sqr()?.mean_all()?);
+        // E[L_diff^2], divided by the constant 2 |E L_diff| D: the same gradient direction, in the
+        // loss's units (the gradient of L_diff^2 is 2 L_diff dL_diff), so that clipping by the
+        // global gradient norm does not let the variance term scale every other gradient away.
+        let l = &terms.l_diff;
+        let scale = (l.mean_all()?.detach().abs()? * (2.0 * dims))?;
+        let scale = scale.clamp(1e-6, f64::INFINITY)?;
+        out.variance = Some(l.sqr()?.mean_all()?.div(&scale)?);
     }
     Ok(out)
 }
