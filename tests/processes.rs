@@ -35,6 +35,16 @@ fn gaussian_data() -> Box<dyn Dataset> {
     data
 }
 
+/// The largest absolute entry of an f32 tensor.
+fn max_abs(t: &Tensor) -> f32 {
+    t.abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
 /// Mean and variance of each column of an `[n, d]` tensor.
 fn moments(x: &Tensor) -> Vec<(f64, f64)> {
     let v = x.to_dtype(DType::F64).unwrap().to_vec2::<f64>().unwrap();
@@ -146,14 +156,7 @@ fn flow_matching_path_has_its_marginals_and_velocity() {
     let (_, c) = z_at(t);
     let u = pipe.param.target(&x, &eps, &c).unwrap();
     let fd = ((z_hi - z_lo).unwrap() / (2.0 * h)).unwrap();
-    let err = (u - fd)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+    let err = max_abs(&(u - fd).unwrap());
     // The path is linear in t: the central difference is exact up to f32 rounding.
     assert!(err < 1e-3, "velocity target vs dz/dt: {err}");
 }
@@ -172,21 +175,8 @@ fn with_the_velocity_parameterization_the_ode_drift_is_the_network_output() {
             let sb = pipe.schedule.batch(&tt).unwrap();
             let raw = pipe.network(&NetInput::at(&z, &tt, &sb)).unwrap();
             let drift = pipe.ode_drift(&z, t).unwrap();
-            let err = (&raw - &drift)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
-            let scale = raw
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let err = max_abs(&(&raw - &drift).unwrap());
+            let scale = max_abs(&raw);
             // In f32 the drift's (z - alpha xhat) / sigma loses about eps_f32 |z| / sigma to
             // cancellation: 1.4e-2 at fm-ot's sigma_0 = 1e-4, below 1e-6 inside.
             let z_max = 4.0;
@@ -398,14 +388,6 @@ fn blur_is_an_orthonormal_dct_heat_dissipation_with_exact_time_derivative() {
     let x = Rng::new(5)
         .normal_tensor(&[3, 2, 8, 6], DType::F32, &Device::Cpu)
         .unwrap();
-    let max_abs = |t: &Tensor| {
-        t.abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap()
-    };
     let at = |t: f32| Tensor::new(&[t, t, t], &Device::Cpu).unwrap();
     // F(x, 0) = x.
     let f0 = blur.forward(&x, &at(0.0)).unwrap();
