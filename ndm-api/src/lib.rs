@@ -66,6 +66,7 @@ pub mod eval;
 pub mod guidance;
 pub mod likelihood;
 pub mod linalg;
+pub mod metrics;
 pub mod objective;
 pub mod ode;
 pub mod overrides;
