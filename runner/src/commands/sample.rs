@@ -237,8 +237,12 @@ pub fn draw(
         grid.steps(),
         s.nfe
     );
-    for (k, v) in data.sample_metrics(&s.x)? {
-        line += &format!(", {k} {v:.4}");
+    let mut metrics = data.sample_metrics(&s.x)?;
+    if pipe.data_shape.len() == 1 && cond.is_none() {
+        metrics.extend(reference_metrics(data, &s.x, seed)?);
+    }
+    for (k, v) in metrics {
+        line += &format!(", {k} {}", fmt_metric(v));
         m[k] = json!(v);
     }
     if let Some(c) = &cond {
@@ -252,4 +256,34 @@ pub fn draw(
         println!("samples: {}", png.display());
     }
     Ok(m)
+}
+
+/// Flat data: the distance of the samples to as many held-out points (sliced Wasserstein, MMD,
+/// precision / recall, see [`ndm_api::metrics::distribution_metrics`]); the held-out points come
+/// from their own stream of `seed`, so every model sampled with one seed meets the same reference.
+fn reference_metrics(data: &dyn Dataset, x: &Tensor, seed: u64) -> Result<Vec<(String, f64)>> {
+    use ndm_api::metrics::{distribution_metrics, PointSet};
+    let samples = match PointSet::from_tensor(x) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("note: no distance metrics for these samples: {e}");
+            return Ok(Vec::new());
+        }
+    };
+    let mut rng = Rng::derived(seed, "reference points");
+    let held_out = data.sample(samples.len(), ndm_api::Split::Test, &mut rng, x.device())?;
+    let reference = PointSet::from_tensor(&held_out)?;
+    distribution_metrics(&samples, &reference, &mut rng).map_err(|e| anyhow!("sample metrics: {e}"))
+}
+
+/// Whole numbers as they are; four decimals, or four significant digits for values below 0.01
+/// (an MMD^2 of 3e-5).
+fn fmt_metric(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{v:.0}")
+    } else if v != 0.0 && v.abs() < 0.01 {
+        format!("{v:.3e}")
+    } else {
+        format!("{v:.4}")
+    }
 }
