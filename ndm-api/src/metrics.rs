@@ -19,7 +19,7 @@ pub struct PointSet {
 impl PointSet {
     /// Checks that `data` holds whole rows of `dim` finite values, at least one.
     pub fn new(data: Vec<f64>, dim: usize) -> std::result::Result<Self, String> {
-        if dim == 0 || data.is_empty() || data.len() % dim != 0 {
+        if dim == 0 || data.is_empty() || !data.len().is_multiple_of(dim) {
             return Err(format!(
                 "a point set needs whole rows of {dim} values, got {} values",
                 data.len()
