@@ -1,5 +1,5 @@
 //! Small dense linear algebra in f64 on the host (candle has none): enough for the Gaussian data
-//! set's density and the exact Gaussian denoiser.
+//! set's density, the exact Gaussian denoiser and the Fréchet distance of `crate::metrics`.
 
 /// Eigen-decomposition of a symmetric `n x n` matrix (row major) by cyclic Jacobi rotations.
 /// Returns `(eigenvalues, eigenvectors)` with eigenvector `k` in column `k` (row major `n x n`).
@@ -52,6 +52,35 @@ pub fn sym_eigen(a: &[f64], n: usize) -> (Vec<f64>, Vec<f64>) {
     ((0..n).map(|i| a[i * n + i]).collect(), v)
 }
 
+/// `A B` for row-major `d x d` matrices.
+pub fn matmul(a: &[f64], b: &[f64], d: usize) -> Vec<f64> {
+    let mut c = vec![0.0; d * d];
+    for i in 0..d {
+        for k in 0..d {
+            let aik = a[i * d + k];
+            for j in 0..d {
+                c[i * d + j] += aik * b[k * d + j];
+            }
+        }
+    }
+    c
+}
+
+/// The symmetric square root `Q sqrt(max(Lambda, 0)) Q^T` of a symmetric PSD matrix.
+pub fn sym_sqrt(a: &[f64], d: usize) -> Vec<f64> {
+    let (vals, vecs) = sym_eigen(a, d);
+    let mut out = vec![0.0; d * d];
+    for (k, &l) in vals.iter().enumerate() {
+        let s = l.max(0.0).sqrt();
+        for i in 0..d {
+            for j in 0..d {
+                out[i * d + j] += vecs[i * d + k] * s * vecs[j * d + k];
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -65,6 +94,16 @@ mod tests {
                 let r: f64 = (0..3).map(|k| v[i * 3 + k] * l[k] * v[j * 3 + k]).sum();
                 assert!((r - a[i * 3 + j]).abs() < 1e-12);
             }
+        }
+    }
+
+    #[test]
+    fn symmetric_square_root_squares_back() {
+        let a = [4.0, 1.0, 0.5, 1.0, 3.0, -0.2, 0.5, -0.2, 2.0];
+        let r = sym_sqrt(&a, 3);
+        let back = matmul(&r, &r, 3);
+        for (x, y) in back.iter().zip(&a) {
+            assert!((x - y).abs() < 1e-12, "{x} vs {y}");
         }
     }
 }

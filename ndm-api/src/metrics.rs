@@ -4,7 +4,7 @@
 //! `docs/math.md` ("Sample metrics") gives the formulas and the papers; every function takes the
 //! points as a [`PointSet`] (rows of equal length).
 
-use crate::linalg::sym_eigen;
+use crate::linalg::{matmul, sym_eigen, sym_sqrt};
 use crate::stats::Estimate;
 use crate::Rng;
 use candle_core::{DType, Tensor};
@@ -297,35 +297,6 @@ impl GaussianFit {
         }
         Ok(GaussianFit { mean, cov, n })
     }
-}
-
-/// `A B` for row-major `d x d` matrices.
-fn matmul(a: &[f64], b: &[f64], d: usize) -> Vec<f64> {
-    let mut c = vec![0.0; d * d];
-    for i in 0..d {
-        for k in 0..d {
-            let aik = a[i * d + k];
-            for j in 0..d {
-                c[i * d + j] += aik * b[k * d + j];
-            }
-        }
-    }
-    c
-}
-
-/// The symmetric square root `Q sqrt(max(Lambda, 0)) Q^T` of a symmetric PSD matrix.
-fn sym_sqrt(a: &[f64], d: usize) -> Vec<f64> {
-    let (vals, vecs) = sym_eigen(a, d);
-    let mut out = vec![0.0; d * d];
-    for (k, &l) in vals.iter().enumerate() {
-        let s = l.max(0.0).sqrt();
-        for i in 0..d {
-            for j in 0..d {
-                out[i * d + j] += vecs[i * d + k] * s * vecs[j * d + k];
-            }
-        }
-    }
-    out
 }
 
 /// The squared Fréchet (2-Wasserstein) distance between `N(m1, C1)` and `N(m2, C2)`:
