@@ -39,8 +39,55 @@ pub enum Command {
     Sample(SampleArgs),
     /// Evaluate a trained run: NELBO in nats and bits/dim on held-out data.
     Eval(EvalArgs),
+    /// A comparison matrix: models x datasets x seeds trained (or reused), each sampled with
+    /// solvers x spacings x steps and evaluated; writes results.md/.csv/.json and plots.
+    Matrix(MatrixArgs),
     /// List every registered plugin by family, and the presets.
     List,
+}
+
+/// `runner matrix [FILE] [flags]`: the file's lists, or flags alone for the simple case; a flag
+/// given replaces the file's list.
+#[derive(Debug, Args, Clone, Default)]
+pub struct MatrixArgs {
+    /// A matrix file (TOML: models, datasets, solvers, steps, spacings, seeds, ...).
+    pub file: Option<PathBuf>,
+    /// Presets, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub models: Vec<String>,
+    /// Datasets, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub datasets: Vec<String>,
+    /// Solvers (with their default params), comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub solvers: Vec<String>,
+    /// Step counts, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub steps: Vec<usize>,
+    /// Training seeds, comma-separated (default 0).
+    #[arg(long, value_delimiter = ',')]
+    pub seeds: Vec<u64>,
+    /// Samples per cell (default 10,000 for flat data, 64 for images).
+    #[arg(long, short = 'n')]
+    pub samples: Option<usize>,
+    /// Training steps of every model (default: each preset's).
+    #[arg(long)]
+    pub train_steps: Option<usize>,
+    /// Held-out examples for each run's NELBO (0 skips it).
+    #[arg(long)]
+    pub eval_examples: Option<usize>,
+    /// Leave out the cells a solver or grid cannot run, instead of refusing the matrix.
+    #[arg(long)]
+    pub skip_incompatible: bool,
+    /// Extra sample formats per cell: png, npz.
+    #[arg(long, value_delimiter = ',')]
+    pub export: Vec<String>,
+    /// Output folder (default runs/matrix-FILE, or runs/matrix-flags).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Check the matrix and list its runs (with their folders) and cells; run nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 /// Overrides of one part each: a plugin name, with its default params.
@@ -202,6 +249,11 @@ pub struct SampleArgs {
     /// w xhat(z); 0 (the default) samples the conditional model.
     #[arg(long, allow_negative_numbers = true)]
     pub guidance: Option<f64>,
+    /// Also write the samples as `png` (a folder PREFIX-png/ of one PNG per image, what
+    /// torch-fidelity and pytorch-fid read) and / or `npz` (PREFIX.npz: `arr_0` bytes
+    /// [N, H, W, C] for images, `samples` floats); comma-separated.
+    #[arg(long, value_delimiter = ',', value_name = "png,npz")]
+    pub export: Vec<String>,
 }
 
 #[derive(Debug, Args, Clone)]

@@ -59,9 +59,21 @@ pub fn scatter_png(points: &[[f64; 2]], path: &Path) -> Result<()> {
     save_png(buf, 640, 640, path)
 }
 
+/// The bytes of images `[n, C, H, W]` with values in `[-1, 1]`, in the same layout: each value
+/// maps to the byte whose cell it falls in (`floor((v + 1) 128)`, clamped), the inverse of the
+/// datasets' pixel mapping.
+pub fn image_bytes(x: &candle_core::Tensor) -> Result<Vec<u8>> {
+    let v = x
+        .to_dtype(candle_core::DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    Ok(v.into_iter()
+        .map(|f| ((f + 1.0) * 128.0).floor().clamp(0.0, 255.0) as u8)
+        .collect())
+}
+
 /// Writes images `[n, C, H, W]` (values in `[-1, 1]`, C = 1 or 3) as a grid of `rows` rows with
-/// a 2-pixel white border between cells. Values map to bytes by the cell they fall in
-/// (`floor((v + 1) 128)`, clamped), the inverse of the datasets' pixel mapping.
+/// a 2-pixel white border between cells, their pixels as [`image_bytes`] maps them.
 pub fn image_grid_png(x: &candle_core::Tensor, rows: usize, path: &Path) -> Result<()> {
     let (n, c, h, w) = x.dims4()?;
     anyhow::ensure!(c == 1 || c == 3, "cannot draw images with {c} channels");
@@ -70,11 +82,7 @@ pub fn image_grid_png(x: &candle_core::Tensor, rows: usize, path: &Path) -> Resu
     let pad = 2;
     let (gw, gh) = (cols * (w + pad) + pad, rows * (h + pad) + pad);
     let mut buf = vec![255u8; gw * gh * 3];
-    let v = x
-        .to_dtype(candle_core::DType::F32)?
-        .flatten_all()?
-        .to_vec1::<f32>()?;
-    let byte = |f: f32| ((f + 1.0) * 128.0).floor().clamp(0.0, 255.0) as u8;
+    let v = image_bytes(x)?;
     for k in 0..n {
         let (r, col) = (k / cols, k % cols);
         let (oy, ox) = (pad + r * (h + pad), pad + col * (w + pad));
@@ -83,7 +91,7 @@ pub fn image_grid_png(x: &candle_core::Tensor, rows: usize, path: &Path) -> Resu
                 let at = |ch: usize| v[((k * c + ch) * h + y) * w + xx];
                 let px = ((oy + y) * gw + ox + xx) * 3;
                 for (o, ch) in [0, 1, 2].into_iter().enumerate() {
-                    buf[px + o] = byte(at(if c == 1 { 0 } else { ch }));
+                    buf[px + o] = at(if c == 1 { 0 } else { ch });
                 }
             }
         }
@@ -155,4 +163,39 @@ pub fn lines_png(lines: &[(Vec<(f64, f64)>, RGBColor)], path: &Path) -> Result<(
         root.present().map_err(|e| err(&e))?;
     }
     save_png(buf, w, h, path)
+}
+
+/// Writes each of the images `[n, C, H, W]` (C = 1: grey, 3: RGB) as its own PNG,
+/// `dir/000000.png` onwards (the folder torch-fidelity and pytorch-fid read). Returns how many.
+pub fn image_folder(x: &candle_core::Tensor, dir: &Path) -> Result<usize> {
+    let (n, c, h, w) = x.dims4()?;
+    anyhow::ensure!(c == 1 || c == 3, "cannot write images with {c} channels");
+    std::fs::create_dir_all(dir)
+        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+    let v = image_bytes(x)?;
+    let plane = h * w;
+    for k in 0..n {
+        let img = &v[k * c * plane..(k + 1) * c * plane];
+        let path = dir.join(format!("{k:06}.png"));
+        let bytes: Vec<u8> = (0..plane)
+            .flat_map(|p| (0..c).map(move |ch| img[ch * plane + p]))
+            .collect();
+        let colour = if c == 1 {
+            image::ExtendedColorType::L8
+        } else {
+            image::ExtendedColorType::Rgb8
+        };
+        ndm_api::checkpoint::write_atomic(&path, |tmp| {
+            image::save_buffer_with_format(
+                tmp,
+                &bytes,
+                w as u32,
+                h as u32,
+                colour,
+                image::ImageFormat::Png,
+            )
+            .map_err(|e| ndm_api::NdmError::file(tmp, e))
+        })?;
+    }
+    Ok(n)
 }

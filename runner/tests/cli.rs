@@ -505,3 +505,83 @@ fn nan_loss_stops_and_keeps_the_last_good_checkpoint() {
         .collect();
     assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
 }
+
+#[test]
+fn samples_export_as_a_png_folder_and_npz() {
+    let tmp = tempfile::tempdir().unwrap();
+    let imgs = tmp.path().join("imgs");
+    std::fs::create_dir(&imgs).unwrap();
+    for k in 0..6u8 {
+        let img = image::GrayImage::from_fn(8, 8, |x, y| image::Luma([(x * 30 + y * 3) as u8 + k]));
+        img.save(imgs.join(format!("{k}.png"))).unwrap();
+    }
+    let (ok, _, stderr) = out(runner(tmp.path()).args([
+        "train",
+        "--model",
+        "ddpm",
+        "--dataset",
+        "image-folder",
+        "--set",
+        &format!("dataset.dir={}", imgs.display()),
+        "--set",
+        "dataset.size=8",
+        "--set",
+        "dataset.channels=1",
+        "--set",
+        "backbone.base_channels=8",
+        "--set",
+        "backbone.channel_mults=[1,2]",
+        "--train-steps",
+        "2",
+        "--batch-size",
+        "4",
+        "-n",
+        "0",
+        "--eval-examples",
+        "0",
+        "--out",
+        "r",
+    ]));
+    assert!(ok, "{stderr}");
+    let (ok, stdout, stderr) = out(runner(tmp.path()).args([
+        "sample", "r", "--steps", "3", "-n", "5", "--export", "png,npz", "--out", "s",
+    ]));
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("exported: 5 PNGs in"), "{stdout}");
+    for k in 0..5 {
+        let p = tmp.path().join(format!("s-png/{k:06}.png"));
+        let img = image::open(&p).unwrap();
+        assert_eq!((img.width(), img.height()), (8, 8), "{}", p.display());
+        assert!(matches!(img, image::DynamicImage::ImageLuma8(_)));
+    }
+    assert!(!tmp.path().join("s-png/000005.png").exists());
+    let npz = candle_core::npy::NpzTensors::new(tmp.path().join("s.npz")).unwrap();
+    let bytes = npz.get("arr_0").unwrap().unwrap();
+    assert_eq!(bytes.dims(), &[5, 8, 8, 1]);
+    assert_eq!(bytes.dtype(), candle_core::DType::U8);
+    let floats = npz.get("samples").unwrap().unwrap();
+    assert_eq!(floats.dims(), &[5, 1, 8, 8]);
+    // The bytes are the floats' pixel cells.
+    let f = floats.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let b = bytes
+        .permute((0, 3, 1, 2))
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<u8>()
+        .unwrap();
+    for (x, y) in f.iter().zip(&b) {
+        assert_eq!(((x + 1.0) * 128.0).floor().clamp(0.0, 255.0) as u8, *y);
+    }
+    // PNG needs images; an unknown format is named.
+    let (ok, _, stderr) = out(runner(tmp.path())
+        .args(["train", "--out", "flat"])
+        .args(SMALL));
+    assert!(ok, "{stderr}");
+    let (ok, _, stderr) = out(runner(tmp.path()).args(["sample", "flat", "--export", "png"]));
+    assert!(!ok);
+    assert_clean_error(&stderr, "export png needs image data");
+    let (ok, _, stderr) = out(runner(tmp.path()).args(["sample", "flat", "--export", "gif"]));
+    assert!(!ok);
+    assert_clean_error(&stderr, "unknown export format `gif`; known: png, npz");
+}

@@ -45,12 +45,23 @@ fn nll(pipe: &Pipeline, data: &dyn Dataset, a: &EvalArgs) -> Result<Value> {
     opts.probes = a.probes;
     opts.tol.rtol = a.rtol;
     opts.tol.atol = a.atol;
-    let t0 = Instant::now();
-    let mut rng = Rng::derived(a.seed, "nll");
     let n = a
         .examples
         .unwrap_or(crate::cli::DefaultCounts::for_shape(&pipe.data_shape).eval_examples);
-    let r = evaluate_ode_nll(pipe, data, n, EVAL_BATCH, &opts, &mut rng)?;
+    ode_nll(pipe, data, n, &opts, a.seed)
+}
+
+/// The ODE NLL on `n` held-out examples with `opts`, printed; returns its JSON.
+pub fn ode_nll(
+    pipe: &Pipeline,
+    data: &dyn Dataset,
+    n: usize,
+    opts: &NllOptions,
+    seed: u64,
+) -> Result<Value> {
+    let t0 = Instant::now();
+    let mut rng = Rng::derived(seed, "nll");
+    let r = evaluate_ode_nll(pipe, data, n, EVAL_BATCH, opts, &mut rng)?;
     println!("{r}{}", entropy_note(data));
     let mut v = serde_json::to_value(&r)?;
     v["seconds"] = json!(t0.elapsed().as_secs_f64());

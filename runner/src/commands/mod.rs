@@ -2,6 +2,7 @@
 
 pub mod eval;
 pub mod list;
+pub mod matrix;
 pub mod pictures;
 pub mod sample;
 pub mod train;

@@ -52,6 +52,7 @@ pub fn run(env: &Env, a: &SampleArgs) -> Result<Value> {
         seed: a.seed,
         classes,
         guidance: a.guidance.unwrap_or(0.0),
+        export: Export::parse(&a.export, &run.pipe.data_shape)?,
     };
     draw(
         env,
@@ -63,13 +64,61 @@ pub fn run(env: &Env, a: &SampleArgs) -> Result<Value> {
     )
 }
 
-/// How many samples to draw, from which seed, of which classes, with which guidance.
+/// How many samples to draw, from which seed, of which classes, with which guidance, and in
+/// which formats besides the picture and safetensors.
 #[derive(Debug, Clone)]
 pub struct Request {
     pub n: usize,
     pub seed: u64,
     pub classes: ClassChoice,
     pub guidance: f64,
+    pub export: Export,
+}
+
+/// Sample formats for other tools: a folder of PNGs (images only; what torch-fidelity and
+/// pytorch-fid read) and `.npz`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Export {
+    pub png: bool,
+    pub npz: bool,
+}
+
+impl Export {
+    /// `png` and / or `npz`; PNG needs image data.
+    pub fn parse(names: &[String], data_shape: &[usize]) -> Result<Export> {
+        let mut e = Export::default();
+        for n in names {
+            match n.as_str() {
+                "png" => e.png = true,
+                "npz" => e.npz = true,
+                other => anyhow::bail!("unknown export format `{other}`; known: png, npz"),
+            }
+        }
+        ensure!(
+            !e.png || data_shape.len() == 3,
+            "export png needs image data; this data has shape {data_shape:?} (export npz instead)"
+        );
+        Ok(e)
+    }
+}
+
+/// Writes `x` as `.npz`: images as `arr_0`, bytes `[N, H, W, C]` (the layout of the reference
+/// batches of Dhariwal & Nichol's evaluator), and as `samples`, floats `[N, C, H, W]` in
+/// `[-1, 1]`; flat data as `samples`, floats `[N, D]`.
+fn write_npz(x: &Tensor, path: &Path) -> Result<()> {
+    let floats = x.to_dtype(DType::F32)?;
+    let mut arrays = vec![("samples", floats)];
+    if let Ok((n, c, h, w)) = x.dims4() {
+        let bytes = crate::plot::image_bytes(x)?;
+        let nhwc = Tensor::from_vec(bytes, (n, c, h, w), &candle_core::Device::Cpu)?
+            .permute((0, 2, 3, 1))?
+            .contiguous()?;
+        arrays.insert(0, ("arr_0", nhwc));
+    }
+    ndm_api::checkpoint::write_atomic(path, |tmp| {
+        Tensor::write_npz(&arrays, tmp).map_err(|e| ndm_api::NdmError::file(tmp, e))
+    })?;
+    Ok(())
 }
 
 /// Which classes to sample.
@@ -177,6 +226,7 @@ pub fn draw(
         seed,
         ref classes,
         guidance,
+        export,
     } = *request;
     let t0 = Instant::now();
     let mut rng = Rng::derived(seed, "sample");
@@ -221,6 +271,19 @@ pub fn draw(
         ("z_start".to_string(), s.z_start.clone()),
     ]);
     write_tensors(&prefix.with_extension("safetensors"), &tensors)?;
+    let mut written = Vec::new();
+    if export.png {
+        let mut dir = prefix.as_os_str().to_owned();
+        dir.push("-png");
+        let dir = std::path::PathBuf::from(dir);
+        let k = crate::plot::image_folder(&s.x, &dir)?;
+        written.push(format!("{k} PNGs in {}", dir.display()));
+    }
+    if export.npz {
+        let path = prefix.with_extension("npz");
+        write_npz(&s.x, &path)?;
+        written.push(path.display().to_string());
+    }
     let mut m = json!({
         "solver": sampler.solver.kind,
         "solver_params": sampler.solver.params,
@@ -255,6 +318,9 @@ pub fn draw(
     if pipe.data_shape == [2] || pipe.data_shape.len() == 3 {
         println!("samples: {}", png.display());
     }
+    if !written.is_empty() {
+        println!("exported: {}", written.join(", "));
+    }
     Ok(m)
 }
 
@@ -278,7 +344,7 @@ fn reference_metrics(data: &dyn Dataset, x: &Tensor, seed: u64) -> Result<Vec<(S
 
 /// Whole numbers as they are; four decimals, or four significant digits for values below 0.01
 /// (an MMD^2 of 3e-5).
-fn fmt_metric(v: f64) -> String {
+pub fn fmt_metric(v: f64) -> String {
     if v.fract() == 0.0 && v.abs() < 1e15 {
         format!("{v:.0}")
     } else if v != 0.0 && v.abs() < 0.01 {

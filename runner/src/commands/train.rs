@@ -119,7 +119,7 @@ fn dataset_name(a: &TrainArgs) -> &str {
 }
 
 /// The run spec a new training run asks for: a preset with the command's overrides, resolved.
-fn new_spec(env: &Env, a: &TrainArgs) -> Result<RunSpec> {
+pub fn new_spec(env: &Env, a: &TrainArgs) -> Result<RunSpec> {
     // The dataset's own settings first: its shape picks the preset's variant for images.
     let mut dataset = ndm_api::PluginSpec::new(dataset_name(a));
     let (data_sets, other_sets): (Vec<&String>, Vec<&String>) =
@@ -203,8 +203,7 @@ pub fn run(env: &Env, a: &TrainArgs) -> Result<Outcome> {
         None => PathBuf::from("runs").join(format!("{}-{}", preset_name(a)?, dataset_name(a))),
     };
     let rd = RunDir::new(&out);
-    let interrupted = interrupt_flag();
-    let (spec, pipe, mut state) = if a.resume {
+    let (spec, pipe, state) = if a.resume {
         let refused = flags_resume_cannot_honour(a);
         if !refused.is_empty() {
             bail!(
@@ -235,8 +234,37 @@ pub fn run(env: &Env, a: &TrainArgs) -> Result<Outcome> {
         let state = TrainState::new(&pipe, spec.train.seed)?;
         (spec, pipe, state)
     };
+    let counts = crate::cli::DefaultCounts::for_shape(&spec.data_shape);
+    let after = After {
+        samples: a.sampler.samples.unwrap_or(counts.samples),
+        eval_examples: a.eval_examples.unwrap_or(counts.eval_examples),
+    };
+    fit(env, &rd, &spec, &pipe, state, &after)
+}
+
+/// What a finished training run does next: draw samples (0: none) and the NELBO on held-out
+/// examples (0: none).
+#[derive(Debug, Clone, Copy)]
+pub struct After {
+    pub samples: usize,
+    pub eval_examples: usize,
+}
+
+/// Trains the run in `rd` (its spec written, its state fresh or loaded) to `spec.train.steps`,
+/// with a progress bar, the per-step log and Ctrl-C handling; then writes the loss curve, the EMA
+/// weights' samples, pictures, NELBO and `metrics.json`.
+pub fn fit(
+    env: &Env,
+    rd: &RunDir,
+    spec: &RunSpec,
+    pipe: &ndm_api::Pipeline,
+    mut state: TrainState,
+    after: &After,
+) -> Result<Outcome> {
+    let out = &rd.path;
+    let interrupted = interrupt_flag();
     let data = spec.build_dataset(env.plugins(), &env.device)?;
-    let trainer = Trainer::new(&pipe, &spec.train)?;
+    let trainer = Trainer::new(pipe, &spec.train)?;
     let mut log = TrainLog::open(&rd.file(LOG_FILE), state.step)?;
     let pb = env.progress(spec.train.steps as u64, "train");
     pb.set_position(state.step as u64);
@@ -253,7 +281,7 @@ pub fn run(env: &Env, a: &TrainArgs) -> Result<Outcome> {
             Control::Continue
         }
     };
-    let mut save = |s: &TrainState| rd.write_checkpoint(&pipe, s);
+    let mut save = |s: &TrainState| rd.write_checkpoint(pipe, s);
     let result = train_loop(&trainer, &mut state, data.as_ref(), &mut on_step, &mut save);
     log.finish()?;
     let summary = match result {
@@ -302,32 +330,32 @@ pub fn run(env: &Env, a: &TrainArgs) -> Result<Outcome> {
         summary.steps_per_second(),
         summary.final_loss
     );
-    let counts = crate::cli::DefaultCounts::for_shape(&spec.data_shape);
-    let n_samples = a.sampler.samples.unwrap_or(counts.samples);
+    let n_samples = after.samples;
     if n_samples > 0 {
         metrics["samples"] = super::sample::draw(
             env,
-            &pipe,
+            pipe,
             data.as_ref(),
             &spec.sampler,
             &super::sample::Request {
                 n: n_samples,
                 seed: spec.train.seed,
-                classes: super::sample::ClassChoice::parse(None, &pipe)?,
+                classes: super::sample::ClassChoice::parse(None, pipe)?,
                 guidance: 0.0,
+                export: super::sample::Export::default(),
             },
             &rd.file("samples"),
         )?;
     }
     if spec.data_shape.len() == 3 {
-        super::pictures::denoising_strip(&pipe, data.as_ref(), &rd.file("denoise.png"))?;
+        super::pictures::denoising_strip(pipe, data.as_ref(), &rd.file("denoise.png"))?;
         if !pipe.transform.is_identity() {
-            super::pictures::transform_strip(&pipe, data.as_ref(), &rd.file("transform.png"))?;
+            super::pictures::transform_strip(pipe, data.as_ref(), &rd.file("transform.png"))?;
         }
     }
-    let n_eval = a.eval_examples.unwrap_or(counts.eval_examples);
+    let n_eval = after.eval_examples;
     if n_eval > 0 {
-        metrics["eval"] = super::eval::nelbo(&pipe, data.as_ref(), n_eval, 1)?;
+        metrics["eval"] = super::eval::nelbo(pipe, data.as_ref(), n_eval, 1)?;
     }
     write_text(
         &rd.file(METRICS_FILE),
