@@ -736,7 +736,7 @@ const PALETTE: [(&str, RGBColor); 8] = [
 ];
 
 /// The metric a quality plot shows: the first of these that the rows have.
-const QUALITY_KEYS: [&str; 4] = ["fid", "sliced_w2", "mmd2_rbf", "pixel_mean_error"];
+const QUALITY_KEYS: [&str; 3] = ["sliced_w2", "mmd2_rbf", "pixel_mean_error"];
 
 /// `results.md` and the plots of one dataset's rows.
 fn dataset_report(dataset: &str, rows: &[&Value], runs: &[&RunPlan], out: &Path) -> Result<String> {
