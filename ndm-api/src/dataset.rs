@@ -20,6 +20,12 @@ pub trait Dataset: Send + Sync + std::fmt::Debug {
     /// A batch of `n` examples (f32, on `device`).
     fn sample(&self, n: usize, split: Split, rng: &mut Rng, device: &Device) -> Result<Tensor>;
 
+    /// The number of examples in a split where it is finite (image files); `None` for generated
+    /// data.
+    fn split_len(&self, _split: Split) -> Option<usize> {
+        None
+    }
+
     /// The number of classes its examples are labelled with; 0 for unlabelled data.
     fn num_classes(&self) -> usize {
         0

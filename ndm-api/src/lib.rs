@@ -63,6 +63,7 @@ pub mod elbo;
 pub mod embedding;
 pub mod error;
 pub mod eval;
+pub mod features;
 pub mod guidance;
 pub mod likelihood;
 pub mod linalg;

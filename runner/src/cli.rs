@@ -42,8 +42,28 @@ pub enum Command {
     /// A comparison matrix: models x datasets x seeds trained (or reused), each sampled with
     /// solvers x spacings x steps and evaluated; writes results.md/.csv/.json and plots.
     Matrix(MatrixArgs),
+    /// Train the small image classifier whose features FID, KID and precision/recall use
+    /// (`runner sample --features DIR`); reports its test accuracy and its hash.
+    Classifier(ClassifierArgs),
     /// List every registered plugin by family, and the presets.
     List,
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ClassifierArgs {
+    /// A labelled image dataset (mnist, fashion-mnist, cifar10, image-folder).
+    #[arg(long, default_value = "mnist")]
+    pub dataset: String,
+    /// Set one dataset param: `dataset.dir=DIR` (repeatable).
+    #[arg(long = "set", value_name = "dataset.FIELD=VALUE")]
+    pub set: Vec<String>,
+    #[arg(long, default_value_t = 3000)]
+    pub train_steps: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Output folder; default classifiers/DATASET.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
 }
 
 /// `runner matrix [FILE] [flags]`: the file's lists, or flags alone for the simple case; a flag
@@ -85,6 +105,10 @@ pub struct MatrixArgs {
     /// Output folder (default runs/matrix-FILE, or runs/matrix-flags).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// A feature network folder (`runner classifier`) for FID, KID and precision/recall of
+    /// image cells.
+    #[arg(long, value_name = "DIR")]
+    pub features: Option<PathBuf>,
     /// Check the matrix and list its runs (with their folders) and cells; run nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -249,6 +273,10 @@ pub struct SampleArgs {
     /// w xhat(z); 0 (the default) samples the conditional model.
     #[arg(long, allow_negative_numbers = true)]
     pub guidance: Option<f64>,
+    /// A feature network folder written by `runner classifier`: also FID, KID and k-NN
+    /// precision/recall of the samples against the test images in its feature space.
+    #[arg(long, value_name = "DIR")]
+    pub features: Option<PathBuf>,
     /// Also write the samples as `png` (a folder PREFIX-png/ of one PNG per image, what
     /// torch-fidelity and pytorch-fid read) and / or `npz` (PREFIX.npz: `arr_0` bytes
     /// [N, H, W, C] for images, `samples` floats); comma-separated.

@@ -70,6 +70,7 @@ fn run(cli: Cli, plugins: &[ndm_api::PluginInfo]) -> anyhow::Result<Outcome> {
         Some(Command::Sample(a)) => commands::sample::run(&env, &a).map(|_| Outcome::Done),
         Some(Command::Eval(a)) => commands::eval::run(&env, &a).map(|_| Outcome::Done),
         Some(Command::Matrix(a)) => commands::matrix::run(&env, &a),
+        Some(Command::Classifier(a)) => commands::classifier::run(&env, &a).map(|_| Outcome::Done),
         Some(Command::List) => {
             print!("{}", commands::list::render(&env));
             Ok(Outcome::Done)

@@ -585,3 +585,131 @@ fn samples_export_as_a_png_folder_and_npz() {
     assert!(!ok);
     assert_clean_error(&stderr, "unknown export format `gif`; known: png, npz");
 }
+
+#[test]
+fn a_feature_network_is_trained_and_scores_samples_with_fid_and_kid() {
+    let tmp = tempfile::tempdir().unwrap();
+    let imgs = tmp.path().join("imgs");
+    // Two classes (sub-folders): bright left half or bright right half.
+    for (class, left) in [("left", true), ("right", false)] {
+        std::fs::create_dir_all(imgs.join(class)).unwrap();
+        for k in 0..12u32 {
+            let img = image::GrayImage::from_fn(8, 8, |x, y| {
+                let on = (x < 4) == left;
+                image::Luma([if on {
+                    200 + ((x + y + k) % 40) as u8
+                } else {
+                    ((x * y + k) % 30) as u8
+                }])
+            });
+            img.save(imgs.join(class).join(format!("{k}.png"))).unwrap();
+        }
+    }
+    let dir = format!("dataset.dir={}", imgs.display());
+    let data = [
+        "--set",
+        dir.as_str(),
+        "--set",
+        "dataset.size=8",
+        "--set",
+        "dataset.channels=1",
+    ];
+    let (ok, stdout, stderr) = out(runner(tmp.path())
+        .args([
+            "classifier",
+            "--dataset",
+            "image-folder",
+            "--train-steps",
+            "40",
+            "--out",
+            "fn",
+        ])
+        .args(data));
+    assert!(ok, "{stderr}");
+    assert!(stdout.starts_with("feature network "), "{stdout}");
+    let info: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(tmp.path().join("fn/feature-net.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(info["test_accuracy"].as_f64().unwrap() > 0.9, "{info}");
+    let hash = info["hash"].as_str().unwrap().to_string();
+    assert_eq!(hash.len(), 16);
+    let (ok, _, stderr) = out(runner(tmp.path())
+        .args(["train", "--model", "ddpm", "--dataset", "image-folder"])
+        .args(data)
+        .args([
+            "--set",
+            "backbone.base_channels=8",
+            "--set",
+            "backbone.channel_mults=[1,2]",
+            "--train-steps",
+            "2",
+            "--batch-size",
+            "4",
+            "-n",
+            "0",
+            "--eval-examples",
+            "0",
+            "--out",
+            "r",
+        ]));
+    assert!(ok, "{stderr}");
+    let (ok, stdout, stderr) = out(runner(tmp.path()).args([
+        "sample",
+        "r",
+        "--steps",
+        "3",
+        "-n",
+        "16",
+        "--features",
+        "fn",
+        "--out",
+        "s",
+    ]));
+    assert!(ok, "{stderr}");
+    for key in [
+        "fid ",
+        "kid ",
+        "kid_stderr ",
+        "feature_precision ",
+        "feature_n 16",
+    ] {
+        assert!(stdout.contains(key), "`{key}` not in {stdout}");
+    }
+    // A network for other images is refused in one line.
+    let other = tmp.path().join("imgs16");
+    std::fs::create_dir_all(other.join("a")).unwrap();
+    std::fs::create_dir_all(other.join("b")).unwrap();
+    for k in 0..3u8 {
+        image::GrayImage::from_pixel(16, 16, image::Luma([k]))
+            .save(other.join(format!("a/{k}.png")))
+            .unwrap();
+        image::GrayImage::from_pixel(16, 16, image::Luma([200 + k]))
+            .save(other.join(format!("b/{k}.png")))
+            .unwrap();
+    }
+    let dir16 = format!("dataset.dir={}", other.display());
+    let (ok, _, stderr) = out(runner(tmp.path()).args([
+        "classifier",
+        "--dataset",
+        "image-folder",
+        "--set",
+        &dir16,
+        "--set",
+        "dataset.size=16",
+        "--set",
+        "dataset.channels=1",
+        "--train-steps",
+        "2",
+        "--out",
+        "fn16",
+    ]));
+    assert!(ok, "{stderr}");
+    let (ok, _, stderr) =
+        out(runner(tmp.path()).args(["sample", "r", "--steps", "2", "--features", "fn16"]));
+    assert!(!ok);
+    assert_clean_error(
+        &stderr,
+        "takes images [1, 16, 16]; this run's data is [1, 8, 8]",
+    );
+}

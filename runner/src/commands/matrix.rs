@@ -71,6 +71,10 @@ pub struct MatrixFile {
     /// Extra sample formats per cell: `png`, `npz`.
     #[serde(default)]
     pub export: Vec<String>,
+    /// A feature network folder (`runner classifier`): image cells also get FID, KID and
+    /// precision/recall in its feature space.
+    #[serde(default)]
+    pub features: Option<PathBuf>,
 }
 
 /// A model: a preset with overrides.
@@ -209,6 +213,7 @@ impl MatrixFile {
         self.samples = a.samples.or(self.samples);
         self.train_steps = a.train_steps.or(self.train_steps);
         self.eval_examples = a.eval_examples.or(self.eval_examples);
+        self.features = a.features.clone().or(self.features);
         if a.skip_incompatible {
             self.incompatible = Some("skip".into());
         }
@@ -393,6 +398,16 @@ fn plan(env: &Env, f: &MatrixFile, out: &Path) -> Result<Vec<RunPlan>> {
     }
     if let Err(e) = super::sample::Export::parse(&f.export, &[1, 1, 1]) {
         problems.push(format!("export: {e}"));
+    }
+    if let Some(dir) = &f.features {
+        let file = dir.join(super::classifier::NET_FILE);
+        if !file.is_file() {
+            problems.push(format!(
+                "features: no {} (train one with `runner classifier --dataset mnist --out {}`)",
+                file.display(),
+                dir.display()
+            ));
+        }
     }
     let mut labels: Vec<String> = f.models.iter().map(|m| m.label().to_string()).collect();
     labels.sort();
@@ -736,7 +751,7 @@ const PALETTE: [(&str, RGBColor); 8] = [
 ];
 
 /// The metric a quality plot shows: the first of these that the rows have.
-const QUALITY_KEYS: [&str; 3] = ["sliced_w2", "mmd2_rbf", "pixel_mean_error"];
+const QUALITY_KEYS: [&str; 4] = ["fid", "sliced_w2", "mmd2_rbf", "pixel_mean_error"];
 
 /// `results.md` and the plots of one dataset's rows.
 fn dataset_report(dataset: &str, rows: &[&Value], runs: &[&RunPlan], out: &Path) -> Result<String> {
@@ -1011,6 +1026,17 @@ pub fn run(env: &Env, a: &MatrixArgs) -> Result<Outcome> {
         }
         tick(&format!("trained {name}"));
         let loaded = RunDir::new(&run.dir).load(env.plugins(), &env.device)?;
+        let features = match (&f.features, run.spec.data_shape.len()) {
+            (Some(dir), 3) => {
+                let fresh = run.spec.build_dataset(env.plugins(), &env.device)?;
+                Some(super::classifier::FeatureRef::load(
+                    dir,
+                    fresh.as_ref(),
+                    &env.device,
+                )?)
+            }
+            _ => None,
+        };
         let eval = evaluate(&f, run, &loaded.pipe, loaded.data.as_ref())
             .with_context(|| format!("evaluating {name}"))?;
         tick(&format!("evaluated {name}"));
@@ -1043,6 +1069,7 @@ pub fn run(env: &Env, a: &MatrixArgs) -> Result<Outcome> {
                         &cell.sampler,
                         &request,
                         &prefix,
+                        features.as_ref(),
                     )
                     .with_context(|| format!("{name}, {}", cell.id()))?;
                     write_text(&json_path, &serde_json::to_string_pretty(&v)?)?;

@@ -1,5 +1,6 @@
 //! One module per command.
 
+pub mod classifier;
 pub mod eval;
 pub mod list;
 pub mod matrix;

@@ -54,6 +54,17 @@ pub fn run(env: &Env, a: &SampleArgs) -> Result<Value> {
         guidance: a.guidance.unwrap_or(0.0),
         export: Export::parse(&a.export, &run.pipe.data_shape)?,
     };
+    let features = match &a.features {
+        Some(dir) => {
+            let fresh = run.spec.build_dataset(env.plugins(), &env.device)?;
+            Some(super::classifier::FeatureRef::load(
+                dir,
+                fresh.as_ref(),
+                &env.device,
+            )?)
+        }
+        None => None,
+    };
     draw(
         env,
         &run.pipe,
@@ -61,6 +72,7 @@ pub fn run(env: &Env, a: &SampleArgs) -> Result<Value> {
         &sampler,
         &request,
         &prefix,
+        features.as_ref(),
     )
 }
 
@@ -212,7 +224,8 @@ fn class_metrics(data: &dyn Dataset, x: &Tensor, classes: &[u32]) -> Result<(Str
 
 /// Samples `n` points with a sampler spec (of `classes` with guidance `guidance` for a
 /// conditional model), writes `prefix.png` (2-D data, a grid of images with one row per class
-/// for all classes) and `prefix.safetensors`, prints a summary line and returns it as JSON.
+/// for all classes) and `prefix.safetensors`, prints a summary line and returns it as JSON. With
+/// a feature network, the summary has the samples' FID, KID and precision/recall in its space.
 pub fn draw(
     env: &Env,
     pipe: &Pipeline,
@@ -220,6 +233,7 @@ pub fn draw(
     sampler: &SamplerSpec,
     request: &Request,
     prefix: &Path,
+    features: Option<&super::classifier::FeatureRef>,
 ) -> Result<Value> {
     let Request {
         n,
@@ -303,6 +317,10 @@ pub fn draw(
     let mut metrics = data.sample_metrics(&s.x)?;
     if pipe.data_shape.len() == 1 && cond.is_none() {
         metrics.extend(reference_metrics(data, &s.x, seed)?);
+    }
+    if let Some(f) = features {
+        metrics.extend(f.score(&s.x, seed)?);
+        m["feature_net"] = json!(f.hash());
     }
     for (k, v) in metrics {
         line += &format!(", {k} {}", fmt_metric(v));

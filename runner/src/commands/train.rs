@@ -345,6 +345,7 @@ pub fn fit(
                 export: super::sample::Export::default(),
             },
             &rd.file("samples"),
+            None,
         )?;
     }
     if spec.data_shape.len() == 3 {

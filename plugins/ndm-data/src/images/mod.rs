@@ -377,6 +377,10 @@ impl Dataset for ImageDataset {
 
     /// The dataset's classes (MNIST's digits, CIFAR-10's ten, a folder's sub-folders); 0 for a
     /// folder without sub-folders, whose one class carries no information.
+    fn split_len(&self, split: Split) -> Option<usize> {
+        Some(self.len(split))
+    }
+
     fn num_classes(&self) -> usize {
         if self.classes.len() >= 2 {
             self.classes.len()
