@@ -84,6 +84,34 @@ pub fn read_tensors(path: &Path, device: &Device) -> Result<HashMap<String, Tens
     })
 }
 
+/// FNV-1a, 64 bits, fed in pieces: a hash of saved things (a spec's text, a network's weights)
+/// that is the same on every build and platform, for naming and versioning them.
+#[derive(Debug, Clone, Copy)]
+pub struct Fnv1a(u64);
+
+impl Default for Fnv1a {
+    fn default() -> Self {
+        Fnv1a(0xcbf2_9ce4_8422_2325)
+    }
+}
+
+impl Fnv1a {
+    pub fn feed(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    pub fn finish(&self) -> u64 {
+        self.0
+    }
+    /// The hash of one byte string.
+    pub fn of(bytes: &[u8]) -> u64 {
+        let mut h = Fnv1a::default();
+        h.feed(bytes);
+        h.finish()
+    }
+}
+
 /// A run directory.
 #[derive(Debug, Clone)]
 pub struct RunDir {

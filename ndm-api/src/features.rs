@@ -171,19 +171,14 @@ impl FeatureNet {
     /// FNV-1a over the weights (by name, little-endian f32 bytes): names this network in every
     /// metric computed with it.
     pub fn hash(&self) -> Result<String> {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        let mut feed = |bytes: &[u8]| {
-            for &b in bytes {
-                h = (h ^ b as u64).wrapping_mul(0x0100_0000_01b3);
-            }
-        };
+        let mut h = crate::checkpoint::Fnv1a::default();
         for (name, var) in sorted_vars(&self.varmap) {
-            feed(name.as_bytes());
+            h.feed(name.as_bytes());
             for v in var.as_tensor().flatten_all()?.to_vec1::<f32>()? {
-                feed(&v.to_le_bytes());
+                h.feed(&v.to_le_bytes());
             }
         }
-        Ok(format!("{h:016x}"))
+        Ok(format!("{:016x}", h.finish()))
     }
 
     /// Writes the weights (safetensors) with the shape and classes as `meta/*` entries.

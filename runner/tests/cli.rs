@@ -506,6 +506,25 @@ fn nan_loss_stops_and_keeps_the_last_good_checkpoint() {
     assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
 }
 
+/// Two training steps of DDPM with a tiny U-Net into run `r`, no samples, no evaluation (after
+/// the dataset's flags).
+const TINY_UNET_RUN: &[&str] = &[
+    "--set",
+    "backbone.base_channels=8",
+    "--set",
+    "backbone.channel_mults=[1,2]",
+    "--train-steps",
+    "2",
+    "--batch-size",
+    "4",
+    "-n",
+    "0",
+    "--eval-examples",
+    "0",
+    "--out",
+    "r",
+];
+
 #[test]
 fn samples_export_as_a_png_folder_and_npz() {
     let tmp = tempfile::tempdir().unwrap();
@@ -515,33 +534,21 @@ fn samples_export_as_a_png_folder_and_npz() {
         let img = image::GrayImage::from_fn(8, 8, |x, y| image::Luma([(x * 30 + y * 3) as u8 + k]));
         img.save(imgs.join(format!("{k}.png"))).unwrap();
     }
-    let (ok, _, stderr) = out(runner(tmp.path()).args([
-        "train",
-        "--model",
-        "ddpm",
-        "--dataset",
-        "image-folder",
-        "--set",
-        &format!("dataset.dir={}", imgs.display()),
-        "--set",
-        "dataset.size=8",
-        "--set",
-        "dataset.channels=1",
-        "--set",
-        "backbone.base_channels=8",
-        "--set",
-        "backbone.channel_mults=[1,2]",
-        "--train-steps",
-        "2",
-        "--batch-size",
-        "4",
-        "-n",
-        "0",
-        "--eval-examples",
-        "0",
-        "--out",
-        "r",
-    ]));
+    let (ok, _, stderr) = out(runner(tmp.path())
+        .args([
+            "train",
+            "--model",
+            "ddpm",
+            "--dataset",
+            "image-folder",
+            "--set",
+            &format!("dataset.dir={}", imgs.display()),
+            "--set",
+            "dataset.size=8",
+            "--set",
+            "dataset.channels=1",
+        ])
+        .args(TINY_UNET_RUN));
     assert!(ok, "{stderr}");
     let (ok, stdout, stderr) = out(runner(tmp.path()).args([
         "sample", "r", "--steps", "3", "-n", "5", "--export", "png,npz", "--out", "s",
@@ -637,22 +644,7 @@ fn a_feature_network_is_trained_and_scores_samples_with_fid_and_kid() {
     let (ok, _, stderr) = out(runner(tmp.path())
         .args(["train", "--model", "ddpm", "--dataset", "image-folder"])
         .args(data)
-        .args([
-            "--set",
-            "backbone.base_channels=8",
-            "--set",
-            "backbone.channel_mults=[1,2]",
-            "--train-steps",
-            "2",
-            "--batch-size",
-            "4",
-            "-n",
-            "0",
-            "--eval-examples",
-            "0",
-            "--out",
-            "r",
-        ]));
+        .args(TINY_UNET_RUN));
     assert!(ok, "{stderr}");
     let (ok, stdout, stderr) = out(runner(tmp.path()).args([
         "sample",

@@ -127,6 +127,13 @@ impl FeatureRef {
         })
     }
 
+    /// [`FeatureRef::load`] against a fresh copy of a run's dataset (built again so that earlier
+    /// draws from the run's own copy do not move its test epoch).
+    pub fn for_run(dir: &Path, spec: &ndm_api::RunSpec, env: &crate::env::Env) -> Result<Self> {
+        let fresh = spec.build_dataset(env.plugins(), &env.device)?;
+        FeatureRef::load(dir, fresh.as_ref(), &env.device)
+    }
+
     /// FID, KID and precision/recall of samples `x`, by name (see
     /// [`ndm_api::features::feature_metrics`]).
     pub fn score(&self, x: &candle_core::Tensor, seed: u64) -> Result<Vec<(String, f64)>> {

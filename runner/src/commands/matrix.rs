@@ -268,6 +268,8 @@ struct RunPlan {
     dataset: String,
     seed: u64,
     spec: RunSpec,
+    /// [`training_text`] of `spec`: what its weights depend on.
+    training: String,
     dir: PathBuf,
     cells: Vec<Cell>,
     /// Cells left out (`incompatible = "skip"`), with the reason.
@@ -285,13 +287,6 @@ fn safe(s: &str) -> String {
             }
         })
         .collect()
-}
-
-/// FNV-1a, 64 bits: names a run directory by its spec (stable across builds and platforms).
-fn fnv1a(text: &str) -> u64 {
-    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
-    })
 }
 
 fn spec_text(spec: &RunSpec) -> Result<String> {
@@ -464,9 +459,7 @@ fn plan(env: &Env, f: &MatrixFile, out: &Path) -> Result<Vec<RunPlan>> {
                     }
                 };
                 let training = training_text(&spec)?;
-                let twin = runs
-                    .iter()
-                    .find(|r: &&RunPlan| training_text(&r.spec).ok().as_ref() == Some(&training));
+                let twin = runs.iter().find(|r: &&RunPlan| r.training == training);
                 let dir = match twin {
                     // Another model of the matrix trains exactly this: one run serves both.
                     Some(t) => t.dir.clone(),
@@ -474,7 +467,7 @@ fn plan(env: &Env, f: &MatrixFile, out: &Path) -> Result<Vec<RunPlan>> {
                         "{}-{}-s{seed}-{:08x}",
                         safe(m.label()),
                         safe(&dspec.kind),
-                        fnv1a(&training) as u32
+                        ndm_api::checkpoint::Fnv1a::of(training.as_bytes()) as u32
                     )),
                 };
                 runs.push(RunPlan {
@@ -482,6 +475,7 @@ fn plan(env: &Env, f: &MatrixFile, out: &Path) -> Result<Vec<RunPlan>> {
                     dataset: dspec.kind.clone(),
                     seed,
                     spec,
+                    training,
                     dir,
                     cells: cells.clone(),
                     skipped: skipped.clone(),
@@ -566,7 +560,7 @@ fn ensure_trained(env: &Env, run: &RunPlan) -> Result<Outcome> {
     };
     if rd.file(SPEC_FILE).exists() {
         let old = rd.read_spec()?;
-        if training_text(&old)? != training_text(&run.spec)? {
+        if training_text(&old)? != run.training {
             bail!(
                 "{} holds a run with another spec (edited by hand?); move it away",
                 run.dir.display()
@@ -1027,14 +1021,7 @@ pub fn run(env: &Env, a: &MatrixArgs) -> Result<Outcome> {
         tick(&format!("trained {name}"));
         let loaded = RunDir::new(&run.dir).load(env.plugins(), &env.device)?;
         let features = match (&f.features, run.spec.data_shape.len()) {
-            (Some(dir), 3) => {
-                let fresh = run.spec.build_dataset(env.plugins(), &env.device)?;
-                Some(super::classifier::FeatureRef::load(
-                    dir,
-                    fresh.as_ref(),
-                    &env.device,
-                )?)
-            }
+            (Some(dir), 3) => Some(super::classifier::FeatureRef::for_run(dir, &run.spec, env)?),
             _ => None,
         };
         let eval = evaluate(&f, run, &loaded.pipe, loaded.data.as_ref())

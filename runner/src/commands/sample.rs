@@ -54,17 +54,11 @@ pub fn run(env: &Env, a: &SampleArgs) -> Result<Value> {
         guidance: a.guidance.unwrap_or(0.0),
         export: Export::parse(&a.export, &run.pipe.data_shape)?,
     };
-    let features = match &a.features {
-        Some(dir) => {
-            let fresh = run.spec.build_dataset(env.plugins(), &env.device)?;
-            Some(super::classifier::FeatureRef::load(
-                dir,
-                fresh.as_ref(),
-                &env.device,
-            )?)
-        }
-        None => None,
-    };
+    let features = a
+        .features
+        .as_deref()
+        .map(|dir| super::classifier::FeatureRef::for_run(dir, &run.spec, env))
+        .transpose()?;
     draw(
         env,
         &run.pipe,
