@@ -329,10 +329,15 @@ impl Pipeline {
     pub fn xhat(&self, z: &Tensor, t: &Tensor, sb: &ScheduleBatch) -> candle_core::Result<Tensor> {
         let raw = self.network(&NetInput::at(z, t, sb))?;
         if self.backbone.predicts_data() {
-            Ok(raw)
-        } else {
-            self.param.predict_x(&raw, z, &self.coeffs(sb)?)
+            return Ok(raw);
         }
+        let pred = self.param.predict_x(&raw, z, &self.coeffs(sb)?)?;
+        if self.param.predicts_transformed() {
+            if let Some(x) = self.transform.inverse(&pred, t)? {
+                return Ok(x);
+            }
+        }
+        Ok(pred)
     }
 
     /// Decodes a final latent `z` at `t_min` into data: the decoder mean `xhat(z, t_min)`, passed

@@ -219,8 +219,20 @@ pub fn check_transform(tf: &dyn Transform, data_shape: &[usize]) -> Check {
         let fd = ((tf.forward(&x, &t.affine(1.0, h)?)? - tf.forward(&x, &t.affine(1.0, -h)?)?)?
             / (2.0 * h))?;
         let (err, scale) = (max_abs(&(d - &fd)?)?, max_abs(&fd)?);
-        Ok(ensure(err <= 1e-2 * (1.0 + scale), || {
-            format!("time_derivative differs from a central difference by {err}")
-        }))
+        if err > 1e-2 * (1.0 + scale) {
+            return Ok(Err(format!(
+                "time_derivative differs from a central difference by {err}"
+            )));
+        }
+        // A transform that offers an inverse must invert: F^{-1}(F(x, t), t) = x.
+        Ok(match tf.inverse(&y, &t)? {
+            None => Ok(()),
+            Some(back) => {
+                let err = max_abs(&(back - &x)?)?;
+                ensure(err <= 1e-3 * (1.0 + max_abs(&x)?), || {
+                    format!("inverse(forward(x)) differs from x by {err}")
+                })
+            }
+        })
     })
 }

@@ -85,6 +85,18 @@ pub trait Transform: Send + Sync + std::fmt::Debug {
         data_shape.to_vec()
     }
 
+    /// `F^{-1}(y, t)` for a transform that is invertible in closed form and wants the model's
+    /// prediction mapped back through it; `None` (the default) otherwise.
+    ///
+    /// Noise, v- and velocity prediction give an estimate of `F(x, t)`, not of `x`. NDM feeds that
+    /// estimate to `F` as `xhat` (its eq. 5), which a learned `F` trains around. For a fixed `F` that
+    /// removes information (a blur), `F(xhat, t)` would then apply it twice and leave the removed
+    /// part of `xhat` untrained; the inverse gives the paper's `xhat = F^{-1}((z - sigma epshat) /
+    /// alpha)` instead (`docs/decisions.md`, "Blurring diffusion on MNIST").
+    fn inverse(&self, _y: &Tensor, _t: &Tensor) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
+
     /// True when `F(x, t) = x` exactly, which lets the pipeline skip work.
     fn is_identity(&self) -> bool {
         false

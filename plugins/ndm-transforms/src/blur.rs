@@ -8,6 +8,9 @@
 //!
 //! The marginals `q(z_t | x) = N(alpha_t F(x, t), sigma_t^2 I)` are the paper's; the reverse
 //! process is NDM's posterior (eq. 7-8) with this `F`, not the paper's per-frequency posterior.
+//! Noise (or v-, velocity) prediction estimates `F(x, t)`; the model's `xhat` is that estimate
+//! mapped back through `F^{-1}` (the paper's rule, [`Transform::inverse`]) unless
+//! `invert_prediction = false`.
 
 use ndm_api::candle_core::{DType, Device, Result, Tensor};
 use ndm_api::registry::BuildCtx;
@@ -23,6 +26,10 @@ pub struct BlurConfig {
     pub sigma_blur_max: Option<f64>,
     /// The smallest kept fraction of any frequency.
     pub d_min: f64,
+    /// Map the model's estimate of `F(x, t)` back through `F^{-1}` to get `xhat` (the paper's
+    /// noise parameterization, the default); false uses that estimate itself as `xhat`, NDM's
+    /// rule for a learned `F`, which leaves the blurred-away part of `xhat` untrained.
+    pub invert_prediction: bool,
 }
 
 impl Default for BlurConfig {
@@ -30,6 +37,7 @@ impl Default for BlurConfig {
         BlurConfig {
             sigma_blur_max: None,
             d_min: 0.001,
+            invert_prediction: true,
         }
     }
 }
@@ -55,6 +63,7 @@ pub fn dct_matrix(n: usize) -> Vec<f64> {
 pub struct Blur {
     sigma_max: f64,
     d_min: f64,
+    invert: bool,
     /// `lambda_k` on the `H x W` frequency grid, row-major.
     lambda: Vec<f64>,
     h: usize,
@@ -110,6 +119,7 @@ impl Blur {
         Ok(Blur {
             sigma_max,
             d_min: cfg.d_min,
+            invert: cfg.invert_prediction,
             lambda,
             h,
             w,
@@ -160,6 +170,12 @@ impl Blur {
         let d = self.diagonal(t, derivative)?;
         self.idct(&self.dct(x)?.broadcast_mul(&d)?)
     }
+
+    /// `F^{-1}(y, t) = V D_t^{-1} V^T y` (every `d_{t,k} >= d_min > 0`).
+    pub fn unblur(&self, y: &Tensor, t: &Tensor) -> Result<Tensor> {
+        let d = self.diagonal(t, false)?;
+        self.idct(&self.dct(y)?.broadcast_div(&d)?)
+    }
 }
 
 impl Transform for Blur {
@@ -173,6 +189,13 @@ impl Transform for Blur {
         _class: Option<&Tensor>,
     ) -> Result<Tensor> {
         self.apply(x, t, true)
+    }
+    fn inverse(&self, y: &Tensor, t: &Tensor) -> Result<Option<Tensor>> {
+        if self.invert {
+            self.unblur(y, t).map(Some)
+        } else {
+            Ok(None)
+        }
     }
     fn identity_at_zero(&self) -> bool {
         true
