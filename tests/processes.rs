@@ -642,9 +642,7 @@ fn with_the_exact_denoiser_the_continuous_nelbo_is_tight_under_ve_sub_vp_and_flo
 }
 
 #[test]
-fn blur_maps_the_noise_prediction_back_through_the_inverse_blur() {
-    // The paper's noise parameterization: the eps formula estimates F(x, t), and
-    // xhat = F^{-1}(that); `invert_prediction = false` keeps NDM's rule (the estimate itself).
+fn blur_applies_every_parameterization_per_frequency() {
     let reg = registry();
     let shape = [1, 8, 8];
     let mut model = preset("blur");
@@ -652,20 +650,43 @@ fn blur_maps_the_noise_prediction_back_through_the_inverse_blur() {
     model.backbone.set("base_channels", "8");
     model.backbone.set("channel_mults", "[1]");
     model.backbone.set("attention_resolutions", "[]");
-    let inverted = Pipeline::build(&model, &shape, &reg, &Device::Cpu, 3).unwrap();
-    model.transform.set("invert_prediction", "false");
-    let plain = Pipeline::build(&model, &shape, &reg, &Device::Cpu, 3).unwrap();
-    let z = Rng::new(1)
-        .normal_tensor(&[2, 1, 8, 8], DType::F32, &Device::Cpu)
+    let dev = Device::Cpu;
+    let x = Rng::new(1)
+        .normal_tensor(&[2, 1, 8, 8], DType::F32, &dev)
         .unwrap();
-    let t = Tensor::new(&[0.3f32, 0.7], &Device::Cpu).unwrap();
+    let eps = Rng::new(2)
+        .normal_tensor(&[2, 1, 8, 8], DType::F32, &dev)
+        .unwrap();
+    let t = Tensor::new(&[0.3f32, 0.7], &dev).unwrap();
+    // Each parameterization round-trips per frequency: the raw target of (x, eps) gives back x
+    // from z = alpha F(x, t) + sigma eps, though F has blurred x's high frequencies to d_min.
+    for param in ["eps", "x0", "v", "velocity"] {
+        model.param = PluginSpec::new(param);
+        let pipe = Pipeline::build(&model, &shape, &reg, &dev, 3).unwrap();
+        let sb = pipe.schedule.batch(&t).unwrap();
+        let fx = pipe.f(&x, &t).unwrap();
+        let z = pipe.coeffs(&sb).unwrap().noised(&fx, &eps).unwrap();
+        let raw = pipe.raw_target(&x, &fx, &eps, &t, &sb).unwrap();
+        let back = pipe.xhat_from_raw(&raw, &z, &t, &sb).unwrap();
+        let err = max_abs(&(&back - &x).unwrap());
+        assert!(err < 2e-2, "{param}: xhat is off by {err}");
+        if param == "eps" {
+            // Noise prediction's target is the noise itself, as without a blur.
+            assert!(max_abs(&(&raw - &eps).unwrap()) < 1e-4);
+        }
+    }
+    // For noise prediction that is the paper's xhat = F^{-1}((z - sigma epshat) / alpha): F of it
+    // is the estimate of F(x, t) that NDM's rule (`per_frequency = false`) uses as xhat itself.
+    model.param = PluginSpec::new("eps");
+    let per_freq = Pipeline::build(&model, &shape, &reg, &dev, 3).unwrap();
+    model.transform.set("per_frequency", "false");
+    let plain = Pipeline::build(&model, &shape, &reg, &dev, 3).unwrap();
     let xhat = |p: &Pipeline| {
         let sb = p.schedule.batch(&t).unwrap();
-        p.xhat(&z, &t, &sb).unwrap()
+        p.xhat(&x, &t, &sb).unwrap()
     };
-    let (xi, xp) = (xhat(&inverted), xhat(&plain));
-    // F(xhat_inverted, t) is the plain estimate, and the two differ (the blur is not the identity).
-    let back = inverted.transform.forward(&xi, &t).unwrap();
+    let (xf, xp) = (xhat(&per_freq), xhat(&plain));
+    let back = per_freq.f(&xf, &t).unwrap();
     assert!(max_abs(&(&back - &xp).unwrap()) < 1e-3 * (1.0 + max_abs(&xp)));
-    assert!(max_abs(&(&xi - &xp).unwrap()) > 1e-2);
+    assert!(max_abs(&(&xf - &xp).unwrap()) > 1e-2);
 }

@@ -35,13 +35,6 @@ pub trait Parameterization: Send + Sync + std::fmt::Debug {
     fn raw_from_x(&self, x: &Tensor, z: &Tensor, c: &Coeffs) -> Result<Tensor>;
     /// The regression target of the simple losses, for `z = alpha x + sigma eps`.
     fn target(&self, x: &Tensor, eps: &Tensor, c: &Coeffs) -> Result<Tensor>;
-    /// Whether `predict_x` gives an estimate of `F(x, t)` (noise, v- and velocity prediction: their
-    /// formulas invert `z = alpha F(x, t) + sigma eps`) rather than of `x` itself (data
-    /// prediction). The pipeline maps the former through [`crate::Transform::inverse`] where the
-    /// transform has one.
-    fn predicts_transformed(&self) -> bool {
-        true
-    }
     /// Whether `predict_x` stays finite where `alpha = 0` (flow matching's `t = 1`): false for
     /// noise prediction, which divides by `alpha`. A pipeline whose schedule reaches `alpha = 0`
     /// refuses a parameterization that says false.

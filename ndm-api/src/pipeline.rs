@@ -331,13 +331,66 @@ impl Pipeline {
         if self.backbone.predicts_data() {
             return Ok(raw);
         }
-        let pred = self.param.predict_x(&raw, z, &self.coeffs(sb)?)?;
-        if self.param.predicts_transformed() {
-            if let Some(x) = self.transform.inverse(&pred, t)? {
-                return Ok(x);
+        self.xhat_from_raw(&raw, z, t, sb)
+    }
+
+    /// `xhat` from a raw network output through the parameterization, per basis component for a
+    /// [`crate::Diagonal`] transform; the inverse of [`Pipeline::raw_target`].
+    pub fn xhat_from_raw(
+        &self,
+        raw: &Tensor,
+        z: &Tensor,
+        t: &Tensor,
+        sb: &ScheduleBatch,
+    ) -> candle_core::Result<Tensor> {
+        match self.diagonal_coeffs(t, sb)? {
+            Some((d, c)) => {
+                d.synthesize(&self.param.predict_x(&d.analyze(raw)?, &d.analyze(z)?, &c)?)
             }
+            None => self.param.predict_x(raw, z, &self.coeffs(sb)?),
         }
-        Ok(pred)
+    }
+
+    /// The regression target of the simple losses (`eps-mse`, `cfm`) for `z_t = alpha_t F(x, t) +
+    /// sigma_t eps`, given `F(x, t)` as `fx`: the parameterization's target, per basis component
+    /// for a [`crate::Diagonal`] transform (where it is still `eps` for noise prediction).
+    pub fn raw_target(
+        &self,
+        x: &Tensor,
+        fx: &Tensor,
+        eps: &Tensor,
+        t: &Tensor,
+        sb: &ScheduleBatch,
+    ) -> candle_core::Result<Tensor> {
+        match self.diagonal_coeffs(t, sb)? {
+            Some((d, c)) => {
+                d.synthesize(&self.param.target(&d.analyze(x)?, &d.analyze(eps)?, &c)?)
+            }
+            None => self.param.target(fx, eps, &self.coeffs(sb)?),
+        }
+    }
+
+    /// For a transform with a [`crate::Diagonal`] form (and none for the identity), that form and
+    /// the per-component coefficients `alpha_k = alpha d_k`, `alpha_k' = alpha' d_k + alpha d_k'`,
+    /// `sigma`, `sigma'`, all shaped like the gains.
+    fn diagonal_coeffs(
+        &self,
+        t: &Tensor,
+        sb: &ScheduleBatch,
+    ) -> candle_core::Result<Option<(&dyn crate::Diagonal, Coeffs)>> {
+        let Some(d) = self.transform.diagonal() else {
+            return Ok(None);
+        };
+        let (g, dg) = d.gains(t)?;
+        let c = self.coeffs(sb)?;
+        let full = |v: &Tensor| v.broadcast_as(g.shape());
+        let c = Coeffs {
+            alpha: g.broadcast_mul(&c.alpha)?,
+            dalpha: (g.broadcast_mul(&c.dalpha)? + dg.broadcast_mul(&c.alpha)?)?,
+            sigma: full(&c.sigma)?,
+            dsigma: full(&c.dsigma)?,
+        };
+        Ok(Some((d, c)))
     }
 
     /// Decodes a final latent `z` at `t_min` into data: the decoder mean `xhat(z, t_min)`, passed

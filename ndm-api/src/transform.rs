@@ -37,11 +37,31 @@ where
     (fa.broadcast_mul(&ca)? + fb.broadcast_mul(&cb)?)? + fc.broadcast_mul(&cc)?
 }
 
+/// A transform that is diagonal in a fixed orthonormal basis `V`: `F(x, t) = V diag(d_t) V^T x`
+/// with gains `0 < d_{t,k} <= 1` (the blur of blurring diffusion, in the 2-D DCT basis).
+///
+/// In that basis the forward process is a VP-like process per component,
+/// `(V^T z_t)_k = alpha_t d_{t,k} (V^T x)_k + sigma_t (V^T eps)_k`, so every parameterization can
+/// act per component with `alpha_k = alpha_t d_{t,k}` and predict `x` itself. Noise prediction then
+/// gives `xhat = F^{-1}((z - sigma epshat) / alpha)` (Hoogeboom & Salimans 2023), v-prediction
+/// `v_k = alpha_k eps_k - sigma x_k` per frequency. NDM's rule for a learned `F`, feeding the
+/// estimate of `F(x, t)` to `F` as `xhat`, would blur it twice and leave the blurred-away part of
+/// `xhat` untrained (`docs/decisions.md`, "Blurring diffusion on MNIST").
+pub trait Diagonal: Send + Sync {
+    /// `V^T x`: the components in the basis.
+    fn analyze(&self, x: &Tensor) -> Result<Tensor>;
+    /// `V y`: the tensor with components `y`.
+    fn synthesize(&self, y: &Tensor) -> Result<Tensor>;
+    /// `d_t` and `d d_t / dt` per example (`t`: `[B]`), shaped to broadcast against `analyze(x)`.
+    fn gains(&self, t: &Tensor) -> Result<(Tensor, Tensor)>;
+}
+
 /// A transformation `F(x, t)` of data `x` (shape `[B, ..D]`) into the latent space (shape `[B, ..L]`).
 ///
 /// How the special cases fit (`docs/math.md`, "Special cases"; VAE and Glow are planned):
 /// - identity (DDPM, DDIM, VDM, flow matching): `F = x`, [`Transform::is_identity`] is true, `dF/dt = 0`.
-/// - blur (`transform.blur`): `F = V D_t V^T x`, fixed, with an analytic `time_derivative`.
+/// - blur (`transform.blur`): `F = V D_t V^T x`, fixed, with an analytic `time_derivative` and its
+///   [`Diagonal`] form.
 /// - learned (NDM): a backbone network with weights under the prefix `transform.`; `is_trainable` is
 ///   true, so objectives that would let it collapse refuse it.
 /// - VAE encoder (LSGM, planned): `F(x, t) = E(x)` for every `t`, [`Transform::latent_shape`] differs from the
@@ -85,16 +105,11 @@ pub trait Transform: Send + Sync + std::fmt::Debug {
         data_shape.to_vec()
     }
 
-    /// `F^{-1}(y, t)` for a transform that is invertible in closed form and wants the model's
-    /// prediction mapped back through it; `None` (the default) otherwise.
-    ///
-    /// Noise, v- and velocity prediction give an estimate of `F(x, t)`, not of `x`. NDM feeds that
-    /// estimate to `F` as `xhat` (its eq. 5), which a learned `F` trains around. For a fixed `F` that
-    /// removes information (a blur), `F(xhat, t)` would then apply it twice and leave the removed
-    /// part of `xhat` untrained; the inverse gives the paper's `xhat = F^{-1}((z - sigma epshat) /
-    /// alpha)` instead (`docs/decisions.md`, "Blurring diffusion on MNIST").
-    fn inverse(&self, _y: &Tensor, _t: &Tensor) -> Result<Option<Tensor>> {
-        Ok(None)
+    /// For a transform diagonal in a fixed orthonormal basis, `F(x, t) = V diag(d_t) V^T x`, that
+    /// form; `None` (the default) otherwise. With it the pipeline applies the parameterization
+    /// per basis component, with `alpha_k = alpha d_{t,k}` (see [`Diagonal`]).
+    fn diagonal(&self) -> Option<&dyn Diagonal> {
+        None
     }
 
     /// True when `F(x, t) = x` exactly, which lets the pipeline skip work.

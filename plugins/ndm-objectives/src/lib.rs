@@ -83,7 +83,7 @@ fn regression_loss(pipe: &Pipeline, x: &Tensor, rng: &mut Rng, term: &str) -> Re
     let eps = noise_like(&fx, rng)?;
     let z = c.noised(&fx, &eps)?;
     let raw = pipe.network(&ndm_api::NetInput::at(&z, &t, &sb))?;
-    let target = pipe.param.target(&fx, &eps, &c)?;
+    let target = pipe.raw_target(x, &fx, &eps, &t, &sb)?;
     let loss = (raw - target)?.sqr()?.mean_all()?;
     let v = loss
         .to_dtype(ndm_api::candle_core::DType::F64)?

@@ -36,9 +36,6 @@ impl Parameterization for X0 {
     fn target(&self, x: &Tensor, _eps: &Tensor, _c: &Coeffs) -> Result<Tensor> {
         Ok(x.clone())
     }
-    fn predicts_transformed(&self) -> bool {
-        false
-    }
     fn finite_at_zero_alpha(&self) -> bool {
         true
     }

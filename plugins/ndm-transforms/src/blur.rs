@@ -8,13 +8,13 @@
 //!
 //! The marginals `q(z_t | x) = N(alpha_t F(x, t), sigma_t^2 I)` are the paper's; the reverse
 //! process is NDM's posterior (eq. 7-8) with this `F`, not the paper's per-frequency posterior.
-//! Noise (or v-, velocity) prediction estimates `F(x, t)`; the model's `xhat` is that estimate
-//! mapped back through `F^{-1}` (the paper's rule, [`Transform::inverse`]) unless
-//! `invert_prediction = false`.
+//! The parameterization acts per frequency with `alpha_k = alpha_t d_{t,k}` ([`Diagonal`]): noise
+//! prediction gives the paper's `xhat = F^{-1}((z - sigma epshat) / alpha)`, v-prediction a `v` per
+//! frequency. `per_frequency = false` keeps NDM's rule for a learned `F` instead.
 
 use ndm_api::candle_core::{DType, Device, Result, Tensor};
 use ndm_api::registry::BuildCtx;
-use ndm_api::{NdmError, Transform};
+use ndm_api::{Diagonal, NdmError, Transform};
 use serde::{Deserialize, Serialize};
 
 /// `transform.blur` config.
@@ -26,10 +26,11 @@ pub struct BlurConfig {
     pub sigma_blur_max: Option<f64>,
     /// The smallest kept fraction of any frequency.
     pub d_min: f64,
-    /// Map the model's estimate of `F(x, t)` back through `F^{-1}` to get `xhat` (the paper's
-    /// noise parameterization, the default); false uses that estimate itself as `xhat`, NDM's
-    /// rule for a learned `F`, which leaves the blurred-away part of `xhat` untrained.
-    pub invert_prediction: bool,
+    /// Apply the parameterization per DCT frequency with `alpha_k = alpha d_{t,k}`, so that it
+    /// predicts `x` itself (the default; for noise prediction the paper's rule). False feeds the
+    /// estimate of `F(x, t)` to `F` as `xhat`, NDM's rule for a learned `F`, which leaves the
+    /// blurred-away part of `xhat` untrained.
+    pub per_frequency: bool,
 }
 
 impl Default for BlurConfig {
@@ -37,7 +38,7 @@ impl Default for BlurConfig {
         BlurConfig {
             sigma_blur_max: None,
             d_min: 0.001,
-            invert_prediction: true,
+            per_frequency: true,
         }
     }
 }
@@ -63,7 +64,7 @@ pub fn dct_matrix(n: usize) -> Vec<f64> {
 pub struct Blur {
     sigma_max: f64,
     d_min: f64,
-    invert: bool,
+    per_frequency: bool,
     /// `lambda_k` on the `H x W` frequency grid, row-major.
     lambda: Vec<f64>,
     h: usize,
@@ -119,7 +120,7 @@ impl Blur {
         Ok(Blur {
             sigma_max,
             d_min: cfg.d_min,
-            invert: cfg.invert_prediction,
+            per_frequency: cfg.per_frequency,
             lambda,
             h,
             w,
@@ -139,7 +140,7 @@ impl Blur {
     }
 
     /// The diagonal `D_t` (or `Ddot_t` when `derivative`) per example, shape `[B, 1, H, W]`.
-    fn diagonal(&self, t: &Tensor, derivative: bool) -> Result<Tensor> {
+    fn gain_grid(&self, t: &Tensor, derivative: bool) -> Result<Tensor> {
         let ts: Vec<f64> = t.to_dtype(DType::F64)?.to_vec1()?;
         let mut v = Vec::with_capacity(ts.len() * self.lambda.len());
         for &t in &ts {
@@ -167,14 +168,20 @@ impl Blur {
     }
 
     fn apply(&self, x: &Tensor, t: &Tensor, derivative: bool) -> Result<Tensor> {
-        let d = self.diagonal(t, derivative)?;
+        let d = self.gain_grid(t, derivative)?;
         self.idct(&self.dct(x)?.broadcast_mul(&d)?)
     }
+}
 
-    /// `F^{-1}(y, t) = V D_t^{-1} V^T y` (every `d_{t,k} >= d_min > 0`).
-    pub fn unblur(&self, y: &Tensor, t: &Tensor) -> Result<Tensor> {
-        let d = self.diagonal(t, false)?;
-        self.idct(&self.dct(y)?.broadcast_div(&d)?)
+impl Diagonal for Blur {
+    fn analyze(&self, x: &Tensor) -> Result<Tensor> {
+        self.dct(x)
+    }
+    fn synthesize(&self, y: &Tensor) -> Result<Tensor> {
+        self.idct(y)
+    }
+    fn gains(&self, t: &Tensor) -> Result<(Tensor, Tensor)> {
+        Ok((self.gain_grid(t, false)?, self.gain_grid(t, true)?))
     }
 }
 
@@ -190,12 +197,8 @@ impl Transform for Blur {
     ) -> Result<Tensor> {
         self.apply(x, t, true)
     }
-    fn inverse(&self, y: &Tensor, t: &Tensor) -> Result<Option<Tensor>> {
-        if self.invert {
-            self.unblur(y, t).map(Some)
-        } else {
-            Ok(None)
-        }
+    fn diagonal(&self) -> Option<&dyn Diagonal> {
+        self.per_frequency.then_some(self as &dyn Diagonal)
     }
     fn identity_at_zero(&self) -> bool {
         true
