@@ -343,12 +343,9 @@ impl Pipeline {
         t: &Tensor,
         sb: &ScheduleBatch,
     ) -> candle_core::Result<Tensor> {
-        match self.diagonal_coeffs(t, sb)? {
-            Some((d, c)) => {
-                d.synthesize(&self.param.predict_x(&d.analyze(raw)?, &d.analyze(z)?, &c)?)
-            }
-            None => self.param.predict_x(raw, z, &self.coeffs(sb)?),
-        }
+        self.through_param(t, sb, (raw, raw), z, |r, z, c| {
+            self.param.predict_x(r, z, c)
+        })
     }
 
     /// The regression target of the simple losses (`eps-mse`, `cfm`) for `z_t = alpha_t F(x, t) +
@@ -362,35 +359,35 @@ impl Pipeline {
         t: &Tensor,
         sb: &ScheduleBatch,
     ) -> candle_core::Result<Tensor> {
-        match self.diagonal_coeffs(t, sb)? {
-            Some((d, c)) => {
-                d.synthesize(&self.param.target(&d.analyze(x)?, &d.analyze(eps)?, &c)?)
-            }
-            None => self.param.target(fx, eps, &self.coeffs(sb)?),
-        }
+        self.through_param(t, sb, (x, fx), eps, |x, e, c| self.param.target(x, e, c))
     }
 
-    /// For a transform with a [`crate::Diagonal`] form (and none for the identity), that form and
-    /// the per-component coefficients `alpha_k = alpha d_k`, `alpha_k' = alpha' d_k + alpha d_k'`,
-    /// `sigma`, `sigma'`, all shaped like the gains.
-    fn diagonal_coeffs(
+    /// Applies an elementwise parameterization formula `formula(a, b, coeffs)`. For a transform
+    /// with a [`crate::Diagonal`] form it runs on the basis components of `a.0` and `b` with
+    /// `alpha_k = alpha d_k`, `alpha_k' = alpha' d_k + alpha d_k'`, `sigma`, `sigma'` (all shaped
+    /// like the gains), and the result goes back out of the basis; otherwise it runs on `a.1` and
+    /// `b` with the schedule's coefficients.
+    fn through_param(
         &self,
         t: &Tensor,
         sb: &ScheduleBatch,
-    ) -> candle_core::Result<Option<(&dyn crate::Diagonal, Coeffs)>> {
+        a: (&Tensor, &Tensor),
+        b: &Tensor,
+        formula: impl Fn(&Tensor, &Tensor, &Coeffs) -> candle_core::Result<Tensor>,
+    ) -> candle_core::Result<Tensor> {
+        let c = self.coeffs(sb)?;
         let Some(d) = self.transform.diagonal() else {
-            return Ok(None);
+            return formula(a.1, b, &c);
         };
         let (g, dg) = d.gains(t)?;
-        let c = self.coeffs(sb)?;
         let full = |v: &Tensor| v.broadcast_as(g.shape());
-        let c = Coeffs {
+        let ck = Coeffs {
             alpha: g.broadcast_mul(&c.alpha)?,
             dalpha: (g.broadcast_mul(&c.dalpha)? + dg.broadcast_mul(&c.alpha)?)?,
             sigma: full(&c.sigma)?,
             dsigma: full(&c.dsigma)?,
         };
-        Ok(Some((d, c)))
+        d.synthesize(&formula(&d.analyze(a.0)?, &d.analyze(b)?, &ck)?)
     }
 
     /// Decodes a final latent `z` at `t_min` into data: the decoder mean `xhat(z, t_min)`, passed

@@ -139,22 +139,24 @@ impl Blur {
         (0.5 * sb * sb, sb * dsb)
     }
 
-    /// The diagonal `D_t` (or `Ddot_t` when `derivative`) per example, shape `[B, 1, H, W]`.
-    fn gain_grid(&self, t: &Tensor, derivative: bool) -> Result<Tensor> {
+    /// The diagonals `D_t` and `Ddot_t` per example, each `[B, 1, H, W]`, from one pass over the
+    /// frequencies (one `exp` per entry serves both).
+    fn gain_grids(&self, t: &Tensor) -> Result<(Tensor, Tensor)> {
         let ts: Vec<f64> = t.to_dtype(DType::F64)?.to_vec1()?;
-        let mut v = Vec::with_capacity(ts.len() * self.lambda.len());
+        let n = ts.len() * self.lambda.len();
+        let (mut d, mut dd) = (Vec::with_capacity(n), Vec::with_capacity(n));
         for &t in &ts {
             let (tau, dtau) = self.tau(t);
             for &l in &self.lambda {
                 let e = (1.0 - self.d_min) * (-l * tau).exp();
-                v.push(if derivative {
-                    -l * dtau * e
-                } else {
-                    e + self.d_min
-                });
+                d.push(e + self.d_min);
+                dd.push(-l * dtau * e);
             }
         }
-        Tensor::from_vec(v, (ts.len(), 1, self.h, self.w), t.device())?.to_dtype(t.dtype())
+        let grid = |v: Vec<f64>| {
+            Tensor::from_vec(v, (ts.len(), 1, self.h, self.w), t.device())?.to_dtype(t.dtype())
+        };
+        Ok((grid(d)?, grid(dd)?))
     }
 
     /// `V^T x`: the 2-D DCT of each channel, `C_H x C_W^T`.
@@ -168,8 +170,9 @@ impl Blur {
     }
 
     fn apply(&self, x: &Tensor, t: &Tensor, derivative: bool) -> Result<Tensor> {
-        let d = self.gain_grid(t, derivative)?;
-        self.idct(&self.dct(x)?.broadcast_mul(&d)?)
+        let (d, dd) = self.gain_grids(t)?;
+        let gain = if derivative { dd } else { d };
+        self.idct(&self.dct(x)?.broadcast_mul(&gain)?)
     }
 }
 
@@ -181,7 +184,7 @@ impl Diagonal for Blur {
         self.idct(y)
     }
     fn gains(&self, t: &Tensor) -> Result<(Tensor, Tensor)> {
-        Ok((self.gain_grid(t, false)?, self.gain_grid(t, true)?))
+        self.gain_grids(t)
     }
 }
 
