@@ -56,24 +56,31 @@ fn col(pipe: &Pipeline, v: Vec<f64>) -> Result<Tensor> {
     host_tensor(v, &[n], pipe.dtype, &pipe.device)
 }
 
-/// `L_prior = KL(q(z_end | x) || p(z_end))` at the prior's time.
-pub fn prior_term(pipe: &Pipeline, x: &Tensor, rng: &mut Rng) -> Result<Tensor> {
+/// One draw `z ~ q(z_end | x)` at the prior's time, with its mean and its std (shape `[B]`):
+/// `(mean, std, z)`.
+pub fn end_latent(pipe: &Pipeline, x: &Tensor, rng: &mut Rng) -> Result<(Tensor, Tensor, Tensor)> {
     let n = x.dim(0)?;
     let t_end = pipe.t_end();
     let tt = pipe.time_tensor(t_end, n)?;
     let fx = pipe.f(x, &tt)?;
     if pipe.schedule.is_trainable() {
-        // A learned schedule (VDM) trains its end point gamma_1 through this term: tensors.
+        // A learned schedule (VDM) trains its end point gamma_1 through L_prior: tensors.
         let sb = pipe.schedule.batch(&tt)?;
         let c = pipe.coeffs(&sb)?;
         let mean = fx.broadcast_mul(&c.alpha)?;
         let z = (&mean + noise_like(&mean, rng)?.broadcast_mul(&c.sigma)?)?;
-        return pipe.prior.prior_loss(&mean, &sb.sigma, &z);
+        return Ok((mean, sb.sigma, z));
     }
     let p = pipe.schedule.point(t_end);
     let mean = (fx * p.alpha)?;
     let z = (&mean + (noise_like(&mean, rng)? * p.sigma)?)?;
     let std = pipe.time_tensor(p.sigma, n)?;
+    Ok((mean, std, z))
+}
+
+/// `L_prior = KL(q(z_end | x) || p(z_end))` at the prior's time.
+pub fn prior_term(pipe: &Pipeline, x: &Tensor, rng: &mut Rng) -> Result<Tensor> {
+    let (mean, std, z) = end_latent(pipe, x, rng)?;
     pipe.prior.prior_loss(&mean, &std, &z)
 }
 

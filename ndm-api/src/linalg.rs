@@ -1,5 +1,6 @@
 //! Small dense linear algebra in f64 on the host (candle has none): enough for the Gaussian data
-//! set's density, the exact Gaussian denoiser and the Fréchet distance of `crate::metrics`.
+//! set's density, the exact Gaussian denoiser, the Fréchet distance of `crate::metrics` and the LU
+//! factors and inverse of a Glow flow's 1x1 convolution.
 
 /// Eigen-decomposition of a symmetric `n x n` matrix (row major) by cyclic Jacobi rotations.
 /// Returns `(eigenvalues, eigenvectors)` with eigenvector `k` in column `k` (row major `n x n`).
@@ -81,6 +82,74 @@ pub fn sym_sqrt(a: &[f64], d: usize) -> Vec<f64> {
     out
 }
 
+/// LU decomposition with partial pivoting of a row-major `n x n` matrix: `(perm, l, u)` with
+/// `a[perm[i]][j] = (L U)[i][j]`, `L` unit lower triangular and `U` upper triangular (row major).
+/// `None` for a singular matrix.
+pub fn lu(a: &[f64], n: usize) -> Option<(Vec<usize>, Vec<f64>, Vec<f64>)> {
+    let mut u = a.to_vec();
+    let mut l = vec![0.0; n * n];
+    let mut perm: Vec<usize> = (0..n).collect();
+    for k in 0..n {
+        let p = (k..n).max_by(|&i, &j| u[i * n + k].abs().total_cmp(&u[j * n + k].abs()))?;
+        if u[p * n + k].abs() < 1e-300 {
+            return None;
+        }
+        if p != k {
+            for j in 0..n {
+                u.swap(k * n + j, p * n + j);
+                l.swap(k * n + j, p * n + j);
+            }
+            perm.swap(k, p);
+        }
+        for i in (k + 1)..n {
+            let f = u[i * n + k] / u[k * n + k];
+            l[i * n + k] = f;
+            for j in k..n {
+                u[i * n + j] -= f * u[k * n + j];
+            }
+        }
+    }
+    for i in 0..n {
+        l[i * n + i] = 1.0;
+    }
+    Some((perm, l, u))
+}
+
+/// The inverse of a row-major `n x n` matrix (Gauss-Jordan with partial pivoting); `None` when
+/// it is singular.
+pub fn inverse(a: &[f64], n: usize) -> Option<Vec<f64>> {
+    let mut m = a.to_vec();
+    let mut inv = vec![0.0; n * n];
+    for i in 0..n {
+        inv[i * n + i] = 1.0;
+    }
+    for k in 0..n {
+        let p = (k..n).max_by(|&i, &j| m[i * n + k].abs().total_cmp(&m[j * n + k].abs()))?;
+        if m[p * n + k].abs() < 1e-300 {
+            return None;
+        }
+        for j in 0..n {
+            m.swap(k * n + j, p * n + j);
+            inv.swap(k * n + j, p * n + j);
+        }
+        let d = m[k * n + k];
+        for j in 0..n {
+            m[k * n + j] /= d;
+            inv[k * n + j] /= d;
+        }
+        for i in (0..n).filter(|&i| i != k) {
+            let f = m[i * n + k];
+            if f != 0.0 {
+                for j in 0..n {
+                    m[i * n + j] -= f * m[k * n + j];
+                    inv[i * n + j] -= f * inv[k * n + j];
+                }
+            }
+        }
+    }
+    Some(inv)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,6 +174,35 @@ mod tests {
         for (x, y) in back.iter().zip(&a) {
             assert!((x - y).abs() < 1e-12, "{x} vs {y}");
         }
+    }
+
+    #[test]
+    fn lu_and_inverse_reconstruct() {
+        let a = [0.0, 2.0, 1.0, 1.0, -1.0, 3.0, 4.0, 0.5, -2.0];
+        let (perm, l, u) = lu(&a, 3).unwrap();
+        let prod = matmul(&l, &u, 3);
+        for i in 0..3 {
+            assert_eq!(l[i * 3 + i], 1.0);
+            for j in 0..3 {
+                if j > i {
+                    assert_eq!(l[i * 3 + j], 0.0);
+                }
+                if j < i {
+                    assert_eq!(u[i * 3 + j], 0.0);
+                }
+                assert!((prod[i * 3 + j] - a[perm[i] * 3 + j]).abs() < 1e-12);
+            }
+        }
+        let inv = inverse(&a, 3).unwrap();
+        let id = matmul(&a, &inv, 3);
+        for i in 0..3 {
+            for j in 0..3 {
+                let want = if i == j { 1.0 } else { 0.0 };
+                assert!((id[i * 3 + j] - want).abs() < 1e-12);
+            }
+        }
+        assert!(inverse(&[1.0, 2.0, 2.0, 4.0], 2).is_none());
+        assert!(lu(&[1.0, 2.0, 2.0, 4.0], 2).is_none());
     }
 }
 

@@ -146,7 +146,9 @@ impl Pipeline {
             let k = t_end * t as f64;
             if (k - k.round()).abs() > 1e-9 {
                 return Err(NdmError::Spec(format!(
-                    "prior time t_end = {t_end} is not on the training grid of {t} steps"
+                    "prior {}: its time t_end = {t_end} (prior.t_m) is not on the training grid \
+                     of model.steps = {t}: use a multiple of 1/{t}",
+                    self.spec.prior.kind
                 )));
             }
         }

@@ -115,6 +115,21 @@ impl<'a> Trainer<'a> {
 
     /// One step. A non-finite loss or gradient is an error and leaves weights and state untouched,
     /// so the caller can still checkpoint the last good state.
+    /// A fresh run's data-dependent initialisation (Glow's actnorm): the prior sees latents
+    /// `z_end ~ q(z_end | x)` of the first batch, drawn from a generator of their own so the
+    /// training stream is the same with or without it; the EMA restarts from the new weights.
+    fn data_init(&self, state: &mut TrainState, x: &Tensor) -> Result<()> {
+        let mut rng = Rng::derived(self.cfg.seed, "data-init");
+        let (_, _, z) = crate::elbo::end_latent(self.pipe, x, &mut rng)?;
+        self.pipe.prior.data_init(&z.detach())?;
+        for (name, var) in &self.vars {
+            state
+                .ema
+                .insert(name.clone(), var.as_tensor().detach().copy()?);
+        }
+        Ok(())
+    }
+
     pub fn step(&self, state: &mut TrainState, data: &dyn Dataset) -> Result<StepReport> {
         let cfg = &self.cfg;
         let step = state.step + 1;
@@ -125,6 +140,9 @@ impl<'a> Trainer<'a> {
             &self.pipe.device,
         )?;
         let data_after = data.iteration_state();
+        if state.step == 0 && self.pipe.prior.needs_data_init() {
+            self.data_init(state, &x)?;
+        }
         let class = self.training_classes(labels, step)?;
         let mode = self
             .pipe

@@ -85,10 +85,21 @@ fn regression_loss(pipe: &Pipeline, x: &Tensor, rng: &mut Rng, term: &str) -> Re
     let raw = pipe.network(&ndm_api::NetInput::at(&z, &t, &sb))?;
     let target = pipe.raw_target(x, &fx, &eps, &t, &sb)?;
     let loss = (raw - target)?.sqr()?.mean_all()?;
-    let v = loss
-        .to_dtype(ndm_api::candle_core::DType::F64)?
-        .to_scalar::<f64>()?;
-    Ok(LossOutput::new(loss, vec![(term.into(), v)]))
+    let mut terms = vec![(term.to_string(), host_scalar(&loss)?)];
+    if !pipe.prior.is_trainable() {
+        return Ok(LossOutput::new(loss, terms));
+    }
+    // A learned prior (DiNof's flow at t_m) trains on its own term, L_prior per data dimension,
+    // added with weight 1 as in the DiNof code; the regression only covers times below t_m.
+    let dims = (x.elem_count() / x.dim(0)?) as f64;
+    let l_prior = ndm_api::elbo::prior_term(pipe, x, rng)?.mean_all()?;
+    terms.push(("l_prior".into(), host_scalar(&l_prior)?));
+    Ok(LossOutput::new((loss + (l_prior / dims)?)?, terms))
+}
+
+fn host_scalar(t: &Tensor) -> Result<f64> {
+    t.to_dtype(ndm_api::candle_core::DType::F64)?
+        .to_scalar::<f64>()
 }
 
 /// `E || raw(z_t, t) - target ||^2`, the parameterization's target (eps for `param.eps`).

@@ -11,6 +11,7 @@ use ndm_api::{RegistrySource, Setup};
 use std::path::Path;
 
 use ndm_data as _;
+use ndm_flows as _;
 use ndm_nets as _;
 use ndm_objectives as _;
 use ndm_params as _;

@@ -1,10 +1,13 @@
 //! Data transformations `F(x, t)`: `transform.identity` (DDPM, DDIM, VDM, flow matching),
-//! `transform.learned` (Neural Diffusion Models) and `transform.blur` (blurring diffusion).
+//! `transform.learned` (Neural Diffusion Models), `transform.blur` (blurring diffusion) and
+//! `transform.chain` (a composition of transforms).
 
 mod blur;
+mod chain;
 mod learned;
 
 pub use blur::{dct_matrix, Blur, BlurConfig};
+pub use chain::{Chain, ChainConfig};
 pub use learned::{Learned, LearnedConfig};
 use ndm_api::registry::NoParams;
 

@@ -1,0 +1,181 @@
+//! `transform.chain`: the composition `F(x, t) = F_n(... F_2(F_1(x, t), t) ..., t)`, so that a
+//! hybrid such as NDM in a VAE's latent space (the NDM paper's Latent NDM) is a spec, not code.
+
+use ndm_api::candle_core::{Result, Tensor};
+use ndm_api::registry::BuildCtx;
+use ndm_api::{Diagonal, NdmError, PluginSpec, Transform};
+use serde::{Deserialize, Serialize};
+
+/// `transform.chain` config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ChainConfig {
+    /// The transforms in the order they apply to the data, each `{ kind, params }`; part `i`'s
+    /// weights live under `transform.<i>.` and it sees the previous part's latent shape.
+    pub parts: Vec<PluginSpec>,
+}
+
+impl Default for ChainConfig {
+    fn default() -> Self {
+        ChainConfig {
+            parts: vec![PluginSpec::new("identity")],
+        }
+    }
+}
+
+/// The composition of its parts. `dF/dt` is the default central difference of the whole chain;
+/// the decoder of a part that has one (only the first part sees the data, so only it may score
+/// `x` in `reconstruction_nll`) is used by `decode` in reverse order.
+#[derive(Debug)]
+pub struct Chain {
+    parts: Vec<Box<dyn Transform>>,
+    /// The shape each part works on (the data shape, then each part's latent shape).
+    shapes: Vec<Vec<usize>>,
+}
+
+impl Chain {
+    pub fn new(cfg: ChainConfig, ctx: &BuildCtx) -> ndm_api::Result<Self> {
+        if cfg.parts.is_empty() {
+            return Err(NdmError::invalid_param(
+                "parts must name at least one transform",
+            ));
+        }
+        let mut shapes = vec![ctx.shape.to_vec()];
+        let mut parts = Vec::with_capacity(cfg.parts.len());
+        for (i, spec) in cfg.parts.iter().enumerate() {
+            let shape = shapes[i].clone();
+            let part_ctx = BuildCtx {
+                device: ctx.device,
+                dtype: ctx.dtype,
+                shape: &shape,
+                vb: ctx.vb.pp(i.to_string()),
+                registry: ctx.registry,
+                classes: ctx.classes,
+            };
+            let part = ctx.registry.build_transform(spec, &part_ctx)?;
+            shapes.push(part.latent_shape(&shape));
+            parts.push(part);
+        }
+        Ok(Chain { parts, shapes })
+    }
+}
+
+impl Transform for Chain {
+    fn forward(&self, x: &Tensor, t: &Tensor) -> Result<Tensor> {
+        self.forward_with(x, t, None)
+    }
+
+    fn forward_with(&self, x: &Tensor, t: &Tensor, class: Option<&Tensor>) -> Result<Tensor> {
+        let mut y = x.clone();
+        for part in &self.parts {
+            y = part.forward_with(&y, t, class)?;
+        }
+        Ok(y)
+    }
+
+    fn latent_shape(&self, data_shape: &[usize]) -> Vec<usize> {
+        if data_shape == self.shapes[0].as_slice() {
+            return self.shapes[self.shapes.len() - 1].clone();
+        }
+        self.parts
+            .iter()
+            .fold(data_shape.to_vec(), |s, p| p.latent_shape(&s))
+    }
+
+    /// A one-part chain is that part, diagonal form included.
+    fn diagonal(&self) -> Option<&dyn Diagonal> {
+        match self.parts.as_slice() {
+            [only] => only.diagonal(),
+            _ => None,
+        }
+    }
+
+    fn is_identity(&self) -> bool {
+        self.parts.iter().all(|p| p.is_identity())
+    }
+
+    fn identity_at_zero(&self) -> bool {
+        self.parts.iter().all(|p| p.identity_at_zero())
+    }
+
+    fn is_trainable(&self) -> bool {
+        self.parts.iter().any(|p| p.is_trainable())
+    }
+
+    fn decode(&self, z0: &Tensor) -> Result<Option<Tensor>> {
+        let mut z = z0.clone();
+        let mut decoded = false;
+        for part in self.parts.iter().rev() {
+            if let Some(y) = part.decode(&z)? {
+                z = y;
+                decoded = true;
+            }
+        }
+        Ok(decoded.then_some(z))
+    }
+
+    fn reconstruction_nll(&self, x: &Tensor, z0: &Tensor) -> Result<Option<Tensor>> {
+        self.parts[0].reconstruction_nll(x, z0)
+    }
+}
+
+ndm_api::register_plugin!(
+    Transform,
+    "chain",
+    "F = F_n o ... o F_1: the composition of transforms (e.g. [vae, learned], Latent NDM)",
+    ChainConfig,
+    |cfg: ChainConfig, ctx: &BuildCtx| Ok(Box::new(Chain::new(cfg, ctx)?))
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndm_api::candle_core::{DType, Device};
+    use ndm_api::candle_nn::VarMap;
+    use ndm_api::vars::seeded_var_builder;
+    use ndm_api::Rng;
+
+    fn build(parts: &[&str]) -> Chain {
+        let registry = ndm_api::PluginRegistry::builtin();
+        let varmap = VarMap::new();
+        let vb = seeded_var_builder(&varmap, 0, DType::F32, &Device::Cpu);
+        let shape = [2usize];
+        let ctx = BuildCtx {
+            device: &Device::Cpu,
+            dtype: DType::F32,
+            shape: &shape,
+            vb,
+            registry: &registry,
+            classes: 0,
+        };
+        let cfg = ChainConfig {
+            parts: parts.iter().map(|k| PluginSpec::new(*k)).collect(),
+        };
+        Chain::new(cfg, &ctx).unwrap()
+    }
+
+    #[test]
+    fn a_chain_of_identities_is_the_identity() {
+        let chain = build(&["identity", "identity", "identity"]);
+        assert!(chain.is_identity() && chain.identity_at_zero() && !chain.is_trainable());
+        assert_eq!(chain.latent_shape(&[2]), vec![2]);
+        let x = Rng::new(0)
+            .normal_tensor(&[5, 2], DType::F32, &Device::Cpu)
+            .unwrap();
+        let t = Tensor::new(&[0.0f32, 0.25, 0.5, 0.75, 1.0], &Device::Cpu).unwrap();
+        let y = chain.forward(&x, &t).unwrap();
+        let diff = (y - &x).unwrap().abs().unwrap().max_all().unwrap();
+        assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0);
+        let dot = chain.time_derivative(&x, &t).unwrap();
+        assert_eq!(
+            dot.abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap(),
+            0.0
+        );
+        assert!(chain.decode(&x).unwrap().is_none());
+    }
+}
