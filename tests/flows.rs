@@ -218,3 +218,59 @@ fn a_chain_with_a_learned_part_is_trainable_and_keeps_its_parts_weights_apart() 
         "a chain of identity-at-zero parts is x at t = 0"
     );
 }
+
+#[test]
+fn glow_as_a_transform_is_time_independent_and_puts_its_log_det_in_l_rec() {
+    let mut spec = registry_file().preset("ndm").unwrap().model.clone();
+    spec.transform = PluginSpec::new("glow");
+    spec.transform.set("steps", "2");
+    spec.transform.set("hidden", "16");
+    let pipe = build(&spec, &[2]);
+    let x = tensor(&[0.5, -0.25, 1.0, 0.0, -0.7, 0.3], &[3, 2]);
+    let (t0, t1) = (
+        pipe.time_tensor(0.0, 3).unwrap(),
+        pipe.time_tensor(0.9, 3).unwrap(),
+    );
+    assert_eq!(
+        to_vec(&pipe.f(&x, &t0).unwrap()),
+        to_vec(&pipe.f(&x, &t1).unwrap())
+    );
+    assert!(to_vec(&pipe.f_dot(&x, &t1).unwrap())
+        .iter()
+        .all(|v| *v == 0.0));
+    let log_det = pipe.transform.log_det(&x).unwrap().unwrap();
+    // L_rec with the change of variables, against the same decoder without it: they differ by
+    // exactly -log|det| (same draw of z_0).
+    let with = ndm_api::elbo::rec_term(&pipe, &x, &mut Rng::new(2)).unwrap();
+    let p = pipe.schedule.point(pipe.t_min());
+    let f0 = pipe.f(&x, &t0).unwrap();
+    let eps = Rng::new(2)
+        .normal_tensor(f0.dims(), f0.dtype(), f0.device())
+        .unwrap();
+    let z0 = p.noised(&f0, &eps).unwrap();
+    let sb = pipe.schedule.batch(&t0).unwrap();
+    let fhat = pipe.f(&pipe.xhat(&z0, &t0, &sb).unwrap(), &t0).unwrap();
+    let s = p.sigma / p.alpha;
+    let gauss: Vec<f64> = to_vec(&f0)
+        .chunks(2)
+        .zip(to_vec(&fhat).chunks(2))
+        .map(|(a, b)| {
+            a.iter()
+                .zip(b)
+                .map(|(u, v)| 0.5 * ((u - v) / s).powi(2) + s.ln() + 0.918_938_533_204_672_8)
+                .sum()
+        })
+        .collect();
+    for ((w, g), ld) in to_vec(&with).iter().zip(&gauss).zip(to_vec(&log_det)) {
+        assert!(
+            (w - (g - ld)).abs() < 1e-3 * (1.0 + w.abs()),
+            "{w} vs {g} - {ld}"
+        );
+    }
+    // eps-mse would let a learnable F collapse: refused in one line.
+    spec.objective = PluginSpec::new("eps-mse");
+    let e = Pipeline::build(&spec, &[2], &registry(), &Device::Cpu, 0)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("eps-mse") && !e.contains('\n'), "{e}");
+}

@@ -99,6 +99,24 @@ pub fn rec_term(pipe: &Pipeline, x: &Tensor, rng: &mut Rng) -> Result<Tensor> {
         return Ok(nll);
     }
     let sb = pipe.schedule.batch(&t0)?;
+    if let Some(log_det) = pipe.transform.log_det(x)? {
+        // An invertible F (INDM-style): p(x | z_0) = N(F(x); F(xhat_0), s^2 I) |det dF/dx|.
+        if pipe.spec.decoder != Decoder::Gaussian {
+            candle_core::bail!(
+                "transform {} scores x through its change of variables and needs the gaussian \
+                 decoder (dequantized data), not {:?}",
+                pipe.spec.transform.kind,
+                pipe.spec.decoder
+            );
+        }
+        let xhat0 = pipe.xhat(&z0, &t0, &sb)?;
+        let fhat0 = pipe.f(&xhat0, &t0)?;
+        let s = p.sigma / p.alpha;
+        let d = x.elem_count() / n;
+        let c = d as f64 * (s.ln() + 0.5 * (2.0 * std::f64::consts::PI).ln());
+        let nll = sum_sq(&((f0 - fhat0)? / s)?)?.affine(0.5, c)?;
+        return nll - log_det;
+    }
     if pipe.schedule.is_trainable() && pipe.spec.decoder == Decoder::Gaussian {
         // A learned schedule (VDM) trains its end point gamma_0 through this term: z_0 and the
         // decoder's width sigma_0 / alpha_0 as tensors.

@@ -58,7 +58,7 @@ pub trait Diagonal: Send + Sync {
 
 /// A transformation `F(x, t)` of data `x` (shape `[B, ..D]`) into the latent space (shape `[B, ..L]`).
 ///
-/// How the special cases fit (`docs/math.md`, "Special cases"; VAE and Glow are planned):
+/// How the special cases fit (`docs/math.md`, "Special cases"; the VAE is planned):
 /// - identity (DDPM, DDIM, VDM, flow matching): `F = x`, [`Transform::is_identity`] is true, `dF/dt = 0`.
 /// - blur (`transform.blur`): `F = V D_t V^T x`, fixed, with an analytic `time_derivative` and its
 ///   [`Diagonal`] form.
@@ -66,8 +66,8 @@ pub trait Diagonal: Send + Sync {
 ///   true, so objectives that would let it collapse refuse it.
 /// - VAE encoder (LSGM, planned): `F(x, t) = E(x)` for every `t`, [`Transform::latent_shape`] differs from the
 ///   data shape, and [`Transform::decode`] / [`Transform::reconstruction_nll`] supply the decoder.
-/// - Glow flow (INDM, planned): time independent and invertible, `decode = f^-1`, with its log-det folded into
-///   `reconstruction_nll`.
+/// - Glow flow (`transform.glow`, INDM-style): time independent and invertible; its
+///   [`Transform::log_det`] makes `L_rec` a decoder in `F`'s space plus the change of variables.
 ///
 /// The pipeline also applies `F` to the model's prediction `xhat` (NDM's reverse process), so `F`
 /// must accept any tensor of the data shape, not only data points.
@@ -131,6 +131,14 @@ pub trait Transform: Send + Sync + std::fmt::Debug {
     /// For transforms with a decoder (VAE, flow): the data for a latent `z_0`. `None` means the
     /// latent space is the data space and the pipeline's own decoder mean is used.
     fn decode(&self, _z0: &Tensor) -> Result<Option<Tensor>> {
+        Ok(None)
+    }
+
+    /// For an invertible, time-independent `F`: `log|det dF/dx|` per example (shape `[B]`). The
+    /// NELBO's `L_rec` then scores `F(x)` with the Gaussian decoder in `F`'s space, around
+    /// `F(xhat_0)`, and adds this change of variables, so it is a density of `x` (INDM-style).
+    /// `None` (the default) for every other transform.
+    fn log_det(&self, _x: &Tensor) -> Result<Option<Tensor>> {
         Ok(None)
     }
 

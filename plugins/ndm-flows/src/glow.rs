@@ -537,6 +537,50 @@ impl Glow {
         h.reshape(shape)
     }
 
+    /// The flow as a map onto the latent's own shape: `(y, log|det dy/dz|)` per example, `y` the
+    /// base noise of [`Glow::encode`] put back in place (each split's noise next to the channels
+    /// it was split from, every squeeze undone), so `y` keeps the spatial layout of `z`.
+    pub fn map(&self, z: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (top, splits, logp) = self.run(z, false)?;
+        let d = (z.elem_count() / z.dim(0)?) as f64;
+        let mut sq = per_example_sum(&top.sqr()?)?;
+        let mut h = top;
+        let mut splits = splits.into_iter();
+        for level in self.levels.iter().rev() {
+            if level.split.is_some() {
+                let u = splits.next().ok_or_else(|| {
+                    ndm_api::candle_core::Error::Msg("too few split noises".into())
+                })?;
+                sq = (sq + per_example_sum(&u.sqr()?)?)?;
+                h = Tensor::cat(&[&h, &u], 1)?;
+            }
+            if self.image {
+                h = unsqueeze(&h)?;
+            }
+        }
+        // log p(z) = log N(y; 0, I) + log|det|.
+        let log_det = ((logp + (sq * 0.5)?)? + d * HALF_LN_2PI)?;
+        Ok((h.reshape(z.shape())?, log_det))
+    }
+
+    /// The inverse of [`Glow::map`].
+    pub fn unmap(&self, y: &Tensor) -> Result<Tensor> {
+        let mut h = self.to_4d(y)?;
+        let mut splits = Vec::new();
+        for level in &self.levels {
+            if self.image {
+                h = squeeze(&h)?;
+            }
+            if let Some(split) = &level.split {
+                let keep = h.dim(1)? - split.out;
+                splits.push(h.narrow(1, keep, split.out)?);
+                h = h.narrow(1, 0, keep)?;
+            }
+        }
+        splits.reverse();
+        self.decode(&h, &splits)
+    }
+
     /// The density direction's base noise: `(top, splits)` with the splits' noise from the last
     /// level to the first (the order [`Glow::decode`] takes), and `log p(z)`.
     pub fn encode(&self, z: &Tensor) -> Result<(Tensor, Vec<Tensor>, Tensor)> {
@@ -651,6 +695,33 @@ mod tests {
                 jac[i * d + j] = (up[i] - down[i]) / (2.0 * h);
             }
         }
+        // The same flow as a map onto z's own shape: it inverts, and its log-det is the Jacobian's.
+        let (y, log_det) = flow.map(&z).unwrap();
+        assert_eq!(y.dims(), z.dims());
+        let err = (flow.unmap(&y).unwrap() - &z).unwrap().abs().unwrap();
+        let err = err.max_all().unwrap().to_scalar::<f64>().unwrap();
+        assert!(err < 1e-5, "unmap(map(z)) differs from z by {err}");
+        let mapped = |x: Vec<f64>| {
+            let t = Tensor::from_vec(x, one.clone(), &Device::Cpu).unwrap();
+            host_values(&flow.map(&t).unwrap().0).unwrap()
+        };
+        let mut jac_map = vec![0.0; d * d];
+        for j in 0..d {
+            let (mut up, mut down) = (x0.clone(), x0.clone());
+            up[j] += h;
+            down[j] -= h;
+            let (up, down) = (mapped(up), mapped(down));
+            for i in 0..d {
+                jac_map[i * d + j] = (up[i] - down[i]) / (2.0 * h);
+            }
+        }
+        let got_map = log_det.to_vec1::<f64>().unwrap()[0];
+        let brute_map = log_abs_det(&jac_map, d);
+        assert!(
+            (got_map - brute_map).abs() < 1e-6 * (1.0 + brute_map.abs()),
+            "map log-det {got_map}, brute force {brute_map}"
+        );
+
         let base: f64 = u0.iter().map(|u| -0.5 * u * u - HALF_LN_2PI).sum();
         let brute = base + log_abs_det(&jac, d);
         let got = logp.to_vec1::<f64>().unwrap()[0];

@@ -1,5 +1,7 @@
-//! Normalizing flows ([`glow`]) and the plugin built on them: `prior.glow`, DiNof's flow prior
-//! at `t_m` (Zand et al., "Diffusion models with deterministic normalizing flow priors").
+//! Normalizing flows ([`glow`]) and the plugins built on them: `prior.glow`, DiNof's flow prior
+//! at `t_m` (Zand et al., "Diffusion models with deterministic normalizing flow priors"), and
+//! `transform.glow`, a time-independent invertible `F` whose log-determinant enters `L_rec`
+//! (INDM-style).
 //!
 //! With `prior.glow` the forward process stops at `t_m`: the flow models `q(z_{t_m})`, the
 //! pipeline's `t_end` becomes `t_m` (training times, the NELBO's diffusion terms and every solver
@@ -12,7 +14,7 @@ pub mod glow;
 use glow::{Glow, GlowSize};
 use ndm_api::candle_core::{DType, Device, Result, Tensor};
 use ndm_api::registry::BuildCtx;
-use ndm_api::{NdmError, Prior, Rng};
+use ndm_api::{NdmError, Prior, Rng, Transform};
 use serde::{Deserialize, Serialize};
 
 /// `prior.glow` config.
@@ -121,4 +123,84 @@ ndm_api::register_plugin!(
     "Glow flow at t_m (DiNof): multi-scale for images, MLP couplings for flat data; L_prior = flow NLL - entropy of q(z_{t_m}|x)",
     GlowPriorConfig,
     |c: GlowPriorConfig, ctx: &BuildCtx| Ok(Box::new(GlowPrior::new(c, ctx)?))
+);
+
+/// `transform.glow` config.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GlowTransformConfig {
+    /// `L`: multi-scale levels for images (the side must be divisible by `2^L`); flat data has one.
+    pub levels: usize,
+    /// `K`: flow steps per level.
+    pub steps: usize,
+    /// Hidden channels (images) or units (flat data) of each coupling's network.
+    pub hidden: usize,
+}
+
+impl Default for GlowTransformConfig {
+    fn default() -> Self {
+        GlowTransformConfig {
+            levels: 1,
+            steps: 4,
+            hidden: 64,
+        }
+    }
+}
+
+/// `F(x, t) = f(x)` for a Glow flow `f` onto the data's own shape ([`Glow::map`]): time
+/// independent (`dF/dt = 0`) and invertible, with `log|det df/dx|` in `L_rec`, so the diffusion
+/// runs on `f(x)` and the NELBO stays a bound on `-log p(x)`. Its actnorms start at the identity
+/// (a transform has no data-dependent initialisation).
+#[derive(Debug)]
+pub struct GlowTransform {
+    flow: Glow,
+}
+
+impl GlowTransform {
+    pub fn new(cfg: GlowTransformConfig, ctx: &BuildCtx) -> ndm_api::Result<Self> {
+        let size = GlowSize {
+            levels: cfg.levels,
+            steps: cfg.steps,
+            hidden: cfg.hidden,
+        };
+        Ok(GlowTransform {
+            flow: Glow::new(ctx.vb.clone(), ctx.shape, size)?,
+        })
+    }
+
+    /// `f^-1(y)`.
+    pub fn inverse(&self, y: &Tensor) -> Result<Tensor> {
+        self.flow.unmap(y)
+    }
+}
+
+impl Transform for GlowTransform {
+    fn forward(&self, x: &Tensor, _t: &Tensor) -> Result<Tensor> {
+        Ok(self.flow.map(x)?.0)
+    }
+
+    fn time_derivative_with(
+        &self,
+        x: &Tensor,
+        _t: &Tensor,
+        _class: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        x.zeros_like()
+    }
+
+    fn is_trainable(&self) -> bool {
+        true
+    }
+
+    fn log_det(&self, x: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(self.flow.map(x)?.1))
+    }
+}
+
+ndm_api::register_plugin!(
+    Transform,
+    "glow",
+    "F(x, t) = f(x): a time-independent Glow flow with log|det df/dx| in L_rec (INDM-style)",
+    GlowTransformConfig,
+    |c: GlowTransformConfig, ctx: &BuildCtx| Ok(Box::new(GlowTransform::new(c, ctx)?))
 );
