@@ -56,6 +56,32 @@ fn col(pipe: &Pipeline, v: Vec<f64>) -> Result<Tensor> {
     host_tensor(v, &[n], pipe.dtype, &pipe.device)
 }
 
+/// The data the diffusion models: `x` itself, or for a transform with an [`crate::Encoder`]
+/// (LSGM's VAE) one draw `z_0 = mean + std eps` of `q(z_0 | x)` per example, with the encoder's
+/// terms `E_q[-log p(x | z_0)] - H(q(z_0 | x))` per example (one draw for the first, the entropy
+/// `sum(log std) + D/2 ln(2 pi e)` in closed form). Every NELBO term after it sees the same draw.
+pub fn encode(pipe: &Pipeline, x: &Tensor, rng: &mut Rng) -> Result<(Tensor, Option<Tensor>)> {
+    let Some(enc) = pipe.transform.encoder() else {
+        return Ok((x.clone(), None));
+    };
+    let (mean, log_std) = enc.posterior(x)?;
+    let z = (&mean + noise_like(&mean, rng)?.mul(&log_std.exp()?)?)?;
+    let d = (mean.elem_count() / mean.dim(0)?) as f64;
+    let entropy = log_std
+        .flatten_from(1)?
+        .sum(1)?
+        .affine(1.0, 0.5 * d * (1.0 + (2.0 * std::f64::consts::PI).ln()))?;
+    let terms = (enc.decoder_nll(x, &z)? - entropy)?;
+    Ok((z, Some(terms)))
+}
+
+fn with_encoder_terms(l_rec: Tensor, l_enc: Option<Tensor>) -> Result<Tensor> {
+    match l_enc {
+        Some(e) => l_rec + e,
+        None => Ok(l_rec),
+    }
+}
+
 /// One draw `z ~ q(z_end | x)` at the prior's time, with its mean and its std (shape `[B]`):
 /// `(mean, std, z)`.
 pub fn end_latent(pipe: &Pipeline, x: &Tensor, rng: &mut Rng) -> Result<(Tensor, Tensor, Tensor)> {
@@ -131,7 +157,12 @@ pub fn rec_term(pipe: &Pipeline, x: &Tensor, rng: &mut Rng) -> Result<Tensor> {
     }
     let xhat0 = pipe.xhat(&z0, &t0, &sb)?;
     let s = p.sigma / p.alpha;
-    match pipe.spec.decoder {
+    // Behind an encoder the diffusion's data are continuous latents: always the Gaussian decoder.
+    let decoder = match pipe.transform.encoder() {
+        Some(_) => Decoder::Gaussian,
+        None => pipe.spec.decoder,
+    };
+    match decoder {
         Decoder::Gaussian => {
             let d = x.elem_count() / n;
             let c = d as f64 * (s.ln() + 0.5 * (2.0 * std::f64::consts::PI).ln());
@@ -223,6 +254,8 @@ pub fn discrete_nelbo(
     est: DiffEstimate,
     rng: &mut Rng,
 ) -> Result<NelboTerms> {
+    let (latent, l_enc) = encode(pipe, x, rng)?;
+    let x = &latent;
     let b = x.dim(0)?;
     let n = crate::solver::grid_index(pipe.t_end(), t_total);
     let l_diff = match est {
@@ -244,7 +277,7 @@ pub fn discrete_nelbo(
     Ok(NelboTerms {
         l_prior: prior_term(pipe, x, rng)?,
         l_diff,
-        l_rec: rec_term(pipe, x, rng)?,
+        l_rec: with_encoder_terms(rec_term(pipe, x, rng)?, l_enc)?,
     })
 }
 
@@ -424,10 +457,12 @@ pub fn continuous_nelbo(
     k: usize,
     rng: &mut Rng,
 ) -> Result<NelboTerms> {
+    let (latent, l_enc) = encode(pipe, x, rng)?;
+    let x = &latent;
     Ok(NelboTerms {
         l_prior: prior_term(pipe, x, rng)?,
         l_diff: continuous_diff(pipe, x, rule, table, k, rng)?,
-        l_rec: rec_term(pipe, x, rng)?,
+        l_rec: with_encoder_terms(rec_term(pipe, x, rng)?, l_enc)?,
     })
 }
 

@@ -105,7 +105,7 @@ pub use schedule::{NoiseSchedule, ScheduleBatch, SchedulePoint};
 pub use solver::{SolveOutput, Solver, Spacing, TimeGrid};
 pub use spec::{ModelSpec, PluginSpec, Preset, RunSpec, SamplerSpec, TrainConfig};
 pub use stats::Estimate;
-pub use transform::{Diagonal, Transform};
+pub use transform::{Diagonal, Encoder, Transform};
 
 // Re-exported for `register_plugin!` and plugin crates.
 pub use candle_core;

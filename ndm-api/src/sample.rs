@@ -32,7 +32,8 @@ pub fn sample(
 }
 
 /// [`sample`] with the prediction `xhat` clamped to `clip = (lo, hi)` at every step and in the
-/// final decode (see [`MapPrediction::clipped`]), and for a conditional model, of the classes
+/// final decode (see [`MapPrediction::clipped`]; behind an encoder, whose predictions are
+/// latents, only the decoded samples), and for a conditional model, of the classes
 /// of `cond` (one per sample, so `n` must be their number) with its guidance scale. Without
 /// `cond` a conditional model samples unconditionally (its "no class" entry).
 pub fn sample_clipped(
@@ -65,8 +66,10 @@ pub fn sample_clipped(
         Some(g) => g,
         None => pipe,
     };
+    // Behind an encoder (LSGM) the predictions are latents: the clamp applies to the decoded data.
+    let encoded = pipe.transform.encoder().is_some();
     let clipped;
-    let rp: &dyn ReverseProcess = match clip {
+    let rp: &dyn ReverseProcess = match clip.filter(|_| !encoded) {
         Some((lo, hi)) => {
             clipped = MapPrediction::clipped(base, lo, hi);
             &clipped
@@ -84,7 +87,11 @@ pub fn sample_clipped(
             cond.map(|c| Tensor::from_vec(c.classes.clone(), n, &pipe.device))
                 .transpose()?,
         );
-        pipe.transform.decode(&xhat)?.unwrap_or(xhat)
+        let x = pipe.transform.decode(&xhat)?.unwrap_or(xhat);
+        match clip.filter(|_| encoded) {
+            Some((lo, hi)) => x.clamp(lo, hi)?,
+            None => x,
+        }
     };
     let finite = x
         .to_dtype(DType::F64)?

@@ -209,6 +209,11 @@ pub struct TrainConfig {
     /// `at_step` steps keep the schedule they were trained with. Empty for a run never changed.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub step_changes: Vec<StepChange>,
+    /// A model with an encoder (LSGM's VAE): the first `encoder_warmup` steps train the VAE alone,
+    /// with a standard normal prior on its latents in place of the diffusion (`docs/math.md`,
+    /// "LSGM"); the rest train everything jointly on the objective. Ignored without an encoder.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub encoder_warmup: usize,
 }
 
 /// One change of a run's step count (see [`TrainConfig::step_changes`]).
@@ -239,6 +244,7 @@ impl Default for TrainConfig {
             checkpoint_every: 1000,
             cond_drop: 0.1,
             step_changes: Vec::new(),
+            encoder_warmup: 0,
         }
     }
 }

@@ -120,7 +120,8 @@ impl<'a> Trainer<'a> {
     /// training stream is the same with or without it; the EMA restarts from the new weights.
     fn data_init(&self, state: &mut TrainState, x: &Tensor) -> Result<()> {
         let mut rng = Rng::derived(self.cfg.seed, "data-init");
-        let (_, _, z) = crate::elbo::end_latent(self.pipe, x, &mut rng)?;
+        let (x, _) = crate::elbo::encode(self.pipe, x, &mut rng)?;
+        let (_, _, z) = crate::elbo::end_latent(self.pipe, &x, &mut rng)?;
         self.pipe.prior.data_init(&z.detach())?;
         for (name, var) in &self.vars {
             state
@@ -148,7 +149,12 @@ impl<'a> Trainer<'a> {
             .pipe
             .training_mode(Rng::derived(cfg.seed.wrapping_add(step as u64), "dropout"));
         let cond = self.pipe.conditioned(class);
-        let out = self.pipe.objective.loss(self.pipe, &x, &mut state.rng)?;
+        let out = match self.pipe.transform.encoder() {
+            Some(enc) if step <= cfg.encoder_warmup => {
+                encoder_warmup_loss(enc, &x, &mut state.rng)?
+            }
+            _ => self.pipe.objective.loss(self.pipe, &x, &mut state.rng)?,
+        };
         drop(cond);
         drop(mode);
         let loss = scalar(&out.loss)?;
@@ -213,6 +219,31 @@ impl<'a> Trainer<'a> {
             terms: out.terms,
         })
     }
+}
+
+/// The warm-up stage of a model with an encoder: the VAE alone, its latents under `N(0, I)`:
+/// `E_q[-log p(x | z)] + KL(q(z | x) || N(0, I))` per data dimension (one draw, the KL in closed
+/// form).
+fn encoder_warmup_loss(
+    enc: &dyn crate::Encoder,
+    x: &Tensor,
+    rng: &mut Rng,
+) -> candle_core::Result<crate::LossOutput> {
+    let (mean, log_std) = enc.posterior(x)?;
+    let z = (&mean + crate::elbo::noise_like(&mean, rng)?.mul(&log_std.exp()?)?)?;
+    let nll = enc.decoder_nll(x, &z)?.mean_all()?;
+    let per_dim =
+        ((mean.sqr()? + (&log_std * 2.0)?.exp()?)? - (&log_std * 2.0)?)?.affine(0.5, -0.5)?;
+    let kl = per_dim.flatten_from(1)?.sum(1)?.mean_all()?;
+    let dims = (x.elem_count() / x.dim(0)?) as f64;
+    let loss = ((&nll + &kl)? / dims)?;
+    Ok(crate::LossOutput::new(
+        loss,
+        vec![
+            ("vae_nll".into(), scalar(&nll)?),
+            ("vae_kl".into(), scalar(&kl)?),
+        ],
+    ))
 }
 
 /// The scalars of one AdamW step with bias correction, decoupled weight decay and the EMA:

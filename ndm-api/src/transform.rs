@@ -37,6 +37,16 @@ where
     (fa.broadcast_mul(&ca)? + fb.broadcast_mul(&cb)?)? + fc.broadcast_mul(&cc)?
 }
 
+/// A VAE's encoder `q(z | x) = N(mean, diag(std^2))` and decoder `p(x | z)` (LSGM): the
+/// diffusion models draws of `q`, and the NELBO adds `E_q[-log p(x | z)] - H(q(z | x))`
+/// (`docs/math.md`, "LSGM").
+pub trait Encoder: Send + Sync + std::fmt::Debug {
+    /// `(mean, log_std)` of `q(z | x)`, both of the latent shape.
+    fn posterior(&self, x: &Tensor) -> Result<(Tensor, Tensor)>;
+    /// `-log p(x | z)` per example (shape `[B]`).
+    fn decoder_nll(&self, x: &Tensor, z: &Tensor) -> Result<Tensor>;
+}
+
 /// A transform that is diagonal in a fixed orthonormal basis `V`: `F(x, t) = V diag(d_t) V^T x`
 /// with gains `0 < d_{t,k} <= 1` (the blur of blurring diffusion, in the 2-D DCT basis).
 ///
@@ -58,14 +68,16 @@ pub trait Diagonal: Send + Sync {
 
 /// A transformation `F(x, t)` of data `x` (shape `[B, ..D]`) into the latent space (shape `[B, ..L]`).
 ///
-/// How the special cases fit (`docs/math.md`, "Special cases"; the VAE is planned):
+/// How the special cases fit (`docs/math.md`, "Special cases"):
 /// - identity (DDPM, DDIM, VDM, flow matching): `F = x`, [`Transform::is_identity`] is true, `dF/dt = 0`.
 /// - blur (`transform.blur`): `F = V D_t V^T x`, fixed, with an analytic `time_derivative` and its
 ///   [`Diagonal`] form.
 /// - learned (NDM): a backbone network with weights under the prefix `transform.`; `is_trainable` is
 ///   true, so objectives that would let it collapse refuse it.
-/// - VAE encoder (LSGM, planned): `F(x, t) = E(x)` for every `t`, [`Transform::latent_shape`] differs from the
-///   data shape, and [`Transform::decode`] / [`Transform::reconstruction_nll`] supply the decoder.
+/// - VAE (LSGM, `transform.vae`): an [`Encoder`] in front of the diffusion. The pipeline draws
+///   `z_0 ~ q(z_0 | x)` once per example and runs the whole diffusion on it, so `F` acts on
+///   latents (the identity there), [`Transform::latent_shape`] differs from the data shape, and
+///   [`Transform::decode`] is the decoder's mean.
 /// - Glow flow (`transform.glow`, INDM-style): time independent and invertible; its
 ///   [`Transform::log_det`] makes `L_rec` a decoder in `F`'s space plus the change of variables.
 ///
@@ -132,6 +144,13 @@ pub trait Transform: Send + Sync + std::fmt::Debug {
     /// latent space is the data space and the pipeline's own decoder mean is used.
     fn decode(&self, _z0: &Tensor) -> Result<Option<Tensor>> {
         Ok(None)
+    }
+
+    /// For a transform with a stochastic encoder in front of the diffusion (LSGM's VAE): that
+    /// encoder. The pipeline then encodes the data once per evaluation and calls [`Transform::forward`]
+    /// with latents; `None` (the default) for every other transform.
+    fn encoder(&self) -> Option<&dyn Encoder> {
+        None
     }
 
     /// For an invertible, time-independent `F`: `log|det dF/dx|` per example (shape `[B]`). The

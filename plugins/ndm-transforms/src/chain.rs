@@ -3,7 +3,7 @@
 
 use ndm_api::candle_core::{Result, Tensor};
 use ndm_api::registry::BuildCtx;
-use ndm_api::{Diagonal, NdmError, PluginSpec, Transform};
+use ndm_api::{Diagonal, Encoder, NdmError, PluginSpec, Transform};
 use serde::{Deserialize, Serialize};
 
 /// `transform.chain` config.
@@ -24,8 +24,9 @@ impl Default for ChainConfig {
 }
 
 /// The composition of its parts. `dF/dt` is the default central difference of the whole chain;
-/// the decoder of a part that has one (only the first part sees the data, so only it may score
-/// `x` in `reconstruction_nll`) is used by `decode` in reverse order.
+/// the decoder of a part that has one is used by `decode` in reverse order. Only the first part
+/// sees the data, so only it may have an encoder (LSGM's VAE: `[vae, learned]` is Latent NDM) or
+/// score `x` in `reconstruction_nll`.
 #[derive(Debug)]
 pub struct Chain {
     parts: Vec<Box<dyn Transform>>,
@@ -53,6 +54,12 @@ impl Chain {
                 classes: ctx.classes,
             };
             let part = ctx.registry.build_transform(spec, &part_ctx)?;
+            if i > 0 && part.encoder().is_some() {
+                return Err(NdmError::invalid_param(format!(
+                    "parts[{i}] = {} has an encoder, which only the first part may have (it sees the data)",
+                    spec.kind
+                )));
+            }
             shapes.push(part.latent_shape(&shape));
             parts.push(part);
         }
@@ -100,6 +107,10 @@ impl Transform for Chain {
 
     fn is_trainable(&self) -> bool {
         self.parts.iter().any(|p| p.is_trainable())
+    }
+
+    fn encoder(&self) -> Option<&dyn Encoder> {
+        self.parts[0].encoder()
     }
 
     fn decode(&self, z0: &Tensor) -> Result<Option<Tensor>> {

@@ -1,15 +1,17 @@
 //! Data transformations `F(x, t)`: `transform.identity` (DDPM, DDIM, VDM, flow matching),
 //! `transform.learned` (Neural Diffusion Models), `transform.blur` (blurring diffusion) and
-//! `transform.chain` (a composition of transforms).
+//! `transform.chain` (a composition of transforms) and `transform.vae` (LSGM's VAE).
 
 mod blur;
 mod chain;
 mod learned;
+mod vae;
 
 pub use blur::{dct_matrix, Blur, BlurConfig};
 pub use chain::{Chain, ChainConfig};
 pub use learned::{Learned, LearnedConfig};
 use ndm_api::registry::NoParams;
+pub use vae::{Vae, VaeConfig};
 
 use ndm_api::candle_core::{Result, Tensor};
 use ndm_api::registry::BuildCtx;

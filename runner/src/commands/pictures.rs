@@ -14,32 +14,47 @@ const TIMES: [f64; 6] = [0.05, 0.2, 0.4, 0.6, 0.8, 0.95];
 const ROWS: usize = 4;
 
 /// `denoise.png`: per test image, the image, then `z_t` and `xhat(z_t, t)` for each of [`TIMES`].
+/// Behind an encoder (LSGM) `z_t` and `xhat` are latents, shown through the decoder's mean.
 pub fn denoising_strip(pipe: &Pipeline, data: &dyn Dataset, path: &Path) -> Result<()> {
     let mut rng = Rng::derived(0, "pictures");
-    let x = data.sample(ROWS, Split::Test, &mut rng, &pipe.device)?;
+    let data_x = data.sample(ROWS, Split::Test, &mut rng, &pipe.device)?;
+    let (x, _) = ndm_api::elbo::encode(pipe, &data_x, &mut rng)?;
     let eps = rng.normal_tensor(x.dims(), pipe.dtype, &pipe.device)?;
-    let mut cols = vec![x.clone()];
+    let mut cols = vec![data_x.clone()];
     for &t in &TIMES {
         let t = t * pipe.t_end();
         let z = pipe
             .schedule
             .point(t)
             .noised(&pipe.f(&x, &pipe.time_tensor(t, ROWS)?)?, &eps)?;
-        cols.push(z.clone());
-        cols.push(pipe.predict_x(&z, t)?);
+        cols.push(shown(pipe, &z)?);
+        cols.push(shown(pipe, &pipe.predict_x(&z, t)?)?);
     }
     grid_by_rows(&cols, path)
 }
 
-/// `transform.png`: per test image, `F(x, t)` at t = 0, 0.2, .., 1.
+/// A tensor of the diffusion's space as an image: itself, or a latent's decoder mean.
+fn shown(pipe: &Pipeline, v: &Tensor) -> Result<Tensor> {
+    if pipe.transform.encoder().is_none() {
+        return Ok(v.clone());
+    }
+    Ok(pipe
+        .transform
+        .decode(v)?
+        .unwrap_or_else(|| v.clone())
+        .detach())
+}
+
+/// `transform.png`: per test image, `F(x, t)` at t = 0, 0.2, .., 1 (of the encoded `x`, decoded,
+/// behind an encoder).
 pub fn transform_strip(pipe: &Pipeline, data: &dyn Dataset, path: &Path) -> Result<()> {
     let mut rng = Rng::derived(0, "pictures");
-    let x = data.sample(ROWS, Split::Test, &mut rng, &pipe.device)?;
+    let data_x = data.sample(ROWS, Split::Test, &mut rng, &pipe.device)?;
+    let (x, _) = ndm_api::elbo::encode(pipe, &data_x, &mut rng)?;
     let cols = (0..=5)
         .map(|k| {
-            Ok(pipe
-                .f(&x, &pipe.time_tensor(k as f64 / 5.0, ROWS)?)?
-                .detach())
+            let f = pipe.f(&x, &pipe.time_tensor(k as f64 / 5.0, ROWS)?)?;
+            shown(pipe, &f.detach())
         })
         .collect::<Result<Vec<_>>>()?;
     grid_by_rows(&cols, path)
