@@ -56,6 +56,32 @@ fn col(pipe: &Pipeline, v: Vec<f64>) -> Result<Tensor> {
     host_tensor(v, &[n], pipe.dtype, &pipe.device)
 }
 
+/// `ln(2 pi) / 2`, the normal density's log normaliser per dimension.
+pub const HALF_LN_2PI: f64 = 0.918_938_533_204_672_8;
+
+/// `-log N(x; mean, s^2 I)` per example for a scalar width `s`.
+pub fn gaussian_nll(x: &Tensor, mean: &Tensor, s: f64) -> Result<Tensor> {
+    let d = (x.elem_count() / x.dim(0)?) as f64;
+    sum_sq(&((x - mean)? / s)?)?.affine(0.5, d * (s.ln() + HALF_LN_2PI))
+}
+
+/// The entropy of a diagonal Gaussian in `dims` dimensions from the per-example sum of its log
+/// standard deviations: `sum log std + dims (1 + ln(2 pi)) / 2`.
+pub fn gaussian_entropy(sum_log_std: &Tensor, dims: f64) -> Result<Tensor> {
+    sum_log_std.affine(1.0, dims * (0.5 + HALF_LN_2PI))
+}
+
+/// One reparameterized draw `z = mean + std eps` of an encoder's `q(z | x)`: `(mean, log_std, z)`.
+pub fn posterior_draw(
+    enc: &dyn crate::Encoder,
+    x: &Tensor,
+    rng: &mut Rng,
+) -> Result<(Tensor, Tensor, Tensor)> {
+    let (mean, log_std) = enc.posterior(x)?;
+    let z = (&mean + noise_like(&mean, rng)?.mul(&log_std.exp()?)?)?;
+    Ok((mean, log_std, z))
+}
+
 /// The data the diffusion models: `x` itself, or for a transform with an [`crate::Encoder`]
 /// (LSGM's VAE) one draw `z_0 = mean + std eps` of `q(z_0 | x)` per example, with the encoder's
 /// terms `E_q[-log p(x | z_0)] - H(q(z_0 | x))` per example (one draw for the first, the entropy
@@ -64,13 +90,9 @@ pub fn encode(pipe: &Pipeline, x: &Tensor, rng: &mut Rng) -> Result<(Tensor, Opt
     let Some(enc) = pipe.transform.encoder() else {
         return Ok((x.clone(), None));
     };
-    let (mean, log_std) = enc.posterior(x)?;
-    let z = (&mean + noise_like(&mean, rng)?.mul(&log_std.exp()?)?)?;
+    let (mean, log_std, z) = posterior_draw(enc, x, rng)?;
     let d = (mean.elem_count() / mean.dim(0)?) as f64;
-    let entropy = log_std
-        .flatten_from(1)?
-        .sum(1)?
-        .affine(1.0, 0.5 * d * (1.0 + (2.0 * std::f64::consts::PI).ln()))?;
+    let entropy = gaussian_entropy(&log_std.flatten_from(1)?.sum(1)?, d)?;
     let terms = (enc.decoder_nll(x, &z)? - entropy)?;
     Ok((z, Some(terms)))
 }
@@ -118,14 +140,18 @@ pub fn rec_term(pipe: &Pipeline, x: &Tensor, rng: &mut Rng) -> Result<Tensor> {
     let t_min = pipe.t_min();
     let t0 = pipe.time_tensor(t_min, n)?;
     let p = pipe.schedule.point(t_min);
-    let f0 = pipe.f(x, &t0)?;
+    // An invertible F gives F(x) and its log-det in one pass.
+    let (f0, log_det) = match pipe.transform.forward_log_det(x)? {
+        Some((f0, log_det)) => (f0, Some(log_det)),
+        None => (pipe.f(x, &t0)?, None),
+    };
     let eps = noise_like(&f0, rng)?;
     let z0 = p.noised(&f0, &eps)?;
     if let Some(nll) = pipe.transform.reconstruction_nll(x, &z0)? {
         return Ok(nll);
     }
     let sb = pipe.schedule.batch(&t0)?;
-    if let Some(log_det) = pipe.transform.log_det(x)? {
+    if let Some(log_det) = log_det {
         // An invertible F (INDM-style): p(x | z_0) = N(F(x); F(xhat_0), s^2 I) |det dF/dx|.
         if pipe.spec.decoder != Decoder::Gaussian {
             candle_core::bail!(
@@ -137,11 +163,7 @@ pub fn rec_term(pipe: &Pipeline, x: &Tensor, rng: &mut Rng) -> Result<Tensor> {
         }
         let xhat0 = pipe.xhat(&z0, &t0, &sb)?;
         let fhat0 = pipe.f(&xhat0, &t0)?;
-        let s = p.sigma / p.alpha;
-        let d = x.elem_count() / n;
-        let c = d as f64 * (s.ln() + 0.5 * (2.0 * std::f64::consts::PI).ln());
-        let nll = sum_sq(&((f0 - fhat0)? / s)?)?.affine(0.5, c)?;
-        return nll - log_det;
+        return gaussian_nll(&f0, &fhat0, p.sigma / p.alpha)? - log_det;
     }
     if pipe.schedule.is_trainable() && pipe.spec.decoder == Decoder::Gaussian {
         // A learned schedule (VDM) trains its end point gamma_0 through this term: z_0 and the
@@ -152,7 +174,7 @@ pub fn rec_term(pipe: &Pipeline, x: &Tensor, rng: &mut Rng) -> Result<Tensor> {
         let s = (&sb.sigma / &sb.alpha)?;
         let d = (x.elem_count() / n) as f64;
         let sq = sum_sq(&(x - xhat0)?.broadcast_div(&pipe.per_example(&s)?)?)?;
-        let log_norm = ((s.log()? + 0.5 * (2.0 * std::f64::consts::PI).ln())? * d)?;
+        let log_norm = ((s.log()? + HALF_LN_2PI)? * d)?;
         return (sq * 0.5)? + log_norm;
     }
     let xhat0 = pipe.xhat(&z0, &t0, &sb)?;
@@ -163,11 +185,7 @@ pub fn rec_term(pipe: &Pipeline, x: &Tensor, rng: &mut Rng) -> Result<Tensor> {
         None => pipe.spec.decoder,
     };
     match decoder {
-        Decoder::Gaussian => {
-            let d = x.elem_count() / n;
-            let c = d as f64 * (s.ln() + 0.5 * (2.0 * std::f64::consts::PI).ln());
-            sum_sq(&((x - xhat0)? / s)?)?.affine(0.5, c)
-        }
+        Decoder::Gaussian => gaussian_nll(x, &xhat0, s),
         Decoder::Discretized => discretized_nll(x, &xhat0, s, 256),
     }
 }

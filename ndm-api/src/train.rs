@@ -113,8 +113,6 @@ impl<'a> Trainer<'a> {
         Ok(Some(Tensor::from_vec(ids, n, &self.pipe.device)?))
     }
 
-    /// One step. A non-finite loss or gradient is an error and leaves weights and state untouched,
-    /// so the caller can still checkpoint the last good state.
     /// A fresh run's data-dependent initialisation (Glow's actnorm): the prior sees latents
     /// `z_end ~ q(z_end | x)` of the first batch, drawn from a generator of their own so the
     /// training stream is the same with or without it; the EMA restarts from the new weights.
@@ -131,6 +129,8 @@ impl<'a> Trainer<'a> {
         Ok(())
     }
 
+    /// One step. A non-finite loss or gradient is an error and leaves weights and state untouched,
+    /// so the caller can still checkpoint the last good state.
     pub fn step(&self, state: &mut TrainState, data: &dyn Dataset) -> Result<StepReport> {
         let cfg = &self.cfg;
         let step = state.step + 1;
@@ -229,8 +229,7 @@ fn encoder_warmup_loss(
     x: &Tensor,
     rng: &mut Rng,
 ) -> candle_core::Result<crate::LossOutput> {
-    let (mean, log_std) = enc.posterior(x)?;
-    let z = (&mean + crate::elbo::noise_like(&mean, rng)?.mul(&log_std.exp()?)?)?;
+    let (mean, log_std, z) = crate::elbo::posterior_draw(enc, x, rng)?;
     let nll = enc.decoder_nll(x, &z)?.mean_all()?;
     let per_dim =
         ((mean.sqr()? + (&log_std * 2.0)?.exp()?)? - (&log_std * 2.0)?)?.affine(0.5, -0.5)?;

@@ -79,7 +79,7 @@ pub trait Diagonal: Send + Sync {
 ///   latents (the identity there), [`Transform::latent_shape`] differs from the data shape, and
 ///   [`Transform::decode`] is the decoder's mean.
 /// - Glow flow (`transform.glow`, INDM-style): time independent and invertible; its
-///   [`Transform::log_det`] makes `L_rec` a decoder in `F`'s space plus the change of variables.
+///   [`Transform::forward_log_det`] makes `L_rec` a decoder in `F`'s space plus the change of variables.
 ///
 /// The pipeline also applies `F` to the model's prediction `xhat` (NDM's reverse process), so `F`
 /// must accept any tensor of the data shape, not only data points.
@@ -99,14 +99,15 @@ pub trait Transform: Send + Sync + std::fmt::Debug {
         self.forward(x, t)
     }
 
-    /// `dF/dt (x, t | class)`: [`central_difference_dt`] over [`Transform::forward_with`].
+    /// `dF/dt (x, t | class)`: zero for a time-independent transform, else
+    /// [`central_difference_dt`] over [`Transform::forward_with`].
     fn time_derivative_with(
         &self,
         x: &Tensor,
         t: &Tensor,
         class: Option<&Tensor>,
     ) -> Result<Tensor> {
-        if self.is_identity() {
+        if self.is_time_independent() {
             return x.zeros_like();
         }
         central_difference_dt(|tt| self.forward_with(x, tt, class), t)
@@ -127,6 +128,12 @@ pub trait Transform: Send + Sync + std::fmt::Debug {
     /// True when `F(x, t) = x` exactly, which lets the pipeline skip work.
     fn is_identity(&self) -> bool {
         false
+    }
+
+    /// True when `F(x, t)` does not depend on `t` (the identity, a VAE, a Glow flow): `dF/dt = 0`
+    /// without evaluating `F`.
+    fn is_time_independent(&self) -> bool {
+        self.is_identity()
     }
 
     /// True when `F(x, 0) = x` exactly, which makes the probability-flow ODE's density at `t = 0`
@@ -153,11 +160,11 @@ pub trait Transform: Send + Sync + std::fmt::Debug {
         None
     }
 
-    /// For an invertible, time-independent `F`: `log|det dF/dx|` per example (shape `[B]`). The
-    /// NELBO's `L_rec` then scores `F(x)` with the Gaussian decoder in `F`'s space, around
-    /// `F(xhat_0)`, and adds this change of variables, so it is a density of `x` (INDM-style).
-    /// `None` (the default) for every other transform.
-    fn log_det(&self, _x: &Tensor) -> Result<Option<Tensor>> {
+    /// For an invertible, time-independent `F`: `(F(x), log|det dF/dx|)` per example (the second
+    /// of shape `[B]`), from one pass. The NELBO's `L_rec` then scores `F(x)` with the Gaussian
+    /// decoder in `F`'s space, around `F(xhat_0)`, and adds this change of variables, so it is a
+    /// density of `x` (INDM-style). `None` (the default) for every other transform.
+    fn forward_log_det(&self, _x: &Tensor) -> Result<Option<(Tensor, Tensor)>> {
         Ok(None)
     }
 

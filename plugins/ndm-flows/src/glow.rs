@@ -13,12 +13,11 @@
 
 use ndm_api::candle_core::{DType, Module, Result, Tensor};
 use ndm_api::candle_nn::{Init, Linear, VarBuilder};
+use ndm_api::elbo::HALF_LN_2PI;
 use ndm_api::rng::host_tensor;
 use ndm_api::{linalg, NdmError, Rng};
 use ndm_unet::layers::Conv2d;
 use ndm_unet::KernelBackend;
-
-const HALF_LN_2PI: f64 = 0.918_938_533_204_672_8;
 
 /// The sizes of a Glow flow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

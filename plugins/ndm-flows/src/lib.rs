@@ -42,8 +42,6 @@ impl Default for GlowPriorConfig {
     }
 }
 
-const HALF_LN_2PI_E: f64 = 1.418_938_533_204_672_7;
-
 /// DiNof's prior: a Glow flow over `z_{t_m}`.
 #[derive(Debug)]
 pub struct GlowPrior {
@@ -100,7 +98,7 @@ impl Prior for GlowPrior {
     /// Carlo draw of `KL(q || p_flow)`.
     fn prior_loss(&self, mean: &Tensor, std: &Tensor, z: &Tensor) -> Result<Tensor> {
         let d = (mean.elem_count() / mean.dim(0)?) as f64;
-        let entropy = (std.log()? * d)?.affine(1.0, d * HALF_LN_2PI_E)?;
+        let entropy = ndm_api::elbo::gaussian_entropy(&(std.log()? * d)?, d)?;
         self.flow.log_prob(z)?.neg()? - entropy.to_dtype(z.dtype())?
     }
 
@@ -179,21 +177,16 @@ impl Transform for GlowTransform {
         Ok(self.flow.map(x)?.0)
     }
 
-    fn time_derivative_with(
-        &self,
-        x: &Tensor,
-        _t: &Tensor,
-        _class: Option<&Tensor>,
-    ) -> Result<Tensor> {
-        x.zeros_like()
+    fn is_time_independent(&self) -> bool {
+        true
     }
 
     fn is_trainable(&self) -> bool {
         true
     }
 
-    fn log_det(&self, x: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(self.flow.map(x)?.1))
+    fn forward_log_det(&self, x: &Tensor) -> Result<Option<(Tensor, Tensor)>> {
+        Ok(Some(self.flow.map(x)?))
     }
 }
 

@@ -1,7 +1,7 @@
 //! Priors: `prior.gaussian` (`N(0, scale^2 I)` at `t = 1`; `scale = 1` except for VE schedules).
 
 use ndm_api::candle_core::{DType, Device, Result, Tensor};
-use ndm_api::elbo::sum_sq;
+use ndm_api::elbo::{sum_sq, HALF_LN_2PI};
 use ndm_api::registry::BuildCtx;
 use ndm_api::{NdmError, Prior, Rng};
 use serde::{Deserialize, Serialize};
@@ -43,8 +43,6 @@ impl StandardGaussian {
         Ok(StandardGaussian { scale: cfg.scale })
     }
 }
-
-const HALF_LN_2PI: f64 = 0.918_938_533_204_672_8;
 
 impl Prior for StandardGaussian {
     fn sample(

@@ -30,8 +30,6 @@ impl Default for ChainConfig {
 #[derive(Debug)]
 pub struct Chain {
     parts: Vec<Box<dyn Transform>>,
-    /// The shape each part works on (the data shape, then each part's latent shape).
-    shapes: Vec<Vec<usize>>,
 }
 
 impl Chain {
@@ -41,14 +39,14 @@ impl Chain {
                 "parts must name at least one transform",
             ));
         }
-        let mut shapes = vec![ctx.shape.to_vec()];
+        let mut shape = ctx.shape.to_vec();
         let mut parts = Vec::with_capacity(cfg.parts.len());
         for (i, spec) in cfg.parts.iter().enumerate() {
-            let shape = shapes[i].clone();
+            let input = shape.clone();
             let part_ctx = BuildCtx {
                 device: ctx.device,
                 dtype: ctx.dtype,
-                shape: &shape,
+                shape: &input,
                 vb: ctx.vb.pp(i.to_string()),
                 registry: ctx.registry,
                 classes: ctx.classes,
@@ -60,10 +58,10 @@ impl Chain {
                     spec.kind
                 )));
             }
-            shapes.push(part.latent_shape(&shape));
+            shape = part.latent_shape(&input);
             parts.push(part);
         }
-        Ok(Chain { parts, shapes })
+        Ok(Chain { parts })
     }
 }
 
@@ -81,9 +79,6 @@ impl Transform for Chain {
     }
 
     fn latent_shape(&self, data_shape: &[usize]) -> Vec<usize> {
-        if data_shape == self.shapes[0].as_slice() {
-            return self.shapes[self.shapes.len() - 1].clone();
-        }
         self.parts
             .iter()
             .fold(data_shape.to_vec(), |s, p| p.latent_shape(&s))
@@ -99,6 +94,10 @@ impl Transform for Chain {
 
     fn is_identity(&self) -> bool {
         self.parts.iter().all(|p| p.is_identity())
+    }
+
+    fn is_time_independent(&self) -> bool {
+        self.parts.iter().all(|p| p.is_time_independent())
     }
 
     fn identity_at_zero(&self) -> bool {

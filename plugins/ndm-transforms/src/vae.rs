@@ -7,13 +7,12 @@
 
 use ndm_api::candle_core::{Module, Result, Tensor};
 use ndm_api::candle_nn::{self, Init, Linear, VarBuilder};
+use ndm_api::elbo::HALF_LN_2PI;
 use ndm_api::registry::BuildCtx;
 use ndm_api::{Encoder, NdmError, Transform};
 use ndm_unet::layers::Conv2d;
 use ndm_unet::KernelBackend;
 use serde::{Deserialize, Serialize};
-
-const HALF_LN_2PI: f64 = 0.918_938_533_204_672_8;
 
 /// `transform.vae` config.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -213,13 +212,8 @@ impl Transform for Vae {
         Ok(x.clone())
     }
 
-    fn time_derivative_with(
-        &self,
-        x: &Tensor,
-        _t: &Tensor,
-        _class: Option<&Tensor>,
-    ) -> Result<Tensor> {
-        x.zeros_like()
+    fn is_time_independent(&self) -> bool {
+        true
     }
 
     fn latent_shape(&self, _data_shape: &[usize]) -> Vec<usize> {
