@@ -103,7 +103,7 @@ pub use reverse::{Gaussian, ReverseProcess};
 pub use rng::Rng;
 pub use schedule::{NoiseSchedule, ScheduleBatch, SchedulePoint};
 pub use solver::{SolveOutput, Solver, Spacing, TimeGrid};
-pub use spec::{ModelSpec, PluginSpec, Preset, RunSpec, SamplerSpec, TrainConfig};
+pub use spec::{Decoder, ModelSpec, PluginSpec, Preset, RunSpec, SamplerSpec, TrainConfig};
 pub use stats::Estimate;
 pub use transform::{Diagonal, Encoder, Transform};
 

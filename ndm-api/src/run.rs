@@ -45,6 +45,9 @@ impl RunSpec {
                     *spec.part_mut(family) = p;
                 }
             }
+            if let Some(d) = v.decoder {
+                spec.model.decoder = d;
+            }
             for (field, value) in v.train {
                 spec.set(&format!("train.{field}={value}"))?;
             }

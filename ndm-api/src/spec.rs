@@ -365,6 +365,9 @@ pub struct ImageVariant {
     pub prior: Option<PluginSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub objective: Option<PluginSpec>,
+    /// The decoder on images (LSGM's VAE scores 8-bit pixels with `discretized`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decoder: Option<Decoder>,
     /// Training fields to set (`{ batch_size = 64, lr = 2e-4 }`).
     #[serde(default, skip_serializing_if = "toml::Table::is_empty")]
     pub train: toml::Table,

@@ -151,7 +151,7 @@ impl<'a> Trainer<'a> {
         let cond = self.pipe.conditioned(class);
         let out = match self.pipe.transform.encoder() {
             Some(enc) if step <= cfg.encoder_warmup => {
-                encoder_warmup_loss(enc, &x, &mut state.rng)?
+                encoder_warmup_loss(enc, self.pipe.spec.decoder, &x, &mut state.rng)?
             }
             _ => self.pipe.objective.loss(self.pipe, &x, &mut state.rng)?,
         };
@@ -226,11 +226,12 @@ impl<'a> Trainer<'a> {
 /// form).
 fn encoder_warmup_loss(
     enc: &dyn crate::Encoder,
+    decoder: crate::spec::Decoder,
     x: &Tensor,
     rng: &mut Rng,
 ) -> candle_core::Result<crate::LossOutput> {
     let (mean, log_std, z) = crate::elbo::posterior_draw(enc, x, rng)?;
-    let nll = enc.decoder_nll(x, &z)?.mean_all()?;
+    let nll = enc.decoder_nll(x, &z, decoder)?.mean_all()?;
     let per_dim =
         ((mean.sqr()? + (&log_std * 2.0)?.exp()?)? - (&log_std * 2.0)?)?.affine(0.5, -0.5)?;
     let kl = per_dim.flatten_from(1)?.sum(1)?.mean_all()?;

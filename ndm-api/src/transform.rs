@@ -43,8 +43,11 @@ where
 pub trait Encoder: Send + Sync + std::fmt::Debug {
     /// `(mean, log_std)` of `q(z | x)`, both of the latent shape.
     fn posterior(&self, x: &Tensor) -> Result<(Tensor, Tensor)>;
-    /// `-log p(x | z)` per example (shape `[B]`).
-    fn decoder_nll(&self, x: &Tensor, z: &Tensor) -> Result<Tensor>;
+    /// `-log p(x | z)` per example (shape `[B]`). `decoder` is the model's
+    /// ([`crate::spec::Decoder`]): a density of continuous (or dequantized) `x` for `Gaussian`,
+    /// a probability of 8-bit values (256 cells of `[-1, 1]`) for `Discretized`; the family within
+    /// each is the encoder's own.
+    fn decoder_nll(&self, x: &Tensor, z: &Tensor, decoder: crate::spec::Decoder) -> Result<Tensor>;
 }
 
 /// A transform that is diagonal in a fixed orthonormal basis `V`: `F(x, t) = V diag(d_t) V^T x`

@@ -2,14 +2,16 @@
 //!
 //! The encoder gives `q(z_0 | x) = N(mean(x), diag(std(x)^2))`; the pipeline draws `z_0` once per
 //! example (`ndm_api::elbo::encode`) and the whole diffusion models that draw, so on latents this
-//! transform is the identity. The decoder `p(x | z_0)` is a Gaussian with a learned scale per
-//! channel (images) or per dimension (flat data) around a decoded mean; samples are that mean.
+//! transform is the identity. The decoder `p(x | z_0)` has a learned scale per channel (images)
+//! or per dimension (flat data) around a decoded mean, and is the model's `decoder`: a Gaussian
+//! density (continuous or dequantized data) or, for 8-bit pixels, a discretized logistic (the
+//! probability of each value's cell); samples are that mean.
 
 use ndm_api::candle_core::{Module, Result, Tensor};
 use ndm_api::candle_nn::{self, Init, Linear, VarBuilder};
-use ndm_api::elbo::HALF_LN_2PI;
+use ndm_api::elbo::{discretized_logistic_nll, HALF_LN_2PI};
 use ndm_api::registry::BuildCtx;
-use ndm_api::{Encoder, NdmError, Transform};
+use ndm_api::{Decoder, Encoder, NdmError, Transform};
 use ndm_unet::layers::Conv2d;
 use ndm_unet::KernelBackend;
 use serde::{Deserialize, Serialize};
@@ -196,13 +198,20 @@ impl Encoder for Vae {
         Ok((out.narrow(1, 0, c)?, out.narrow(1, c, c)?))
     }
 
-    /// `sum 1/2 ((x - mu) / s)^2 + log s + 1/2 ln(2 pi)` per example.
-    fn decoder_nll(&self, x: &Tensor, z: &Tensor) -> Result<Tensor> {
+    /// Gaussian: `sum 1/2 ((x - mu) / s)^2 + log s + 1/2 ln(2 pi)` per example. Discretized: the
+    /// mass of a logistic with mean `mu` and scale `s` on each 8-bit value's cell
+    /// ([`discretized_logistic_nll`]).
+    fn decoder_nll(&self, x: &Tensor, z: &Tensor, decoder: Decoder) -> Result<Tensor> {
         let mu = self.decode_mean(z)?;
         let ls = self.scale_view(x.rank())?;
-        let u = (x - mu)?.broadcast_mul(&ls.neg()?.exp()?)?;
-        let per = ((u.sqr()? * 0.5)?.broadcast_add(&ls)? + HALF_LN_2PI)?;
-        per.flatten_from(1)?.sum(1)
+        match decoder {
+            Decoder::Gaussian => {
+                let u = (x - mu)?.broadcast_mul(&ls.neg()?.exp()?)?;
+                let per = ((u.sqr()? * 0.5)?.broadcast_add(&ls)? + HALF_LN_2PI)?;
+                per.flatten_from(1)?.sum(1)
+            }
+            Decoder::Discretized => discretized_logistic_nll(x, &mu, &ls, 256),
+        }
     }
 }
 
