@@ -314,3 +314,42 @@ fn reverse_process_outputs_carry_no_autograd_history() {
     assert!(!pipe.score(&z, &xhat, 0.5).unwrap().track_op());
     assert!(!pipe.reverse_sde(&z, &xhat, 0.5, 1.0).unwrap().0.track_op());
 }
+
+/// NDM's `dF/dt` by forward mode through the MLP (the default) against the central difference
+/// (`transform.time_derivative = "central-difference"`): the same weights give the same `F`, a
+/// derivative equal to the difference's to its truncation error, and the same continuous
+/// integrand.
+#[test]
+fn forward_mode_time_derivative_matches_the_central_difference() {
+    let spec = preset("ndm");
+    let mut fd_spec = spec.clone();
+    fd_spec
+        .transform
+        .set("time_derivative", "\"central-difference\"");
+    let (fm, fd) = (build(&spec, &[2]), build(&fd_spec, &[2]));
+    let x = Rng::new(2)
+        .normal_tensor(&[64, 2], ndm_api::candle_core::DType::F32, &Device::Cpu)
+        .unwrap();
+    let ts: Vec<f32> = (0..64).map(|i| i as f32 / 63.0).collect();
+    let t = Tensor::new(ts.as_slice(), &Device::Cpu).unwrap();
+    let (f1, d1) = fm.f_and_dot(&x, &t).unwrap();
+    let (f2, d2) = fd.f_and_dot(&x, &t).unwrap();
+    assert_eq!(to_vec(&f1), to_vec(&f2));
+    let (d1, d2) = (to_vec(&d1), to_vec(&d2));
+    let scale = d2.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    let err = d1
+        .iter()
+        .zip(&d2)
+        .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+    assert!(scale > 1e-3 && err < 1e-3 * (1.0 + scale), "error {err}, scale {scale}");
+    assert_eq!(to_vec(&fm.f_dot(&x, &t).unwrap()), d1);
+    let eps = Rng::new(3)
+        .normal_tensor(&[64, 2], ndm_api::candle_core::DType::F32, &Device::Cpu)
+        .unwrap();
+    let t_mid = t.affine(0.9, 0.05).unwrap();
+    let a = to_vec(&continuous_diff_integrand(&fm, &x, &t_mid, &eps).unwrap());
+    let b = to_vec(&continuous_diff_integrand(&fd, &x, &t_mid, &eps).unwrap());
+    for (u, v) in a.iter().zip(&b) {
+        assert!((u - v).abs() < 1e-3 * (1.0 + v.abs()), "{u} vs {v}");
+    }
+}

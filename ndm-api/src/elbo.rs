@@ -348,20 +348,22 @@ pub fn continuous_diff_integrand(
     // lambda' = 2 r - dsigma2 / sigma^2; g^2 = -lambda' sigma^2.
     let dlambda = ((&sb.dlog_alpha * 2.0)? - (&sb.dsigma2 / &s2)?)?;
     let g2 = (dlambda.neg()? * &s2)?;
-    let fx = pipe.f(x, t)?;
+    let (fx, dfx) = if pipe.transform.is_identity() {
+        (x.clone(), None)
+    } else {
+        let (f, d) = pipe.f_and_dot(x, t)?;
+        (f, Some(d))
+    };
     let c = pipe.coeffs(&sb)?;
     let z = c.noised(&fx, eps)?;
     let xhat = pipe.xhat(&z, t, &sb)?;
     let lam_alpha = pipe.per_example(&(&dlambda * &sb.alpha)?)?;
-    let diff = if pipe.transform.is_identity() {
-        (x - &xhat)?.broadcast_mul(&lam_alpha)?
-    } else {
-        // One batched call for dF/dt at x and at xhat: half the transform calls.
-        let b = x.dim(0)?;
-        let both = pipe.f_dot(&Tensor::cat(&[x, &xhat], 0)?, &Tensor::cat(&[t, t], 0)?)?;
-        let (dfx, dfh) = (both.narrow(0, 0, b)?, both.narrow(0, b, b)?);
-        let fh = pipe.f(&xhat, t)?;
-        ((dfx - dfh)?.broadcast_mul(&c.alpha)? + (fx - fh)?.broadcast_mul(&lam_alpha)?)?
+    let diff = match dfx {
+        None => (x - &xhat)?.broadcast_mul(&lam_alpha)?,
+        Some(dfx) => {
+            let (fh, dfh) = pipe.f_and_dot(&xhat, t)?;
+            ((dfx - dfh)?.broadcast_mul(&c.alpha)? + (fx - fh)?.broadcast_mul(&lam_alpha)?)?
+        }
     };
     sum_sq(&diff)? / g2
 }

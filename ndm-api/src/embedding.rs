@@ -81,6 +81,32 @@ pub fn refuse_class(class: Option<&Tensor>, network: &str) -> Result<()> {
 /// The frequencies are computed in f64 and rounded once to `t`'s dtype. Errors when `dim` is odd
 /// or zero.
 pub fn sinusoidal_embedding(t: &Tensor, dim: usize, scale: f64) -> Result<Tensor> {
+    let (_, args) = embedding_args(t, dim, scale)?;
+    Tensor::cat(&[args.sin()?, args.cos()?], 1)
+}
+
+/// [`sinusoidal_embedding`] and its derivative in `t` (`[B, dim]` each): `scale f_k cos(scale f_k
+/// t)` in the first half and `-scale f_k sin(scale f_k t)` in the second. The forward-mode time
+/// derivative of a network starts here.
+pub fn sinusoidal_embedding_with_dt(
+    t: &Tensor,
+    dim: usize,
+    scale: f64,
+) -> Result<(Tensor, Tensor)> {
+    let (freqs, args) = embedding_args(t, dim, scale)?;
+    let (sin, cos) = (args.sin()?, args.cos()?);
+    let d = Tensor::cat(
+        &[
+            cos.broadcast_mul(&freqs)?,
+            sin.broadcast_mul(&freqs)?.neg()?,
+        ],
+        1,
+    )?;
+    Ok((Tensor::cat(&[sin, cos], 1)?, d))
+}
+
+/// The frequencies `[1, dim / 2]` and the arguments `t scale f_k` (`[B, dim / 2]`).
+fn embedding_args(t: &Tensor, dim: usize, scale: f64) -> Result<(Tensor, Tensor)> {
     if dim == 0 || !dim.is_multiple_of(2) {
         candle_core::bail!("sinusoidal_embedding: dim must be even and positive, got {dim}");
     }
@@ -93,7 +119,20 @@ pub fn sinusoidal_embedding(t: &Tensor, dim: usize, scale: f64) -> Result<Tensor
         .to_dtype(t.dtype())?
         .to_device(t.device())?;
     let args = t.unsqueeze(1)?.broadcast_mul(&freqs)?;
-    Tensor::cat(&[args.sin()?, args.cos()?], 1)
+    Ok((freqs, args))
+}
+
+/// `silu(u)` with its tangent for the tangent `du` of `u` (forward mode): `silu'(u) du`, where
+/// `silu'(u) = s + silu(u) (1 - s)`, `s = sigmoid(u)`. The value is candle's `silu`, so a
+/// network's forward pass is the same whether or not it carries a tangent.
+pub fn silu_with_tangent(u: &Tensor, du: Option<&Tensor>) -> Result<(Tensor, Option<Tensor>)> {
+    let y = u.silu()?;
+    let Some(du) = du else {
+        return Ok((y, None));
+    };
+    let s = candle_nn::ops::sigmoid(u)?;
+    let dy = ((&s + (&y * s.affine(-1.0, 1.0)?)?)? * du)?;
+    Ok((y, Some(dy)))
 }
 
 #[cfg(test)]

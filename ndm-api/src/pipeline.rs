@@ -247,6 +247,18 @@ impl Pipeline {
         }
     }
 
+    /// `F(x, t)` and `dF/dt (x, t)` in one call (one forward-mode pass for a learned `F` whose
+    /// network has it).
+    pub fn f_and_dot(&self, x: &Tensor, t: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+        if self.transform.is_identity() {
+            Ok((x.clone(), x.zeros_like()?))
+        } else {
+            let class = self.class_for(x.dim(0)?)?;
+            self.transform
+                .forward_and_time_derivative_with(x, t, class.as_ref())
+        }
+    }
+
     /// The number of classes of a conditional model; 0 when unconditional.
     pub fn classes(&self) -> usize {
         if self.spec.conditional {
@@ -503,12 +515,16 @@ impl Pipeline {
         // (flow matching's t = 1, where r and g^2 are infinite).
         let p = self.schedule.point(t);
         let tt = self.time_tensor(t, z.dim(0)?)?;
-        let fx = self.f(xhat, &tt)?;
+        let (fx, fdot) = if self.transform.is_identity() {
+            (xhat.clone(), None)
+        } else {
+            let (f, d) = self.f_and_dot(xhat, &tt)?;
+            (f, Some(d))
+        };
         let dsigma = p.dsigma2 / (2.0 * p.sigma);
         let mean = (&fx * p.alpha)?;
         let mut drift = ((&fx * p.dalpha)? + ((z - &mean)? * (dsigma / p.sigma))?)?;
-        if !self.transform.is_identity() {
-            let fdot = self.f_dot(xhat, &tt)?;
+        if let Some(fdot) = fdot {
             drift = (drift + (fdot * p.alpha)?)?;
         }
         let g2 = if eta == 0.0 {

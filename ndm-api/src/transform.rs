@@ -116,6 +116,21 @@ pub trait Transform: Send + Sync + std::fmt::Debug {
         central_difference_dt(|tt| self.forward_with(x, tt, class), t)
     }
 
+    /// `F(x, t | class)` and `dF/dt (x, t | class)` together: a transform that gets both from one
+    /// pass (forward mode through a network) overrides it; the default calls
+    /// [`Transform::forward_with`] and [`Transform::time_derivative_with`].
+    fn forward_and_time_derivative_with(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        class: Option<&Tensor>,
+    ) -> Result<(Tensor, Tensor)> {
+        Ok((
+            self.forward_with(x, t, class)?,
+            self.time_derivative_with(x, t, class)?,
+        ))
+    }
+
     /// The latent shape (without batch) for a data shape (without batch).
     fn latent_shape(&self, data_shape: &[usize]) -> Vec<usize> {
         data_shape.to_vec()

@@ -2,6 +2,7 @@
 
 use ndm_api::candle_core::{Result, Tensor};
 use ndm_api::registry::BuildCtx;
+use ndm_api::transform::central_difference_dt;
 use ndm_api::{Backbone, NetInput, PluginSpec, Transform};
 use serde::{Deserialize, Serialize};
 
@@ -14,6 +15,19 @@ pub struct LearnedConfig {
     /// In a class-conditional model: whether `g` sees the class too (`F(x, t | c)`), so each
     /// class gets its own transformation. Off, `F` is shared by all classes.
     pub conditional: bool,
+    /// How `dF/dt` is computed: `forward-mode` (exact, one pass with a tangent through networks
+    /// that have it, the MLP; a central difference through the others) or `central-difference`
+    /// (always; the check, and the cost it replaces).
+    pub time_derivative: TimeDerivative,
+}
+
+/// [`LearnedConfig::time_derivative`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TimeDerivative {
+    #[default]
+    ForwardMode,
+    CentralDifference,
 }
 
 impl Default for LearnedConfig {
@@ -25,6 +39,7 @@ impl Default for LearnedConfig {
         LearnedConfig {
             net,
             conditional: false,
+            time_derivative: TimeDerivative::default(),
         }
     }
 }
@@ -36,14 +51,16 @@ impl Default for LearnedConfig {
 /// the identity is free everywhere else (NDM lets the network reshape the whole path, and the prior
 /// term keeps `alpha_1 F(x, 1)` near 0). `g` is the backbone under the prefix `transform.net.`; it
 /// sees `x` as its input latent and `t` as its time (the schedule fields of its input carry `t`-only
-/// stand-ins: the transform does not depend on the noise schedule). `dF/dt` is the default
-/// central difference of [`Transform`], so `g` must be smooth in `t` on the scale of its step
-/// (5e-3): the default MLP embeds time with frequencies up to 10, not DDPM's 1000, which would make
-/// `F` oscillate with a period of 0.006 and its derivative meaningless.
+/// stand-ins: the transform does not depend on the noise schedule). `dF/dt = g + t dg/dt`, with
+/// `dg/dt` exact by forward mode through networks that have it (the MLP), else the central
+/// difference of [`Transform`], for which `g` must be smooth in `t` on the scale of its step
+/// (5e-3): the default nets embed time with frequencies up to 10, not DDPM's 1000, which would make
+/// `F` oscillate with a period of 0.006 (and NDM's losses, which weigh `dF/dt`, hard to train).
 #[derive(Debug)]
 pub struct Learned {
     net: Box<dyn Backbone>,
     conditional: bool,
+    forward_mode: bool,
 }
 
 impl Learned {
@@ -60,7 +77,40 @@ impl Learned {
                 cfg.net.kind
             )));
         }
-        Ok(Learned { net, conditional })
+        Ok(Learned {
+            net,
+            conditional,
+            forward_mode: cfg.time_derivative == TimeDerivative::ForwardMode,
+        })
+    }
+}
+
+impl Learned {
+    /// `g(x, t)`, and with `tangent` also `dg/dt` when the network has a forward mode.
+    fn g(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        class: Option<&Tensor>,
+        tangent: bool,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let ones = t.ones_like()?;
+        let zeros = t.zeros_like()?;
+        let input = NetInput {
+            z: x,
+            t,
+            alpha: &ones,
+            sigma: &ones,
+            log_snr: &zeros,
+            class: if self.conditional { class } else { None },
+        };
+        if tangent {
+            if let Some(both) = self.net.forward_with_time_tangent(&input) {
+                let (g, dg) = both?;
+                return Ok((g, Some(dg)));
+            }
+        }
+        Ok((self.net.forward(&input)?, None))
     }
 }
 
@@ -69,17 +119,37 @@ impl Transform for Learned {
         self.forward_with(x, t, None)
     }
     fn forward_with(&self, x: &Tensor, t: &Tensor, class: Option<&Tensor>) -> Result<Tensor> {
-        let ones = t.ones_like()?;
-        let zeros = t.zeros_like()?;
-        let g = self.net.forward(&NetInput {
-            z: x,
-            t,
-            alpha: &ones,
-            sigma: &ones,
-            log_snr: &zeros,
-            class: if self.conditional { class } else { None },
-        })?;
+        let (g, _) = self.g(x, t, class, false)?;
         x + g.broadcast_mul(&ndm_api::schedule::per_example(t, x.rank())?)?
+    }
+    /// `dF/dt = g + t dg/dt` with `dg/dt` by forward mode through the network when it has one
+    /// (the MLP), else the central difference of `F`.
+    fn forward_and_time_derivative_with(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        class: Option<&Tensor>,
+    ) -> Result<(Tensor, Tensor)> {
+        let tt = ndm_api::schedule::per_example(t, x.rank())?;
+        match self.g(x, t, class, self.forward_mode)? {
+            (g, Some(dg)) => {
+                let f = (x + g.broadcast_mul(&tt)?)?;
+                let df = (&g + dg.broadcast_mul(&tt)?)?;
+                Ok((f, df))
+            }
+            (g, None) => Ok((
+                (x + g.broadcast_mul(&tt)?)?,
+                central_difference_dt(|s| self.forward_with(x, s, class), t)?,
+            )),
+        }
+    }
+    fn time_derivative_with(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        class: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        Ok(self.forward_and_time_derivative_with(x, t, class)?.1)
     }
     fn is_trainable(&self) -> bool {
         true
