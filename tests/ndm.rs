@@ -341,7 +341,10 @@ fn forward_mode_time_derivative_matches_the_central_difference() {
         .iter()
         .zip(&d2)
         .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
-    assert!(scale > 1e-3 && err < 1e-3 * (1.0 + scale), "error {err}, scale {scale}");
+    assert!(
+        scale > 1e-3 && err < 1e-3 * (1.0 + scale),
+        "error {err}, scale {scale}"
+    );
     assert_eq!(to_vec(&fm.f_dot(&x, &t).unwrap()), d1);
     let eps = Rng::new(3)
         .normal_tensor(&[64, 2], ndm_api::candle_core::DType::F32, &Device::Cpu)

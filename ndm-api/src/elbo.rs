@@ -143,6 +143,8 @@ pub fn rec_term(pipe: &Pipeline, x: &Tensor, rng: &mut Rng) -> Result<Tensor> {
     // An invertible F gives F(x) and its log-det in one pass.
     let (f0, log_det) = match pipe.transform.forward_log_det(x)? {
         Some((f0, log_det)) => (f0, Some(log_det)),
+        // F(x, 0) = x exactly (NDM's learned F): no pass through F's network.
+        None if t_min == 0.0 && pipe.transform.identity_at_zero() => (x.clone(), None),
         None => (pipe.f(x, &t0)?, None),
     };
     let eps = noise_like(&f0, rng)?;
