@@ -6,19 +6,10 @@
 //!     cargo bench --bench ndm_step            # NDM_BENCH_ITERS timed steps each (default 20)
 
 use ndm_api::candle_core::Device;
+use ndm_api::stats::median;
 use ndm_api::train::{TrainState, Trainer};
 use ndm_api::{Pipeline, PluginSpec, RegistryFile};
 use std::time::Instant;
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        0.5 * (v[n / 2 - 1] + v[n / 2])
-    }
-}
 
 fn main() -> anyhow::Result<()> {
     let iters: usize = std::env::var("NDM_BENCH_ITERS")
@@ -64,7 +55,7 @@ fn main() -> anyhow::Result<()> {
                 times.push(start.elapsed().as_secs_f64() * 1e3);
             }
         }
-        let m = median(times);
+        let m = median(&mut times);
         println!("| {label} | {} | {m:.2} |", pipe.num_params());
         medians.push(m);
     }

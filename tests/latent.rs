@@ -162,27 +162,13 @@ fn latent_ndm_samples_decode_to_data_and_the_ode_likelihood_is_refused() {
 }
 
 /// Generated `[1, 8, 8]` 8-bit images: values on the centres of the 256 cells of `[-1, 1]`.
-#[derive(Debug)]
-struct TinyBytes;
-
-impl ndm_api::Dataset for TinyBytes {
-    fn data_shape(&self) -> Vec<usize> {
-        vec![1, 8, 8]
-    }
-    fn sample(
-        &self,
-        n: usize,
-        _split: ndm_api::Split,
-        rng: &mut Rng,
-        device: &Device,
-    ) -> ndm_api::candle_core::Result<Tensor> {
+const TINY_BYTES: Images8 = Images8 {
+    draw: |n, rng, device| {
         let x = (rng.normal_tensor(&[n, 1, 8, 8], DType::F32, device)? * 0.5)?;
         (((x + 1.0)? * 128.0)?.floor()?.clamp(0.0, 255.0)? + 0.5)?.affine(1.0 / 128.0, -1.0)
-    }
-    fn quantization(&self) -> Option<u32> {
-        Some(256)
-    }
-}
+    },
+    quantization: Some(256),
+};
 
 #[test]
 fn lsgm_on_8_bit_images_scores_pixels_with_a_discretized_logistic() {
@@ -198,7 +184,7 @@ fn lsgm_on_8_bit_images_scores_pixels_with_a_discretized_logistic() {
     spec.backbone.set("attention_resolutions", "[]");
     let pipe = build(&spec, &[1, 8, 8]);
     let enc = pipe.transform.encoder().unwrap();
-    let data = TinyBytes;
+    let data = TINY_BYTES;
     let x = data
         .sample(16, ndm_api::Split::Train, &mut Rng::new(4), &Device::Cpu)
         .unwrap();

@@ -335,7 +335,7 @@ fn forward_mode_time_derivative_matches_the_central_difference() {
     let (f1, d1) = fm.f_and_dot(&x, &t).unwrap();
     let (f2, d2) = fd.f_and_dot(&x, &t).unwrap();
     assert_eq!(to_vec(&f1), to_vec(&f2));
-    let (d1, d2) = (to_vec(&d1), to_vec(&d2));
+    let (d1, d2) = (to_vec(&d1.unwrap()), to_vec(&d2.unwrap()));
     let scale = d2.iter().fold(0.0f64, |m, v| m.max(v.abs()));
     let err = d1
         .iter()

@@ -9,7 +9,7 @@ use ndm_api::reverse::MapPrediction;
 use ndm_api::sample::sample;
 use ndm_api::train::{TrainState, Trainer};
 use ndm_api::{
-    BuildCtx, Dataset, Family, Pipeline, PluginSpec, ReverseProcess, Rng, Spacing, Split, TimeGrid,
+    BuildCtx, Dataset, Family, Pipeline, PluginSpec, ReverseProcess, Rng, Spacing, TimeGrid,
 };
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -47,23 +47,12 @@ fn expected_nfe(solver: &PluginSpec, steps: usize) -> usize {
 }
 
 /// Generated `[1, 8, 8]` images in `[-1, 1]` for presets that need images.
-#[derive(Debug)]
-struct TinyImages;
-
-impl Dataset for TinyImages {
-    fn data_shape(&self) -> Vec<usize> {
-        vec![1, 8, 8]
-    }
-    fn sample(
-        &self,
-        n: usize,
-        _split: Split,
-        rng: &mut Rng,
-        device: &Device,
-    ) -> ndm_api::candle_core::Result<ndm_api::candle_core::Tensor> {
+const TINY_IMAGES: Images8 = Images8 {
+    draw: |n, rng, device| {
         (rng.normal_tensor(&[n, 1, 8, 8], DType::F32, device)? * 0.5)?.clamp(-1.0, 1.0)
-    }
-}
+    },
+    quantization: None,
+};
 
 #[test]
 fn every_preset_builds_trains_20_steps_and_samples() {
@@ -74,7 +63,7 @@ fn every_preset_builds_trains_20_steps_and_samples() {
     let data = reg
         .build_dataset(&PluginSpec::new("checkerboard"), &ctx)
         .unwrap();
-    let images = TinyImages;
+    let images = TINY_IMAGES;
     for (name, preset) in &file.presets {
         let mut model = preset.model.clone();
         // An images-only preset (blur) refuses flat data; it runs on tiny generated images with

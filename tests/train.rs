@@ -71,20 +71,8 @@ fn host_and_tensor_updates_agree() {
 }
 
 /// Random 8x8 grey images.
-#[derive(Debug)]
-struct Noise8;
-
-impl ndm_api::Dataset for Noise8 {
-    fn data_shape(&self) -> Vec<usize> {
-        vec![1, 8, 8]
-    }
-    fn sample(
-        &self,
-        n: usize,
-        _split: ndm_api::Split,
-        rng: &mut ndm_api::Rng,
-        device: &ndm_api::candle_core::Device,
-    ) -> ndm_api::candle_core::Result<ndm_api::candle_core::Tensor> {
+const NOISE8: common::Images8 = common::Images8 {
+    draw: |n, rng, device| {
         rng.uniform_tensor(
             &[n, 1, 8, 8],
             -1.0,
@@ -92,8 +80,9 @@ impl ndm_api::Dataset for Noise8 {
             ndm_api::candle_core::DType::F32,
             device,
         )
-    }
-}
+    },
+    quantization: None,
+};
 
 /// Dropout acts in training steps only, with masks drawn from a generator derived from the seed
 /// and the step: two runs from one seed reach the same weights, and predictions made outside
@@ -120,7 +109,7 @@ fn dropout_is_reproducible_and_absent_when_sampling() {
         let trainer = Trainer::new(&pipe, &cfg).unwrap();
         let mut state = TrainState::new(&pipe, 0).unwrap();
         for _ in 0..3 {
-            trainer.step(&mut state, &Noise8).unwrap();
+            trainer.step(&mut state, &NOISE8).unwrap();
         }
         let w: Vec<f64> = pipe
             .vars()

@@ -350,23 +350,17 @@ pub fn continuous_diff_integrand(
     // lambda' = 2 r - dsigma2 / sigma^2; g^2 = -lambda' sigma^2.
     let dlambda = ((&sb.dlog_alpha * 2.0)? - (&sb.dsigma2 / &s2)?)?;
     let g2 = (dlambda.neg()? * &s2)?;
-    let (fx, dfx) = if pipe.transform.is_identity() {
-        (x.clone(), None)
-    } else {
-        let (f, d) = pipe.f_and_dot(x, t)?;
-        (f, Some(d))
-    };
+    let (fx, dfx) = pipe.f_and_dot(x, t)?;
     let c = pipe.coeffs(&sb)?;
     let z = c.noised(&fx, eps)?;
     let xhat = pipe.xhat(&z, t, &sb)?;
     let lam_alpha = pipe.per_example(&(&dlambda * &sb.alpha)?)?;
-    let diff = match dfx {
-        None => (x - &xhat)?.broadcast_mul(&lam_alpha)?,
-        Some(dfx) => {
-            let (fh, dfh) = pipe.f_and_dot(&xhat, t)?;
-            ((dfx - dfh)?.broadcast_mul(&c.alpha)? + (fx - fh)?.broadcast_mul(&lam_alpha)?)?
-        }
-    };
+    // With a time-independent F (the identity: F(xhat) = xhat) the dF/dt terms are zero.
+    let (fh, dfh) = pipe.f_and_dot(&xhat, t)?;
+    let mut diff = (fx - fh)?.broadcast_mul(&lam_alpha)?;
+    if let (Some(dfx), Some(dfh)) = (dfx, dfh) {
+        diff = ((dfx - dfh)?.broadcast_mul(&c.alpha)? + diff)?;
+    }
     sum_sq(&diff)? / g2
 }
 

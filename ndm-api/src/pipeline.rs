@@ -248,15 +248,21 @@ impl Pipeline {
     }
 
     /// `F(x, t)` and `dF/dt (x, t)` in one call (one forward-mode pass for a learned `F` whose
-    /// network has it).
-    pub fn f_and_dot(&self, x: &Tensor, t: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
-        if self.transform.is_identity() {
-            Ok((x.clone(), x.zeros_like()?))
-        } else {
-            let class = self.class_for(x.dim(0)?)?;
-            self.transform
-                .forward_and_time_derivative_with(x, t, class.as_ref())
+    /// network has it); `None` for the derivative of a time-independent `F` (the identity, a VAE,
+    /// a Glow flow), where it is zero and callers skip its terms.
+    pub fn f_and_dot(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+    ) -> candle_core::Result<(Tensor, Option<Tensor>)> {
+        if self.transform.is_time_independent() {
+            return Ok((self.f(x, t)?, None));
         }
+        let class = self.class_for(x.dim(0)?)?;
+        let (f, dot) = self
+            .transform
+            .forward_and_time_derivative_with(x, t, class.as_ref())?;
+        Ok((f, Some(dot)))
     }
 
     /// The number of classes of a conditional model; 0 when unconditional.
@@ -515,12 +521,7 @@ impl Pipeline {
         // (flow matching's t = 1, where r and g^2 are infinite).
         let p = self.schedule.point(t);
         let tt = self.time_tensor(t, z.dim(0)?)?;
-        let (fx, fdot) = if self.transform.is_identity() {
-            (xhat.clone(), None)
-        } else {
-            let (f, d) = self.f_and_dot(xhat, &tt)?;
-            (f, Some(d))
-        };
+        let (fx, fdot) = self.f_and_dot(xhat, &tt)?;
         let dsigma = p.dsigma2 / (2.0 * p.sigma);
         let mean = (&fx * p.alpha)?;
         let mut drift = ((&fx * p.dalpha)? + ((z - &mean)? * (dsigma / p.sigma))?)?;

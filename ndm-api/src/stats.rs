@@ -62,6 +62,20 @@ impl std::fmt::Display for Estimate {
     }
 }
 
+/// The median of `v` (sorted in place): the middle value, or the mean of the two middle values
+/// for an even count; NaN for none. What the benchmarks report.
+pub fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n == 0 {
+        f64::NAN
+    } else if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        0.5 * (v[n / 2 - 1] + v[n / 2])
+    }
+}
+
 /// Nats per example as bits per dimension.
 pub fn bits_per_dim(nats: f64, dims: usize) -> f64 {
     nats / (dims as f64 * std::f64::consts::LN_2)

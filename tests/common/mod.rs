@@ -56,3 +56,29 @@ pub fn to_vec(t: &Tensor) -> Vec<f64> {
 pub fn plain_ctx(reg: &PluginRegistry) -> ndm_api::registry::BuildCtx<'_> {
     ndm_api::registry::BuildCtx::without_weights(&Device::Cpu, reg)
 }
+
+/// Generated `[1, 8, 8]` images for tests that need image data without files: each batch is
+/// `draw(n, rng, device)`, and the dataset reports `quantization` (8-bit data: `Some(256)`).
+#[derive(Debug)]
+pub struct Images8 {
+    pub draw: fn(usize, &mut ndm_api::Rng, &Device) -> ndm_api::candle_core::Result<Tensor>,
+    pub quantization: Option<u32>,
+}
+
+impl ndm_api::Dataset for Images8 {
+    fn data_shape(&self) -> Vec<usize> {
+        vec![1, 8, 8]
+    }
+    fn sample(
+        &self,
+        n: usize,
+        _split: ndm_api::Split,
+        rng: &mut ndm_api::Rng,
+        device: &Device,
+    ) -> ndm_api::candle_core::Result<Tensor> {
+        (self.draw)(n, rng, device)
+    }
+    fn quantization(&self) -> Option<u32> {
+        self.quantization
+    }
+}

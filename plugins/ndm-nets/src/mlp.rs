@@ -124,7 +124,11 @@ impl Mlp {
 impl Mlp {
     /// The output, and with `tangent` its derivative in `t` by forward mode: every layer carries
     /// the tangent of its input (`None` where it is zero: the input path does not depend on `t`).
-    fn run(&self, input: &NetInput, tangent: bool) -> Result<(Tensor, Option<Tensor>)> {
+    fn forward_and_tangent(
+        &self,
+        input: &NetInput,
+        tangent: bool,
+    ) -> Result<(Tensor, Option<Tensor>)> {
         let shape = input.z.dims().to_vec();
         let z = input.z.reshape((shape[0], self.dims))?;
         let (emb, demb) = if tangent {
@@ -180,14 +184,17 @@ fn linear_tangent(l: &Linear, dx: &Tensor) -> Result<Tensor> {
 
 impl Backbone for Mlp {
     fn forward(&self, input: &NetInput) -> Result<Tensor> {
-        Ok(self.run(input, false)?.0)
+        Ok(self.forward_and_tangent(input, false)?.0)
     }
 
     fn forward_with_time_tangent(&self, input: &NetInput) -> Option<Result<(Tensor, Tensor)>> {
-        Some(self.run(input, true).and_then(|(y, dy)| match dy {
-            Some(dy) => Ok((y, dy)),
+        Some(self.forward_and_tangent(input, true).and_then(|(y, dy)| {
             // With no blocks the output does not see the time: its derivative is zero.
-            None => Ok((y.clone(), y.zeros_like()?)),
+            let dy = match dy {
+                Some(dy) => dy,
+                None => y.zeros_like()?,
+            };
+            Ok((y, dy))
         }))
     }
 }

@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use candle_core::{DType, Device, Result, Tensor};
 use candle_nn::{AdamW, Optimizer, ParamsAdamW, VarMap};
+use ndm_api::stats::median;
 use ndm_api::vars::seeded_var_builder;
 use ndm_api::Rng;
 use ndm_unet::kernels::profile;
@@ -103,18 +104,6 @@ fn step(m: &mut Model, b: &Batch) -> Result<([f64; 3], f32)> {
     drop(grads);
     let s = |a: Instant, b: Instant| (b - a).as_secs_f64();
     Ok(([s(t0, t1), s(t1, t2), s(t2, t3)], lv))
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    if n == 0 {
-        f64::NAN
-    } else if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        0.5 * (v[n / 2 - 1] + v[n / 2])
-    }
 }
 
 /// Medians of forward, backward, AdamW and the full step, and the fastest full step (ms).
