@@ -4,14 +4,20 @@
 //! timed in one process on the same data: medians over the timed steps, in ms, and their ratios.
 //!
 //!     cargo bench --bench ndm_step            # NDM_BENCH_ITERS timed steps each (default 20)
+//!
+//! With `NDM_PROFILE=1` each case's fused kernels are timed too (`ndm_api::kernels::profile`):
+//! per step, the calls and milliseconds of every kernel; the rest of the step is candle's own ops,
+//! the graph walk and the optimizer.
 
 use ndm_api::candle_core::Device;
+use ndm_api::kernels::profile;
 use ndm_api::stats::median;
 use ndm_api::train::{TrainState, Trainer};
 use ndm_api::{Pipeline, PluginSpec, RegistryFile};
 use std::time::Instant;
 
 fn main() -> anyhow::Result<()> {
+    ndm_api::kernels::retain_freed_memory();
     let iters: usize = std::env::var("NDM_BENCH_ITERS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -43,6 +49,8 @@ fn main() -> anyhow::Result<()> {
     println!("| model | params | median ms / step |");
     println!("|---|---|---|");
     let mut medians = Vec::new();
+    let mut profiles = Vec::new();
+    let show_profile = std::env::var_os("NDM_PROFILE").is_some();
     for (label, spec, cfg) in cases {
         let pipe = Pipeline::build(&spec, &[2], &reg, &dev, 0)?;
         let trainer = Trainer::new(&pipe, &cfg)?;
@@ -58,6 +66,27 @@ fn main() -> anyhow::Result<()> {
         let m = median(&mut times);
         println!("| {label} | {} | {m:.2} |", pipe.num_params());
         medians.push(m);
+        if show_profile {
+            profile::reset();
+            profile::set_enabled(true);
+            for _ in 0..iters {
+                trainer.step(&mut state, data.as_ref())?;
+            }
+            profile::set_enabled(false);
+            profiles.push((label, m, profile::snapshot()));
+        }
+    }
+    for (label, step_ms, table) in profiles {
+        println!("\n{label}: fused kernels per step (step median {step_ms:.2} ms)");
+        println!("| kernel | calls | ms |");
+        println!("|---|---|---|");
+        let mut total = 0.0;
+        for (name, d, calls) in table {
+            let ms = d.as_secs_f64() * 1e3 / iters as f64;
+            total += ms;
+            println!("| {name} | {} | {ms:.3} |", calls / iters as u64);
+        }
+        println!("| all kernels | | {total:.3} |");
     }
     println!(
         "\nNDM / DDPM step: {:.2}x with forward mode, {:.2}x with central differences (forward mode {:.2}x faster)",

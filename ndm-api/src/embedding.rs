@@ -123,16 +123,12 @@ fn embedding_args(t: &Tensor, dim: usize, scale: f64) -> Result<(Tensor, Tensor)
 }
 
 /// `silu(u)` with its tangent for the tangent `du` of `u` (forward mode): `silu'(u) du`, where
-/// `silu'(u) = s + silu(u) (1 - s)`, `s = sigmoid(u)`. The value is candle's `silu`, so a
-/// network's forward pass is the same whether or not it carries a tangent.
+/// `silu'(u) = s (1 + u (1 - s))`, `s = sigmoid(u)`; fused CPU kernels with their own backward
+/// ([`crate::kernels::silu`], [`crate::kernels::silu_tangent`]), candle's ops elsewhere.
 pub fn silu_with_tangent(u: &Tensor, du: Option<&Tensor>) -> Result<(Tensor, Option<Tensor>)> {
-    let y = u.silu()?;
-    let Some(du) = du else {
-        return Ok((y, None));
-    };
-    let s = candle_nn::ops::sigmoid(u)?;
-    let dy = ((&s + (&y * s.affine(-1.0, 1.0)?)?)? * du)?;
-    Ok((y, Some(dy)))
+    let y = crate::kernels::silu(u)?;
+    let dy = du.map(|d| crate::kernels::silu_tangent(u, d)).transpose()?;
+    Ok((y, dy))
 }
 
 #[cfg(test)]

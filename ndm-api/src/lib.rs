@@ -65,6 +65,7 @@ pub mod error;
 pub mod eval;
 pub mod features;
 pub mod guidance;
+pub mod kernels;
 pub mod likelihood;
 pub mod linalg;
 pub mod metrics;

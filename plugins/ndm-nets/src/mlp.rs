@@ -1,11 +1,12 @@
 //! A residual MLP with a sinusoidal time embedding.
 
-use ndm_api::candle_core::{Module, Result, Tensor};
+use ndm_api::candle_core::{Result, Tensor};
 use ndm_api::candle_nn::{linear, Linear, VarBuilder};
 use ndm_api::embedding::{
     refuse_class, silu_with_tangent, sinusoidal_embedding, sinusoidal_embedding_with_dt,
     ClassEmbedding,
 };
+use ndm_api::kernels;
 use ndm_api::registry::BuildCtx;
 use ndm_api::{Backbone, NdmError, NetInput};
 use serde::{Deserialize, Serialize};
@@ -124,6 +125,11 @@ impl Mlp {
 impl Mlp {
     /// The output, and with `tangent` its derivative in `t` by forward mode: every layer carries
     /// the tangent of its input (`None` where it is zero: the input path does not depend on `t`).
+    ///
+    /// Each layer is one fused op (`ndm_api::kernels::linear`, SiLU applied to its input inside
+    /// it, candle's ops off the CPU): a block is `h + l2(silu(l1(silu(h)) + temb(silu(T))))`, with
+    /// the time projection entering `l1` as a per-example bias. The tangent of `l(silu(u))` for
+    /// the tangent `du` of `u` is `l's weight applied to silu'(u) du`.
     fn forward_and_tangent(
         &self,
         input: &NetInput,
@@ -139,47 +145,62 @@ impl Mlp {
             let e = sinusoidal_embedding(input.t, self.cfg.time_dim, self.cfg.time_scale)?;
             (e, None)
         };
-        let mut temb = self.time.forward(&emb)?;
-        let dtemb = demb.map(|d| linear_tangent(&self.time, &d)).transpose()?;
+        let mut temb = dense(&self.time, &emb, false)?;
+        let dtemb = demb.map(|d| tangent_of(&self.time, &d)).transpose()?;
         match &self.class {
             Some(c) => temb = (&temb + c.forward(input.class, shape[0], temb.dtype())?)?,
             None => refuse_class(input.class, "backbone.mlp")?,
         }
         let (temb, dtemb) = silu_with_tangent(&temb, dtemb.as_ref())?;
-        let mut h = self.input.forward(&self.features(&z)?)?;
+        let mut h = dense(&self.input, &self.features(&z)?, false)?;
         let mut dh: Option<Tensor> = None;
         for b in &self.blocks {
-            let (sh, dsh) = silu_with_tangent(&h, dh.as_ref())?;
-            let inner = (b.l1.forward(&sh)? + b.temb.forward(&temb)?)?;
+            // l1(silu(h)) + temb(T): the projection of the time is l1's per-example bias.
+            let bias = match (b.temb.bias(), b.l1.bias()) {
+                (Some(bt), Some(b1)) => Some((bt + b1)?),
+                (Some(x), None) | (None, Some(x)) => Some(x.clone()),
+                (None, None) => None,
+            };
+            let proj = kernels::linear(&temb, b.temb.weight(), bias.as_ref(), false)?;
+            let inner = kernels::linear(&h, b.l1.weight(), Some(&proj), true)?;
+            let dsh = dh
+                .as_ref()
+                .map(|d| kernels::silu_tangent(&h, d))
+                .transpose()?;
             let dinner = match (&dtemb, &dsh) {
-                (Some(dt), Some(ds)) => {
-                    Some((linear_tangent(&b.temb, dt)? + linear_tangent(&b.l1, ds)?)?)
-                }
-                (Some(dt), None) => Some(linear_tangent(&b.temb, dt)?),
+                (Some(dt), Some(ds)) => Some((tangent_of(&b.temb, dt)? + tangent_of(&b.l1, ds)?)?),
+                (Some(dt), None) => Some(tangent_of(&b.temb, dt)?),
                 _ => None,
             };
-            let (si, dsi) = silu_with_tangent(&inner, dinner.as_ref())?;
-            h = (h + b.l2.forward(&si)?)?;
-            if let Some(d) = dsi {
-                let step = linear_tangent(&b.l2, &d)?;
+            let step = dense(&b.l2, &inner, true)?;
+            if let Some(d) = dinner {
+                let dstep = tangent_of(&b.l2, &kernels::silu_tangent(&inner, &d)?)?;
                 dh = Some(match dh {
-                    Some(prev) => (prev + step)?,
-                    None => step,
+                    Some(prev) => (prev + dstep)?,
+                    None => dstep,
                 });
             }
+            h = (h + step)?;
         }
-        let (so, dso) = silu_with_tangent(&h, dh.as_ref())?;
-        let out = self.output.forward(&so)?.reshape(shape.as_slice())?;
-        let dout = dso
-            .map(|d| linear_tangent(&self.output, &d)?.reshape(shape.as_slice()))
+        let out = dense(&self.output, &h, true)?.reshape(shape.as_slice())?;
+        let dout = dh
+            .map(|d| {
+                let ds = kernels::silu_tangent(&h, &d)?;
+                tangent_of(&self.output, &ds)?.reshape(shape.as_slice())
+            })
             .transpose()?;
         Ok((out, dout))
     }
 }
 
-/// The tangent of `l(x) = x W^T + b` for the tangent `dx` of `x`: `dx W^T`.
-fn linear_tangent(l: &Linear, dx: &Tensor) -> Result<Tensor> {
-    dx.matmul(&l.weight().t()?)
+/// `l(x)`, or `l(silu(x))` with `silu_input`, as one fused op.
+fn dense(l: &Linear, x: &Tensor, silu_input: bool) -> Result<Tensor> {
+    kernels::linear(x, l.weight(), l.bias(), silu_input)
+}
+
+/// The tangent of `l(u) = u W^T + b` for the tangent `du` of `u`: `du W^T`.
+fn tangent_of(l: &Linear, du: &Tensor) -> Result<Tensor> {
+    kernels::linear(du, l.weight(), None, false)
 }
 
 impl Backbone for Mlp {

@@ -5,7 +5,10 @@
 //! Environment: `NDM_BENCH_ITERS` (timed steps per build, default 7), `NDM_BENCH_ONLY`
 //! (`native` or `fused`: run one build only, for peak-memory measurements),
 //! `NDM_BENCH_CONFIGS` (`mnist`, `cifar` or both, default both), `NDM_BENCH_UNET` (the network's
-//! config as TOML, e.g. `blocks_per_level = 2`; default the `backbone.unet` defaults).
+//! config as TOML, e.g. `blocks_per_level = 2`; default the `backbone.unet` defaults),
+//! `NDM_BENCH_BATCH` (the batch of both shapes; default 64 for 28x28x1 and 32 for 32x32x3),
+//! `NDM_DEFAULT_MALLOC` (set: glibc's default of returning freed memory, see
+//! `ndm_api::kernels::retain_freed_memory`).
 
 use std::time::Instant;
 
@@ -19,11 +22,20 @@ use ndm_unet::unet::{UNet, UNetConfig};
 use ndm_unet::KernelBackend;
 
 struct Case {
-    key: &'static str,
     label: &'static str,
     batch: usize,
     channels: usize,
     size: usize,
+}
+
+impl Case {
+    /// `28x28x1 b64`.
+    fn key(&self) -> String {
+        format!(
+            "{}x{}x{} b{}",
+            self.size, self.size, self.channels, self.batch
+        )
+    }
 }
 
 struct Model {
@@ -178,7 +190,7 @@ fn run_case(case: &Case, iters: usize, only: Option<&str>) -> Result<()> {
     }
     println!(
         "\n| {} (median of {iters}, ms) | native candle | fused | speed-up |",
-        case.key
+        case.key()
     );
     println!("|---|---:|---:|---:|");
     let (mn, mf) = (medians(&sn), medians(&sf));
@@ -226,7 +238,7 @@ fn profile_table(case: &Case, m: &mut Model, data: &Batch, iters: usize) -> Resu
     let step_ms = tot.iter().sum::<f64>();
     println!(
         "\n| {} fused step, per op (mean of {iters}) | calls/step | ms/step | % of step |",
-        case.key
+        case.key()
     );
     println!("|---|---:|---:|---:|");
     let mut rows: Vec<(String, f64, f64)> = Vec::new();
@@ -268,6 +280,10 @@ fn profile_table(case: &Case, m: &mut Model, data: &Batch, iters: usize) -> Resu
 }
 
 fn main() -> Result<()> {
+    // As the runner does; NDM_DEFAULT_MALLOC=1 measures with glibc's defaults instead.
+    if std::env::var_os("NDM_DEFAULT_MALLOC").is_none() {
+        ndm_api::kernels::retain_freed_memory();
+    }
     let iters: usize = std::env::var("NDM_BENCH_ITERS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -284,18 +300,19 @@ fn main() -> Result<()> {
             .join(" ")
     );
     println!("config: {:?}", config());
+    let batch: Option<usize> = std::env::var("NDM_BENCH_BATCH")
+        .ok()
+        .and_then(|v| v.parse().ok());
     let cases = [
         Case {
-            key: "28x28x1 b64",
             label: "MNIST-shaped",
-            batch: 64,
+            batch: batch.unwrap_or(64),
             channels: 1,
             size: 28,
         },
         Case {
-            key: "32x32x3 b32",
             label: "CIFAR-shaped",
-            batch: 32,
+            batch: batch.unwrap_or(32),
             channels: 3,
             size: 32,
         },

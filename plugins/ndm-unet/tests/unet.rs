@@ -2,6 +2,7 @@
 //! attention block's gradient, odd settings that must build and train, dropout, the log-SNR
 //! embedding, zero-initialised outputs and the default size.
 
+#[path = "../../../ndm-api/tests/common/mod.rs"]
 mod common;
 
 use std::collections::HashMap;

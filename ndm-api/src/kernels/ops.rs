@@ -8,7 +8,8 @@
 use candle_core::{DType, Device, Module, Result, Tensor};
 
 use super::{
-    attention as attn_kernel, conv, group_norm as gn_kernel, silu as silu_kernel, softmax, upsample,
+    attention as attn_kernel, conv, group_norm as gn_kernel, linear as linear_kernel,
+    silu as silu_kernel, softmax, upsample,
 };
 
 /// Which implementation the ops (and the layers built on them) use.
@@ -128,12 +129,50 @@ impl KernelBackend {
         self.gn(x, groups, gamma, beta, eps, true)
     }
 
+    /// A dense layer on `x: [n, k]`: `act(x) W^T + b` with `w: [m, k]`, `act` SiLU when
+    /// `silu_input` (else the identity), and `b` one bias `[m]`, one per example `[n, m]`, or none.
+    pub fn linear(
+        self,
+        x: &Tensor,
+        w: &Tensor,
+        b: Option<&Tensor>,
+        silu_input: bool,
+    ) -> Result<Tensor> {
+        if self.fused_for(x) {
+            let bias = match b {
+                Some(b) => b.contiguous()?,
+                None => Tensor::zeros(w.dim(0)?, x.dtype(), x.device())?,
+            };
+            let op = linear_kernel::Linear { silu: silu_input };
+            return x.contiguous()?.apply_op3(&w.contiguous()?, &bias, op);
+        }
+        let a = if silu_input { x.silu()? } else { x.clone() };
+        let y = a.matmul(&w.t()?)?;
+        match b {
+            Some(b) => y.broadcast_add(b),
+            None => Ok(y),
+        }
+    }
+
     /// `x * sigmoid(x)`.
     pub fn silu(self, x: &Tensor) -> Result<Tensor> {
         if self.fused_for(x) {
             return x.contiguous()?.apply_op1(silu_kernel::Silu);
         }
         x.silu()
+    }
+
+    /// SiLU's tangent (forward mode): `silu'(x) dx` for the tangent `dx` of `x`, differentiable in
+    /// both.
+    pub fn silu_tangent(self, x: &Tensor, dx: &Tensor) -> Result<Tensor> {
+        if self.fused_for(x) && x.dtype() == dx.dtype() && dx.device().is_cpu() {
+            return x
+                .contiguous()?
+                .apply_op2(&dx.contiguous()?, silu_kernel::SiluTangent);
+        }
+        let s = candle_nn::ops::sigmoid(x)?;
+        let d1 = (&s * (x * s.affine(-1.0, 1.0)?)?.affine(1.0, 1.0)?)?;
+        d1 * dx
     }
 
     /// Softmax over the last dimension, with a backward (candle 0.11's own `softmax_last_dim`
@@ -224,9 +263,19 @@ pub fn group_norm_silu(
     KernelBackend::Fused.group_norm_silu(x, groups, gamma, beta, eps)
 }
 
+/// [`KernelBackend::linear`] with the fused backend.
+pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>, silu_input: bool) -> Result<Tensor> {
+    KernelBackend::Fused.linear(x, w, b, silu_input)
+}
+
 /// [`KernelBackend::silu`] with the fused backend.
 pub fn silu(x: &Tensor) -> Result<Tensor> {
     KernelBackend::Fused.silu(x)
+}
+
+/// [`KernelBackend::silu_tangent`] with the fused backend.
+pub fn silu_tangent(x: &Tensor, dx: &Tensor) -> Result<Tensor> {
+    KernelBackend::Fused.silu_tangent(x, dx)
 }
 
 /// [`KernelBackend::softmax_last_dim`] with the fused backend.

@@ -5,8 +5,8 @@ mod common;
 
 use candle_core::{DType, Result, Tensor};
 use common::*;
+use ndm_api::kernels::KernelBackend::{self, Fused, Native};
 use ndm_api::Rng;
-use ndm_unet::KernelBackend::{self, Fused, Native};
 
 /// Fused vs native forward and input gradients, in f32 and f64, then central differences.
 fn check_op(
@@ -65,7 +65,7 @@ fn conv2d_stride2_mixed_parity_central_differences() {
         .iter()
         .map(|s| randn(&mut rng, s, DType::F64))
         .collect();
-    let f = |t: &[Tensor]| ndm_unet::conv2d(&t[0], &t[1], Some(&t[2]), 2, 1);
+    let f = |t: &[Tensor]| ndm_api::kernels::conv2d(&t[0], &t[1], Some(&t[2]), 2, 1);
     let y = f(&ins).unwrap();
     assert_eq!(y.dims(), &[2, 4, 4, 3]);
     let r = randn(&mut rng, y.dims(), DType::F64);
@@ -157,18 +157,20 @@ fn bad_shapes_error_clearly() {
         assert!(e.contains("do not divide"), "{e}");
     }
     let w = randn(&mut rng, &[3, 5, 3, 3], DType::F32);
-    let e = ndm_unet::conv2d(&x, &w, None, 1, 1)
+    let e = ndm_api::kernels::conv2d(&x, &w, None, 1, 1)
         .unwrap_err()
         .to_string();
     assert!(e.contains("6 channels but the weight expects 5"), "{e}");
     let w = randn(&mut rng, &[3, 6, 7, 7], DType::F32);
-    let e = ndm_unet::conv2d(&x, &w, None, 1, 1)
+    let e = ndm_api::kernels::conv2d(&x, &w, None, 1, 1)
         .unwrap_err()
         .to_string();
     assert!(e.contains("larger than padded input"), "{e}");
-    let e = ndm_unet::upsample_nearest2x(&g).unwrap_err().to_string();
+    let e = ndm_api::kernels::upsample_nearest2x(&g)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("[B, C, H, W]"), "{e}");
-    let e = ndm_unet::group_norm(&g.reshape((2, 3)).unwrap(), 1, &g, &g, 1e-5)
+    let e = ndm_api::kernels::group_norm(&g.reshape((2, 3)).unwrap(), 1, &g, &g, 1e-5)
         .unwrap_err()
         .to_string();
     assert!(e.contains("rank >= 3") || e.contains("gamma"), "{e}");
@@ -181,10 +183,10 @@ fn non_contiguous_inputs_are_accepted() {
         .transpose(2, 3)
         .unwrap();
     let w = randn(&mut rng, &[2, 3, 3, 3], DType::F64);
-    let a = ndm_unet::conv2d(&x, &w, None, 1, 1).unwrap();
+    let a = ndm_api::kernels::conv2d(&x, &w, None, 1, 1).unwrap();
     let b = Native.conv2d(&x, &w, None, 1, 1).unwrap();
     assert_close("strided conv", &a, &b, 1e-12);
-    let a = ndm_unet::silu(&x).unwrap();
+    let a = ndm_api::kernels::silu(&x).unwrap();
     assert_close("strided silu", &a, &x.silu().unwrap(), 1e-12);
 }
 
@@ -274,4 +276,70 @@ fn attention_core_refuses_bad_channel_counts() {
         let e = be.attention(&x, 1).unwrap_err().to_string();
         assert!(e.contains("not 3 x C"), "{e}");
     }
+}
+
+#[test]
+fn linear_plain_and_silu_input_with_shared_and_per_example_bias() {
+    for silu in [false, true] {
+        check_op(
+            &format!("linear silu={silu}"),
+            &[&[7, 5], &[3, 5], &[3]],
+            &|be, t| be.linear(&t[0], &t[1], Some(&t[2]), silu),
+        );
+        check_op(
+            &format!("linear per-example bias silu={silu}"),
+            &[&[4, 6], &[5, 6], &[4, 5]],
+            &|be, t| be.linear(&t[0], &t[1], Some(&t[2]), silu),
+        );
+        check_op(
+            &format!("linear no bias silu={silu}"),
+            &[&[2, 3], &[4, 3]],
+            &|be, t| be.linear(&t[0], &t[1], None, silu),
+        );
+    }
+}
+
+/// Enough rows for several parallel blocks (forward, input and weight gradients), and a batch of one.
+#[test]
+fn linear_many_rows_and_one_row() {
+    check_op("linear 150 rows", &[&[150, 4], &[3, 4], &[3]], &|be, t| {
+        be.linear(&t[0], &t[1], Some(&t[2]), true)
+    });
+    check_op("linear 1 row", &[&[1, 4], &[2, 4], &[2]], &|be, t| {
+        be.linear(&t[0], &t[1], Some(&t[2]), true)
+    });
+}
+
+#[test]
+fn linear_bad_shapes_error_clearly_and_strided_input_is_accepted() {
+    let mut rng = Rng::new(5);
+    let x = randn(&mut rng, &[4, 3], DType::F64);
+    let w = randn(&mut rng, &[2, 5], DType::F64);
+    let e = ndm_api::kernels::linear(&x, &w, None, false)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("are not [n, k] and [m, k]"), "{e}");
+    let w = randn(&mut rng, &[2, 3], DType::F64);
+    let b = randn(&mut rng, &[3], DType::F64);
+    let e = ndm_api::kernels::linear(&x, &w, Some(&b), false)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("is neither [2] nor [4, 2]"), "{e}");
+    let xt = randn(&mut rng, &[3, 4], DType::F64).t().unwrap();
+    let a = ndm_api::kernels::linear(&xt, &w, None, true).unwrap();
+    let b = Native.linear(&xt, &w, None, true).unwrap();
+    assert_close("strided linear", &a, &b, 1e-12);
+}
+
+#[test]
+fn silu_tangent_and_its_backward() {
+    check_op("silu tangent", &[&[3, 7], &[3, 7]], &|be, t| {
+        be.silu_tangent(&t[0], &t[1])
+    });
+    let mut rng = Rng::new(9);
+    let x = randn(&mut rng, &[4], DType::F64);
+    let e = ndm_api::kernels::silu_tangent(&x, &randn(&mut rng, &[5], DType::F64))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("shape mismatch"), "{e}");
 }

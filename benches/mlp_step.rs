@@ -1,0 +1,159 @@
+//! The MLP path of the `ddpm` preset on the checkerboard (the README's main command): one
+//! training step (batch 512: data, eps-MSE loss, backward, clipping, AdamW, EMA) and one
+//! ancestral sampling step on 10,000 points, with where the time goes. Medians over the timed
+//! repetitions, in ms, all in one process.
+//!
+//!     cargo bench --bench mlp_step        # NDM_BENCH_ITERS timed repetitions (default 30)
+//!
+//! The phases are timed in separate loops on the same pipeline, so they add up to about the
+//! whole step (the optimizer's share is the step minus data, forward and backward). With
+//! `NDM_PROFILE=1` the fused kernels' own timers are printed too (`ndm_api::kernels::profile`);
+//! with `NDM_DEFAULT_MALLOC=1` glibc returns freed memory as by default
+//! (see `ndm_api::kernels::retain_freed_memory`).
+
+use ndm_api::candle_core::{Device, Tensor};
+use ndm_api::kernels::profile;
+use ndm_api::stats::median;
+use ndm_api::train::{TrainState, Trainer};
+use ndm_api::{NetInput, Pipeline, PluginSpec, RegistryFile, Rng, Split, TimeGrid};
+use std::time::Instant;
+
+fn time_ms(iters: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<f64> {
+    for _ in 0..3 {
+        f()?;
+    }
+    let mut times = Vec::with_capacity(iters);
+    for _ in 0..iters {
+        let start = Instant::now();
+        f()?;
+        times.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    Ok(median(&mut times))
+}
+
+fn main() -> anyhow::Result<()> {
+    let retained =
+        std::env::var_os("NDM_DEFAULT_MALLOC").is_none() && ndm_api::kernels::retain_freed_memory();
+    let iters: usize = std::env::var("NDM_BENCH_ITERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30);
+    let show_profile = std::env::var_os("NDM_PROFILE").is_some();
+    let reg = ndm_plugins_all::builtin_registry();
+    let file = RegistryFile::parse(include_str!("../registry.toml"), "registry.toml")?;
+    let dev = Device::Cpu;
+    let ctx = ndm_api::registry::BuildCtx::without_weights(&dev, &reg);
+    let data = reg.build_dataset(&PluginSpec::new("checkerboard"), &ctx)?;
+    let preset = file.preset("ddpm")?.clone();
+    let pipe = Pipeline::build(&preset.model, &[2], &reg, &dev, 0)?;
+    let cfg = preset.train.clone();
+    let trainer = Trainer::new(&pipe, &cfg)?;
+    let mut state = TrainState::new(&pipe, 0)?;
+    let batch = cfg.batch_size;
+    println!(
+        "ddpm preset, checkerboard: MLP {} params, batch {batch}, {} rayon threads, {iters} timed repetitions, freed memory {}",
+        pipe.num_params(),
+        ndm_api::kernels::threads(),
+        if retained { "retained" } else { "returned (glibc's default)" }
+    );
+
+    let step = time_ms(iters, || {
+        trainer.step(&mut state, data.as_ref())?;
+        Ok(())
+    })?;
+    let mut rng = Rng::new(1);
+    let data_ms = time_ms(iters, || {
+        data.sample_labeled(batch, Split::Train, &mut rng, &dev)?;
+        Ok(())
+    })?;
+    let x = data.sample(batch, Split::Train, &mut rng, &dev)?;
+    let forward = time_ms(iters, || {
+        pipe.objective.loss(&pipe, &x, &mut rng)?;
+        Ok(())
+    })?;
+    let fwd_bwd = time_ms(iters, || {
+        pipe.objective.loss(&pipe, &x, &mut rng)?.loss.backward()?;
+        Ok(())
+    })?;
+    let backward = fwd_bwd - forward;
+    let update = step - data_ms - fwd_bwd;
+    println!("\n| training step phase | median ms | share |");
+    println!("|---|---|---|");
+    for (name, ms) in [
+        ("data batch", data_ms),
+        ("loss forward (schedule, noising, network, MSE)", forward),
+        ("backward", backward),
+        ("clip + AdamW + EMA (step minus the rest)", update),
+        ("**whole step** (`Trainer::step`)", step),
+    ] {
+        println!("| {name} | {ms:.2} | {:.0}% |", 100.0 * ms / step);
+    }
+
+    let n = 10_000;
+    let solver = reg.build_solver(&preset.sampler.solver, &ctx)?;
+    let grid = TimeGrid::from_times(vec![0.5, 0.499])?;
+    let z = Tensor::randn(0f32, 1.0, (n, 2), &dev)?;
+    let t = pipe.time_tensor(0.5, n)?;
+    let sb = pipe.schedule.batch(&t)?;
+    let sample_step = time_ms(iters, || {
+        solver.sample(&pipe, z.clone(), &grid, &mut rng)?;
+        Ok(())
+    })?;
+    let net = time_ms(iters, || {
+        pipe.network(&NetInput::at(&z, &t, &sb))?;
+        Ok(())
+    })?;
+    println!("\n| sampling step, {n} points | median ms | share |");
+    println!("|---|---|---|");
+    for (name, ms) in [
+        ("network forward", net),
+        (
+            "schedule, posterior step, noise (the rest)",
+            sample_step - net,
+        ),
+        ("**whole step** (ancestral, one step)", sample_step),
+    ] {
+        println!("| {name} | {ms:.2} | {:.0}% |", 100.0 * ms / sample_step);
+    }
+    println!(
+        "\nper point: training {:.2} us, sampling {:.2} us",
+        1e3 * step / batch as f64,
+        1e3 * sample_step / n as f64
+    );
+
+    if show_profile {
+        let print = |what: &str, f: &mut dyn FnMut() -> anyhow::Result<()>| {
+            profile::reset();
+            profile::set_enabled(true);
+            let start = Instant::now();
+            for _ in 0..iters {
+                f()?;
+            }
+            let ms = start.elapsed().as_secs_f64() * 1e3 / iters as f64;
+            profile::set_enabled(false);
+            println!("\n| {what}: fused kernel | calls | ms |");
+            println!("|---|---|---|");
+            let mut total = 0.0;
+            for (name, d, calls) in profile::snapshot() {
+                let k = d.as_secs_f64() * 1e3 / iters as f64;
+                total += k;
+                println!("| {name} | {} | {k:.3} |", calls / iters as u64);
+            }
+            println!("| all kernels | | {total:.3} |");
+            println!(
+                "| the rest (candle ops, graph, optimizer) | | {:.3} |",
+                ms - total
+            );
+            anyhow::Ok(())
+        };
+        print("training step", &mut || {
+            trainer.step(&mut state, data.as_ref())?;
+            Ok(())
+        })?;
+        print("sampling step", &mut || {
+            solver.sample(&pipe, z.clone(), &grid, &mut rng)?;
+            Ok(())
+        })?;
+    }
+    Ok(())
+}

@@ -1,0 +1,58 @@
+//! Fused CPU kernels for the networks' hot ops, as candle CustomOps with their own backward.
+//!
+//! The public, device-dispatching functions (`linear`, `conv2d`, `group_norm`, `group_norm_silu`, `silu`,
+//! `softmax_last_dim`, `attention`, `upsample_nearest2x`) and the [`KernelBackend`] switch (fused CPU kernels
+//! or candle's ops) live here; [`profile`] is opt-in per-kernel timing. Kernels run on f32/f64 CPU tensors, parallel over
+//! batch items and channel groups with rayon, with GEMMs through the `gemm` crate and long sums
+//! accumulated in f64.
+
+mod attention;
+mod conv;
+mod float;
+mod gemm;
+mod group_norm;
+mod linear;
+mod ops;
+pub mod profile;
+mod silu;
+mod softmax;
+mod upsample;
+
+pub use ops::{
+    attention, conv2d, group_norm, group_norm_silu, linear, silu, silu_tangent, softmax_last_dim,
+    upsample_nearest2x, KernelBackend,
+};
+
+/// The threads the kernels (and candle's CPU ops) run on: rayon's pool, `RAYON_NUM_THREADS`.
+pub fn threads() -> usize {
+    rayon::current_num_threads()
+}
+
+/// Makes glibc's `malloc` keep freed memory for reuse (buffers up to 32 MiB come from the heap
+/// instead of fresh `mmap`s, and the heap is not trimmed back to the system after each free).
+///
+/// A network's forward and backward allocate and free buffers of a few megabytes per layer; by
+/// default glibc maps each one anew, and the first write to every page then faults, which cost
+/// more than a third of a 10,000-point sampling step of the `ddpm` preset's MLP (110 ms against
+/// 72 ms with the memory kept; `benches/mlp_step.rs`). The runner and the benchmarks call this
+/// first; a program embedding ndm may too. Returns whether the settings took (false off glibc).
+pub fn retain_freed_memory() -> bool {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        extern "C" {
+            fn mallopt(param: std::ffi::c_int, value: std::ffi::c_int) -> std::ffi::c_int;
+        }
+        const M_TRIM_THRESHOLD: std::ffi::c_int = -1;
+        const M_MMAP_THRESHOLD: std::ffi::c_int = -3;
+        // SAFETY: `mallopt` only sets allocator parameters (both values are in glibc's documented
+        // ranges: the mmap threshold's maximum is 32 MiB on 64-bit targets); it touches no memory
+        // of ours and is safe to call at any time.
+        unsafe {
+            mallopt(M_MMAP_THRESHOLD, 32 << 20) == 1 && mallopt(M_TRIM_THRESHOLD, i32::MAX) == 1
+        }
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    {
+        false
+    }
+}

@@ -1,0 +1,191 @@
+//! SiLU `x * sigmoid(x)` and its backward, and SiLU's tangent `silu'(x) dx` (forward mode) with
+//! its own backward, elementwise in parallel blocks.
+
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+use super::float::{dispatch_float, slice, Float};
+use super::profile::timed;
+
+const BLOCK: usize = 1 << 14;
+
+/// Forward op: `x -> x * sigmoid(x)`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Silu;
+
+impl CustomOp1 for Silu {
+    fn name(&self) -> &'static str {
+        "ndm-silu"
+    }
+    fn cpu_fwd(&self, s: &CpuStorage, l: &Layout) -> Result<(CpuStorage, Shape)> {
+        dispatch_float!(s, "silu", |T| {
+            let x = slice::<T>(s, l, "silu")?;
+            let y = timed("silu fwd", || {
+                let mut y = vec![T::zero(); x.len()];
+                y.par_chunks_mut(BLOCK)
+                    .zip(x.par_chunks(BLOCK))
+                    .for_each(|(yo, xi)| {
+                        for (o, v) in yo.iter_mut().zip(xi) {
+                            *o = *v * v.sigmoid();
+                        }
+                    });
+                y
+            });
+            Ok((T::into_storage(y), l.shape().clone()))
+        })
+    }
+    fn bwd(&self, x: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(x.apply_op2_no_bwd(&dy.contiguous()?, &SiluBwd)?))
+    }
+}
+
+/// `(x, dy) -> dy * s * (1 + x * (1 - s))` with `s = sigmoid(x)`.
+#[derive(Debug, Clone, Copy)]
+struct SiluBwd;
+
+impl CustomOp2 for SiluBwd {
+    fn name(&self) -> &'static str {
+        "ndm-silu-bwd"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        same_dims(l1, l2, "silu backward")?;
+        dispatch_float!(s1, "silu backward", |T| {
+            let x = slice::<T>(s1, l1, "silu backward")?;
+            let dy = slice::<T>(s2, l2, "silu backward")?;
+            let dx = timed("silu bwd", || {
+                let mut dx = vec![T::zero(); x.len()];
+                dx.par_chunks_mut(BLOCK)
+                    .zip(x.par_chunks(BLOCK).zip(dy.par_chunks(BLOCK)))
+                    .for_each(|(o, (xi, di))| {
+                        for (o, (v, d)) in o.iter_mut().zip(xi.iter().zip(di)) {
+                            *o = *d * silu_d1(*v);
+                        }
+                    });
+                dx
+            });
+            Ok((T::into_storage(dx), l1.shape().clone()))
+        })
+    }
+}
+
+/// `silu'(x) = s (1 + x (1 - s))` with `s = sigmoid(x)`.
+#[inline(always)]
+fn silu_d1<T: Float>(x: T) -> T {
+    let s = x.sigmoid();
+    s * (T::one() + x * (T::one() - s))
+}
+
+/// `silu''(x) = s (1 - s) (2 + x (1 - 2 s))`.
+#[inline(always)]
+fn silu_d2<T: Float>(x: T) -> T {
+    let s = x.sigmoid();
+    let two = T::one() + T::one();
+    s * (T::one() - s) * (two + x * (T::one() - two * s))
+}
+
+fn same_dims(a: &Layout, b: &Layout, op: &str) -> Result<()> {
+    if a.dims() != b.dims() {
+        candle_core::bail!("{op}: shape mismatch {:?} vs {:?}", a.dims(), b.dims());
+    }
+    Ok(())
+}
+
+/// Forward op over `(x, dx)`: `silu'(x) dx`, the tangent of `silu(x)` for the tangent `dx` of `x`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SiluTangent;
+
+impl CustomOp2 for SiluTangent {
+    fn name(&self) -> &'static str {
+        "ndm-silu-tangent"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        same_dims(l1, l2, "silu tangent")?;
+        dispatch_float!(s1, "silu tangent", |T| {
+            let x = slice::<T>(s1, l1, "silu tangent")?;
+            let dx = slice::<T>(s2, l2, "silu tangent")?;
+            let y = timed("silu tangent fwd", || {
+                let mut y = vec![T::zero(); x.len()];
+                y.par_chunks_mut(BLOCK)
+                    .zip(x.par_chunks(BLOCK).zip(dx.par_chunks(BLOCK)))
+                    .for_each(|(o, (xi, di))| {
+                        for (o, (v, d)) in o.iter_mut().zip(xi.iter().zip(di)) {
+                            *o = silu_d1(*v) * *d;
+                        }
+                    });
+                y
+            });
+            Ok((T::into_storage(y), l1.shape().clone()))
+        })
+    }
+    fn bwd(
+        &self,
+        x: &Tensor,
+        dx: &Tensor,
+        _res: &Tensor,
+        g: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let n = x.elem_count();
+        let packed = x.apply_op3_no_bwd(dx, &g.contiguous()?, &SiluTangentBwd)?;
+        let gx = packed.narrow(0, 0, n)?.reshape(x.shape())?;
+        let gdx = packed.narrow(0, n, n)?.reshape(x.shape())?;
+        Ok((x.track_op().then_some(gx), dx.track_op().then_some(gdx)))
+    }
+}
+
+/// `(x, dx, g) -> [g dx silu''(x), g silu'(x)]`, flattened one after the other.
+#[derive(Debug, Clone, Copy)]
+struct SiluTangentBwd;
+
+impl CustomOp3 for SiluTangentBwd {
+    fn name(&self) -> &'static str {
+        "ndm-silu-tangent-bwd"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        same_dims(l1, l2, "silu tangent backward")?;
+        same_dims(l1, l3, "silu tangent backward")?;
+        dispatch_float!(s1, "silu tangent backward", |T| {
+            let x = slice::<T>(s1, l1, "silu tangent backward")?;
+            let dx = slice::<T>(s2, l2, "silu tangent backward")?;
+            let g = slice::<T>(s3, l3, "silu tangent backward")?;
+            let n = x.len();
+            let out = timed("silu tangent bwd", || {
+                let mut out = vec![T::zero(); 2 * n];
+                let (gx, gdx) = out.split_at_mut(n);
+                gx.par_chunks_mut(BLOCK)
+                    .zip(gdx.par_chunks_mut(BLOCK))
+                    .zip(
+                        x.par_chunks(BLOCK)
+                            .zip(dx.par_chunks(BLOCK).zip(g.par_chunks(BLOCK))),
+                    )
+                    .for_each(|((a, b), (xi, (di, gi)))| {
+                        for i in 0..xi.len() {
+                            a[i] = gi[i] * di[i] * silu_d2(xi[i]);
+                            b[i] = gi[i] * silu_d1(xi[i]);
+                        }
+                    });
+                out
+            });
+            Ok((T::into_storage(out), Shape::from(2 * n)))
+        })
+    }
+}
