@@ -52,12 +52,14 @@ fn host_and_tensor_updates_agree() {
     }
     assert_eq!(host.1.len(), tensor.1.len());
     // f64 arithmetic on the host, f32 tensor ops elsewhere: the same numbers up to rounding,
-    // which five steps of training carry along.
+    // which five steps of training carry along. Relative to the value with an absolute floor
+    // of 1e-5 (weights and moments are O(0.1-1); an EMA entry that crosses zero near 7e-7 once
+    // differed by 5e-8, f32 rounding, which a 1e-6 floor counted as 3%).
     let rel: Vec<f64> = host
         .1
         .iter()
         .zip(&tensor.1)
-        .map(|(a, b)| (a - b).abs() / (1e-6 + a.abs().max(b.abs())))
+        .map(|(a, b)| (a - b).abs() / (1e-5 + a.abs().max(b.abs())))
         .collect();
     let worst = rel.iter().cloned().fold(0.0, f64::max);
     let mean = rel.iter().sum::<f64>() / rel.len() as f64;

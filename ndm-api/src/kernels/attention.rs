@@ -16,7 +16,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::float::{dispatch_float, lane_sum, slice, Float};
+use super::float::{dispatch_float, lane_sum, slice, wide, Float};
 use super::gemm::{matmul, Trans};
 use super::profile::timed;
 
@@ -48,9 +48,11 @@ fn weights<T: Float>(q: &[T], k: &[T], d: usize, n: usize, scale: T, p: &mut [T]
                     a
                 }
             });
-        for v in row.iter_mut() {
-            *v = ((*v - m) * scale).exp_fast();
-        }
+        wide(|| {
+            for v in row.iter_mut() {
+                *v = ((*v - m) * scale).exp_fast();
+            }
+        });
         let sum = lane_sum(row, |v| v);
         let inv = T::from_acc(1.0 / sum);
         for v in row.iter_mut() {

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::float::{dispatch_float, lane_sum, slice, Float, FLUSH, LANES};
+use super::float::{dispatch_float, lane_sum, slice, wide, Float, FLUSH, LANES};
 use super::profile::timed;
 
 /// Sizes of one group norm.
@@ -71,15 +71,17 @@ fn dz_plane<T: Float, const SILU: bool>(
     (mean, rstd): (T, T),
     (ga, be): (T, T),
 ) -> (f64, f64) {
-    for ((o, v), d) in dzo.iter_mut().zip(xi).zip(dyi) {
-        *o = if SILU {
-            let z = (*v - mean) * rstd * ga + be;
-            let sg = z.sigmoid();
-            *d * sg * (T::one() + z * (T::one() - sg))
-        } else {
-            *d
-        };
-    }
+    wide(|| {
+        for ((o, v), d) in dzo.iter_mut().zip(xi).zip(dyi) {
+            *o = if SILU {
+                let z = (*v - mean) * rstd * ga + be;
+                let sg = z.sigmoid();
+                *d * sg * (T::one() + z * (T::one() - sg))
+            } else {
+                *d
+            };
+        }
+    });
     let (mut dgam, mut dbet) = (0f64, 0f64);
     for (xb, zb) in xi.chunks(FLUSH).zip(dzo.chunks(FLUSH)) {
         let (mut ag, mut ab) = ([T::zero(); LANES], [T::zero(); LANES]);
@@ -132,10 +134,12 @@ fn gn_fwd<T: Float>(
                 );
                 let (yo, xi) = (&mut yr[j * s..(j + 1) * s], &xr[j * s..(j + 1) * s]);
                 if silu {
-                    for (o, v) in yo.iter_mut().zip(xi) {
-                        let z = *v * a + bb;
-                        *o = z * z.sigmoid();
-                    }
+                    wide(|| {
+                        for (o, v) in yo.iter_mut().zip(xi) {
+                            let z = *v * a + bb;
+                            *o = z * z.sigmoid();
+                        }
+                    })
                 } else {
                     for (o, v) in yo.iter_mut().zip(xi) {
                         *o = *v * a + bb;

@@ -10,7 +10,7 @@
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::float::{dispatch_float, slice, Float};
+use super::float::{dispatch_float, slice, wide, Float};
 use super::gemm::{matmul, Trans};
 use super::profile::timed;
 
@@ -24,9 +24,11 @@ fn rows_per_block(n: usize) -> usize {
 /// `x` or `silu(x)`, written into `out`.
 fn activate<T: Float>(x: &[T], silu: bool, out: &mut [T]) {
     if silu {
-        for (o, v) in out.iter_mut().zip(x) {
-            *o = *v * v.sigmoid();
-        }
+        wide(|| {
+            for (o, v) in out.iter_mut().zip(x) {
+                *o = *v * v.sigmoid();
+            }
+        })
     } else {
         out.copy_from_slice(x);
     }
@@ -168,10 +170,12 @@ impl CustomOp3 for LinearBwdInput {
                         let r = xb.len() / k;
                         matmul(r, k, m, dyb, Trans::N, w, Trans::N, db, false, false);
                         if silu {
-                            for (d, v) in db.iter_mut().zip(xb) {
-                                let s = v.sigmoid();
-                                *d = *d * s * (T::one() + *v * (T::one() - s));
-                            }
+                            wide(|| {
+                                for (d, v) in db.iter_mut().zip(xb) {
+                                    let s = v.sigmoid();
+                                    *d = *d * s * (T::one() + *v * (T::one() - s));
+                                }
+                            })
                         }
                     });
                 dx

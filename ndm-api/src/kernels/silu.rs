@@ -4,7 +4,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::float::{dispatch_float, slice, Float};
+use super::float::{dispatch_float, slice, wide, Float};
 use super::profile::timed;
 
 const BLOCK: usize = 1 << 14;
@@ -25,9 +25,11 @@ impl CustomOp1 for Silu {
                 y.par_chunks_mut(BLOCK)
                     .zip(x.par_chunks(BLOCK))
                     .for_each(|(yo, xi)| {
-                        for (o, v) in yo.iter_mut().zip(xi) {
-                            *o = *v * v.sigmoid();
-                        }
+                        wide(|| {
+                            for (o, v) in yo.iter_mut().zip(xi) {
+                                *o = *v * v.sigmoid();
+                            }
+                        })
                     });
                 y
             });
@@ -63,9 +65,11 @@ impl CustomOp2 for SiluBwd {
                 dx.par_chunks_mut(BLOCK)
                     .zip(x.par_chunks(BLOCK).zip(dy.par_chunks(BLOCK)))
                     .for_each(|(o, (xi, di))| {
-                        for (o, (v, d)) in o.iter_mut().zip(xi.iter().zip(di)) {
-                            *o = *d * silu_d1(*v);
-                        }
+                        wide(|| {
+                            for (o, (v, d)) in o.iter_mut().zip(xi.iter().zip(di)) {
+                                *o = *d * silu_d1(*v);
+                            }
+                        })
                     });
                 dx
             });
@@ -120,9 +124,11 @@ impl CustomOp2 for SiluTangent {
                 y.par_chunks_mut(BLOCK)
                     .zip(x.par_chunks(BLOCK).zip(dx.par_chunks(BLOCK)))
                     .for_each(|(o, (xi, di))| {
-                        for (o, (v, d)) in o.iter_mut().zip(xi.iter().zip(di)) {
-                            *o = silu_d1(*v) * *d;
-                        }
+                        wide(|| {
+                            for (o, (v, d)) in o.iter_mut().zip(xi.iter().zip(di)) {
+                                *o = silu_d1(*v) * *d;
+                            }
+                        })
                     });
                 y
             });
@@ -178,10 +184,12 @@ impl CustomOp3 for SiluTangentBwd {
                             .zip(dx.par_chunks(BLOCK).zip(g.par_chunks(BLOCK))),
                     )
                     .for_each(|((a, b), (xi, (di, gi)))| {
-                        for i in 0..xi.len() {
-                            a[i] = gi[i] * di[i] * silu_d2(xi[i]);
-                            b[i] = gi[i] * silu_d1(xi[i]);
-                        }
+                        wide(|| {
+                            for i in 0..xi.len() {
+                                a[i] = gi[i] * di[i] * silu_d2(xi[i]);
+                                b[i] = gi[i] * silu_d1(xi[i]);
+                            }
+                        })
                     });
                 out
             });

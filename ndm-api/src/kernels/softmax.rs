@@ -6,7 +6,7 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::float::{dispatch_float, lane_sum, slice, Float};
+use super::float::{dispatch_float, lane_sum, slice, wide, Float};
 use super::profile::timed;
 
 /// Rows per parallel task: at least this many elements per task.
@@ -50,9 +50,11 @@ impl CustomOp1 for SoftmaxLastDim {
                                     }
                                 },
                             );
-                            for (o, v) in yr.iter_mut().zip(xr) {
-                                *o = (*v - m).exp_fast();
-                            }
+                            wide(|| {
+                                for (o, v) in yr.iter_mut().zip(xr) {
+                                    *o = (*v - m).exp_fast();
+                                }
+                            });
                             let sum = lane_sum(yr, |v| v);
                             let inv = T::from_acc(1.0 / sum);
                             for o in yr.iter_mut() {

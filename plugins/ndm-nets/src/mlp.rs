@@ -128,7 +128,8 @@ impl Mlp {
     ///
     /// Each layer is one fused op (`ndm_api::kernels::linear`, SiLU applied to its input inside
     /// it, candle's ops off the CPU): a block is `h + l2(silu(l1(silu(h)) + temb(silu(T))))`, with
-    /// the time projection entering `l1` as a per-example bias. The tangent of `l(silu(u))` for
+    /// the time projection entering `l1` as a per-example bias (one shared bias when the whole
+    /// batch is at one time). The tangent of `l(silu(u))` for
     /// the tangent `du` of `u` is `l's weight applied to silu'(u) du`.
     fn forward_and_tangent(
         &self,
@@ -137,12 +138,19 @@ impl Mlp {
     ) -> Result<(Tensor, Option<Tensor>)> {
         let shape = input.z.dims().to_vec();
         let z = input.z.reshape((shape[0], self.dims))?;
+        // A sampler's batch shares one time: without classes the whole time path is then one
+        // row, and its projections are the blocks' shared biases (a third of the FLOPs fewer).
+        let shared_time = !tangent && self.class.is_none() && one_time(input.t)?;
+        let t = if shared_time {
+            input.t.narrow(0, 0, 1)?
+        } else {
+            input.t.clone()
+        };
         let (emb, demb) = if tangent {
-            let (e, d) =
-                sinusoidal_embedding_with_dt(input.t, self.cfg.time_dim, self.cfg.time_scale)?;
+            let (e, d) = sinusoidal_embedding_with_dt(&t, self.cfg.time_dim, self.cfg.time_scale)?;
             (e, Some(d))
         } else {
-            let e = sinusoidal_embedding(input.t, self.cfg.time_dim, self.cfg.time_scale)?;
+            let e = sinusoidal_embedding(&t, self.cfg.time_dim, self.cfg.time_scale)?;
             (e, None)
         };
         let mut temb = dense(&self.time, &emb, false)?;
@@ -161,7 +169,10 @@ impl Mlp {
                 (Some(x), None) | (None, Some(x)) => Some(x.clone()),
                 (None, None) => None,
             };
-            let proj = kernels::linear(&temb, b.temb.weight(), bias.as_ref(), false)?;
+            let mut proj = kernels::linear(&temb, b.temb.weight(), bias.as_ref(), false)?;
+            if shared_time {
+                proj = proj.squeeze(0)?;
+            }
             let inner = kernels::linear(&h, b.l1.weight(), Some(&proj), true)?;
             let dsh = dh
                 .as_ref()
@@ -191,6 +202,16 @@ impl Mlp {
             .transpose()?;
         Ok((out, dout))
     }
+}
+
+/// Whether every entry of the times `t` (`[B]`) is the same, read where that costs no device
+/// round trip (on the CPU); elsewhere `false`.
+fn one_time(t: &Tensor) -> Result<bool> {
+    if !t.device().is_cpu() || t.dim(0)? < 2 {
+        return Ok(false);
+    }
+    let v: Vec<f64> = t.to_dtype(ndm_api::candle_core::DType::F64)?.to_vec1()?;
+    Ok(v.iter().all(|x| *x == v[0]))
 }
 
 /// `l(x)`, or `l(silu(x))` with `silu_input`, as one fused op.
@@ -308,6 +329,64 @@ mod tests {
                 max_abs(&fd)
             );
             assert!(max_abs(&fd) > 1e-3, "the output depends on t");
+        }
+    }
+
+    /// A batch at one time (the time path computed once, as shared biases) gives the outputs and
+    /// weight gradients of the same examples run one by one, in f64.
+    #[test]
+    fn a_batch_at_one_time_matches_the_examples_one_by_one() {
+        let dev = Device::Cpu;
+        let vm = VarMap::new();
+        let vb = ndm_api::vars::seeded_var_builder(&vm, 3, DType::F64, &dev);
+        let cfg = MlpConfig {
+            hidden: 16,
+            blocks: 2,
+            time_dim: 8,
+            time_scale: 1000.0,
+            input_fourier: 1,
+        };
+        let mlp = Mlp::new(cfg, &[2], 0, vb).unwrap();
+        let mut rng = Rng::new(4);
+        let z = rng.normal_tensor(&[5, 2], DType::F64, &dev).unwrap();
+        let r = rng.normal_tensor(&[5, 2], DType::F64, &dev).unwrap();
+        let t = Tensor::full(0.37f64, 5, &dev).unwrap();
+        let input = |z: &'_ Tensor, t: &'_ Tensor| -> Tensor {
+            let ones = t.ones_like().unwrap();
+            mlp.forward(&NetInput {
+                z,
+                t,
+                alpha: &ones,
+                sigma: &ones,
+                log_snr: &ones,
+                class: None,
+            })
+            .unwrap()
+        };
+        assert!(one_time(&t).unwrap());
+        let together = input(&z, &t);
+        let rows: Vec<Tensor> = (0..5)
+            .map(|i| input(&z.narrow(0, i, 1).unwrap(), &t.narrow(0, i, 1).unwrap()))
+            .collect();
+        let apart = Tensor::cat(&rows, 0).unwrap();
+        assert!(max_abs(&(&together - &apart).unwrap()) < 1e-12);
+        let ga = (together * &r)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        let gb = (apart * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        for (name, var) in ndm_api::vars::sorted_vars(&vm) {
+            let (a, b) = (
+                ga.get(var.as_tensor()).unwrap(),
+                gb.get(var.as_tensor()).unwrap(),
+            );
+            let err = max_abs(&(a - b).unwrap());
+            assert!(
+                err < 1e-10 * (1.0 + max_abs(b)),
+                "{name}: gradient error {err}"
+            );
         }
     }
 }
