@@ -8,6 +8,7 @@ use crate::rng::Rng;
 use crate::spec::TrainConfig;
 use crate::{Dataset, NdmError, Result};
 use candle_core::{DType, Tensor, Var};
+use rayon::prelude::*;
 use std::collections::HashMap;
 
 /// Everything needed to continue training exactly where it stopped.
@@ -200,7 +201,7 @@ impl<'a> Trainer<'a> {
         };
         let host = self.host_update && gs.iter().all(|(_, v, g)| on_host_f32(v) && on_host_f32(g));
         let norm = if host {
-            host_update(&mut gs_host(&gs)?, &gs, state, &mut upd, cfg.grad_clip)?
+            host_update(&gs_host(&gs)?, &gs, state, &mut upd, cfg.grad_clip)?
         } else {
             tensor_update(&gs, state, &mut upd, cfg.grad_clip)?
         };
@@ -295,11 +296,11 @@ fn host_vec(t: &Tensor) -> Result<Vec<f32>> {
     Ok(t.flatten_all()?.to_vec1::<f32>()?)
 }
 
-/// The update as one loop per variable over host copies (f64 arithmetic, f32 storage): a few
-/// copies instead of a dozen tensor ops, each a pass over memory and a dispatch. Returns the
-/// gradient norm; a non-finite norm leaves everything untouched.
+/// The update as one loop per variable over host copies (f64 arithmetic, f32 storage), the
+/// variables in parallel: a few copies instead of a dozen tensor ops, each a pass over memory and
+/// a dispatch. Returns the gradient norm; a non-finite norm leaves everything untouched.
 fn host_update(
-    host: &mut [Vec<f32>],
+    host: &[Vec<f32>],
     gs: &Grads,
     state: &mut TrainState,
     u: &mut Update,
@@ -315,21 +316,30 @@ fn host_update(
         return Ok(norm);
     }
     u.set_clip(norm, grad_clip);
-    for ((name, var, _), g) in gs.iter().zip(host.iter()) {
-        let mut w = host_vec(var.as_tensor())?;
-        let mut m = host_vec(state.m.get(*name).ok_or_else(|| missing(name))?)?;
-        let mut v = host_vec(state.v.get(*name).ok_or_else(|| missing(name))?)?;
-        let mut e = host_vec(state.ema.get(*name).ok_or_else(|| missing(name))?)?;
-        for i in 0..g.len() {
-            let gi = g[i] as f64 * u.clip;
-            let mi = u.b1 * m[i] as f64 + (1.0 - u.b1) * gi;
-            let vi = u.b2 * v[i] as f64 + (1.0 - u.b2) * gi * gi;
-            let wi = u.decay * w[i] as f64 - u.lr * (mi / u.c1) / ((vi / u.c2).sqrt() + u.eps);
-            w[i] = wi as f32;
-            m[i] = mi as f32;
-            v[i] = vi as f32;
-            e[i] = (u.ema * e[i] as f64 + (1.0 - u.ema) * w[i] as f64) as f32;
-        }
+    let u = *u;
+    // Each variable's loop on its own thread; the results are stored in order afterwards.
+    let updated = gs
+        .par_iter()
+        .zip(host.par_iter())
+        .map(|((name, var, _), g)| {
+            let mut w = host_vec(var.as_tensor())?;
+            let mut m = host_vec(state.m.get(*name).ok_or_else(|| missing(name))?)?;
+            let mut v = host_vec(state.v.get(*name).ok_or_else(|| missing(name))?)?;
+            let mut e = host_vec(state.ema.get(*name).ok_or_else(|| missing(name))?)?;
+            for i in 0..g.len() {
+                let gi = g[i] as f64 * u.clip;
+                let mi = u.b1 * m[i] as f64 + (1.0 - u.b1) * gi;
+                let vi = u.b2 * v[i] as f64 + (1.0 - u.b2) * gi * gi;
+                let wi = u.decay * w[i] as f64 - u.lr * (mi / u.c1) / ((vi / u.c2).sqrt() + u.eps);
+                w[i] = wi as f32;
+                m[i] = mi as f32;
+                v[i] = vi as f32;
+                e[i] = (u.ema * e[i] as f64 + (1.0 - u.ema) * w[i] as f64) as f32;
+            }
+            Ok([w, m, v, e])
+        })
+        .collect::<Result<Vec<_>>>()?;
+    for ((name, var, _), [w, m, v, e]) in gs.iter().zip(updated) {
         let (shape, dev) = (var.shape().clone(), var.device().clone());
         var.set(&Tensor::from_vec(w, shape.clone(), &dev)?)?;
         state

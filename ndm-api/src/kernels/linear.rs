@@ -5,7 +5,10 @@
 //! candle composes the same layer from four graph nodes (silu, transpose, matmul, broadcast add),
 //! each with its own allocations in both passes, and its broadcast-add backward is a strided
 //! reduction; here the forward is one GEMM per block of rows on the activated input (built in a
-//! per-thread scratch buffer), and the backward two GEMMs with `silu'` applied in place.
+//! per-thread scratch buffer), and the backward two GEMMs with `silu'` applied in place. The
+//! forward keeps `sigmoid(x)` with the op, so the backward evaluates no exponential.
+
+use std::sync::{Arc, Mutex};
 
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -21,17 +24,31 @@ fn rows_per_block(n: usize) -> usize {
     n.div_ceil(threads).clamp(32, 1024)
 }
 
-/// `x` or `silu(x)`, written into `out`.
-fn activate<T: Float>(x: &[T], silu: bool, out: &mut [T]) {
-    if silu {
-        wide(|| {
+/// `x` or `silu(x)`, written into `out`: from the kept `sigmoid(x)` where there is one.
+fn activate<T: Float>(x: &[T], silu: bool, sig: Option<&[T]>, out: &mut [T]) {
+    match (silu, sig) {
+        (false, _) => out.copy_from_slice(x),
+        (true, Some(s)) => {
+            for ((o, v), s) in out.iter_mut().zip(x).zip(s) {
+                *o = *v * *s;
+            }
+        }
+        (true, None) => wide(|| {
             for (o, v) in out.iter_mut().zip(x) {
                 *o = *v * v.sigmoid();
             }
-        })
-    } else {
-        out.copy_from_slice(x);
+        }),
     }
+}
+
+/// `sigmoid(x)` of a SiLU layer's input, kept by the forward for the backward.
+type KeptSigmoid = Arc<Mutex<Option<Arc<CpuStorage>>>>;
+
+/// The kept `sigmoid(x)` as a slice of `T`, if the forward kept one of `len` elements.
+fn kept<T: Float>(sig: &Option<Arc<CpuStorage>>, len: usize) -> Option<&[T]> {
+    sig.as_deref()
+        .and_then(|s| T::cpu_storage_as_slice(s).ok())
+        .filter(|s| s.len() == len)
 }
 
 /// Checks `x: [n, k]`, `w: [m, k]`, `b: [m]` or `[n, m]`; returns `(n, k, m, per_row_bias)`.
@@ -52,10 +69,12 @@ fn dims(x: &Layout, w: &Layout, b: &Layout) -> Result<(usize, usize, usize, bool
 }
 
 /// Forward op over `(x, w, b)`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Default)]
 pub(crate) struct Linear {
     /// Whether SiLU is applied to the input first.
     pub silu: bool,
+    /// `sigmoid(x)`, filled by the forward of a SiLU layer for its backward.
+    pub sig: KeptSigmoid,
 }
 
 impl CustomOp3 for Linear {
@@ -81,10 +100,16 @@ impl CustomOp3 for Linear {
             let y = timed("linear fwd", || {
                 let rows = rows_per_block(n);
                 let mut y = vec![T::zero(); n * m];
+                let mut sig = vec![T::zero(); if silu { n * k } else { 0 }];
+                // One block of the kept sigmoid per block of rows (none without SiLU).
+                let mut sig_blocks: Vec<Option<&mut [T]>> =
+                    sig.chunks_mut(rows * k).map(Some).collect();
+                sig_blocks.resize_with(n.div_ceil(rows), || None);
                 y.par_chunks_mut(rows * m)
                     .zip(x.par_chunks(rows * k))
+                    .zip(sig_blocks.into_par_iter())
                     .enumerate()
-                    .for_each(|(i, (yb, xb))| {
+                    .for_each(|(i, ((yb, xb), sb))| {
                         let r = xb.len() / k;
                         if per_row {
                             yb.copy_from_slice(&b[i * rows * m..i * rows * m + r * m]);
@@ -93,11 +118,24 @@ impl CustomOp3 for Linear {
                                 row.copy_from_slice(b);
                             }
                         }
+                        let sb: Option<&[T]> = sb.map(|sb| {
+                            wide(|| {
+                                for (s, v) in sb.iter_mut().zip(xb) {
+                                    *s = v.sigmoid();
+                                }
+                            });
+                            &*sb
+                        });
                         T::with_scratch(r * k, |a| {
-                            activate(xb, silu, a);
+                            activate(xb, silu, sb, a);
                             matmul(r, m, k, a, Trans::N, w, Trans::T, yb, true, false);
                         });
                     });
+                if silu {
+                    if let Ok(mut keep) = self.sig.lock() {
+                        *keep = Some(Arc::new(T::into_storage(sig)));
+                    }
+                }
                 y
             });
             Ok((T::into_storage(y), Shape::from((n, m))))
@@ -113,13 +151,22 @@ impl CustomOp3 for Linear {
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let dy = dy.contiguous()?;
+        let sig = self.sig.lock().ok().and_then(|s| s.clone());
         let dx = if x.track_op() {
-            Some(dy.apply_op3_no_bwd(w, x, &LinearBwdInput { silu: self.silu })?)
+            let op = LinearBwdInput {
+                silu: self.silu,
+                sig: sig.clone(),
+            };
+            Some(dy.apply_op3_no_bwd(w, x, &op)?)
         } else {
             None
         };
         let dw = if w.track_op() {
-            Some(x.apply_op2_no_bwd(&dy, &LinearBwdWeight { silu: self.silu })?)
+            let op = LinearBwdWeight {
+                silu: self.silu,
+                sig,
+            };
+            Some(x.apply_op2_no_bwd(&dy, &op)?)
         } else {
             None
         };
@@ -135,9 +182,11 @@ impl CustomOp3 for Linear {
 }
 
 /// `(dy, w, x) -> dx = (dy W) * act'(x)`.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct LinearBwdInput {
     silu: bool,
+    /// The forward's `sigmoid(x)`, if it kept one.
+    sig: Option<Arc<CpuStorage>>,
 }
 
 impl CustomOp3 for LinearBwdInput {
@@ -161,21 +210,31 @@ impl CustomOp3 for LinearBwdInput {
             let dy = slice::<T>(sd, ld, "linear backward")?;
             let w = slice::<T>(sw, lw, "linear backward")?;
             let x = slice::<T>(sx, lx, "linear backward")?;
+            let sig = kept::<T>(&self.sig, x.len());
             let dx = timed("linear bwd input", || {
                 let rows = rows_per_block(n);
                 let mut dx = vec![T::zero(); n * k];
                 dx.par_chunks_mut(rows * k)
                     .zip(dy.par_chunks(rows * m).zip(x.par_chunks(rows * k)))
-                    .for_each(|(db, (dyb, xb))| {
+                    .enumerate()
+                    .for_each(|(i, (db, (dyb, xb)))| {
                         let r = xb.len() / k;
                         matmul(r, k, m, dyb, Trans::N, w, Trans::N, db, false, false);
-                        if silu {
-                            wide(|| {
-                                for (d, v) in db.iter_mut().zip(xb) {
-                                    let s = v.sigmoid();
-                                    *d = *d * s * (T::one() + *v * (T::one() - s));
+                        // silu'(x) = s (1 + x (1 - s)), s = sigmoid(x).
+                        let d1 = |v: T, s: T| s * (T::one() + v * (T::one() - s));
+                        match (silu, sig) {
+                            (false, _) => {}
+                            (true, Some(sig)) => {
+                                let sb = &sig[i * rows * k..i * rows * k + r * k];
+                                for ((d, v), s) in db.iter_mut().zip(xb).zip(sb) {
+                                    *d = *d * d1(*v, *s);
                                 }
-                            })
+                            }
+                            (true, None) => wide(|| {
+                                for (d, v) in db.iter_mut().zip(xb) {
+                                    *d = *d * d1(*v, v.sigmoid());
+                                }
+                            }),
                         }
                     });
                 dx
@@ -186,9 +245,11 @@ impl CustomOp3 for LinearBwdInput {
 }
 
 /// `(x, dy) -> dW = dy^T act(x)`, `[m, k]`: partial products over blocks of rows, summed.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct LinearBwdWeight {
     silu: bool,
+    /// The forward's `sigmoid(x)`, if it kept one.
+    sig: Option<Arc<CpuStorage>>,
 }
 
 impl CustomOp2 for LinearBwdWeight {
@@ -209,17 +270,20 @@ impl CustomOp2 for LinearBwdWeight {
         dispatch_float!(sx, "linear backward", |T| {
             let x = slice::<T>(sx, lx, "linear backward")?;
             let dy = slice::<T>(sd, ld, "linear backward")?;
+            let sig = kept::<T>(&self.sig, x.len());
             let dw = timed("linear bwd weight", || {
                 let threads = rayon::current_num_threads().max(1);
                 let rows = n.div_ceil(threads).max(64);
                 let mut partials: Vec<Vec<T>> = x
                     .par_chunks(rows * k)
                     .zip(dy.par_chunks(rows * m))
-                    .map(|(xb, dyb)| {
+                    .enumerate()
+                    .map(|(i, (xb, dyb))| {
                         let r = xb.len() / k;
                         let mut p = vec![T::zero(); m * k];
+                        let sb = sig.map(|s| &s[i * rows * k..i * rows * k + r * k]);
                         T::with_scratch(r * k, |a| {
-                            activate(xb, silu, a);
+                            activate(xb, silu, sb, a);
                             matmul(m, k, r, dyb, Trans::T, a, Trans::N, &mut p, false, false);
                         });
                         p

@@ -143,7 +143,10 @@ impl KernelBackend {
                 Some(b) => b.contiguous()?,
                 None => Tensor::zeros(w.dim(0)?, x.dtype(), x.device())?,
             };
-            let op = linear_kernel::Linear { silu: silu_input };
+            let op = linear_kernel::Linear {
+                silu: silu_input,
+                ..Default::default()
+            };
             return x.contiguous()?.apply_op3(&w.contiguous()?, &bias, op);
         }
         let a = if silu_input { x.silu()? } else { x.clone() };
