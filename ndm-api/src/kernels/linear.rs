@@ -227,12 +227,12 @@ impl CustomOp3 for LinearBwdInput {
                             (true, Some(sig)) => {
                                 let sb = &sig[i * rows * k..i * rows * k + r * k];
                                 for ((d, v), s) in db.iter_mut().zip(xb).zip(sb) {
-                                    *d = *d * d1(*v, *s);
+                                    *d *= d1(*v, *s);
                                 }
                             }
                             (true, None) => wide(|| {
                                 for (d, v) in db.iter_mut().zip(xb) {
-                                    *d = *d * d1(*v, v.sigmoid());
+                                    *d *= d1(*v, v.sigmoid());
                                 }
                             }),
                         }
