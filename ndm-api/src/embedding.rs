@@ -110,16 +110,32 @@ fn embedding_args(t: &Tensor, dim: usize, scale: f64) -> Result<(Tensor, Tensor)
     if dim == 0 || !dim.is_multiple_of(2) {
         candle_core::bail!("sinusoidal_embedding: dim must be even and positive, got {dim}");
     }
-    let half = dim / 2;
+    let freqs = frequencies(dim / 2, scale, t.dtype(), t.device())?;
+    let args = t.unsqueeze(1)?.broadcast_mul(&freqs)?;
+    Ok((freqs, args))
+}
+
+/// `scale f_k`, `f_k = 10000^(-k / half)`, as a `[1, half]` tensor of `dtype` on `device`: computed
+/// in f64 on the host (not every device holds f64) once per size, scale, dtype and device, and
+/// kept, so that a network on a GPU does not copy it from the host at every call.
+fn frequencies(half: usize, scale: f64, dtype: DType, device: &Device) -> Result<Tensor> {
+    type Key = (usize, u64, DType, Device);
+    static KEPT: std::sync::Mutex<Vec<(Key, Tensor)>> = std::sync::Mutex::new(Vec::new());
+    let mut kept = KEPT.lock().unwrap_or_else(|e| e.into_inner());
+    let found = kept.iter().find(|((h, s, d, dev), _)| {
+        *h == half && *s == scale.to_bits() && *d == dtype && dev.same_device(device)
+    });
+    if let Some((_, f)) = found {
+        return Ok(f.clone());
+    }
     let freqs: Vec<f64> = (0..half)
         .map(|k| (-(10000f64.ln()) * k as f64 / half as f64).exp() * scale)
         .collect();
-    // Built on the host: not every device holds f64.
-    let freqs = Tensor::from_vec(freqs, (1, half), &Device::Cpu)?
-        .to_dtype(t.dtype())?
-        .to_device(t.device())?;
-    let args = t.unsqueeze(1)?.broadcast_mul(&freqs)?;
-    Ok((freqs, args))
+    let f = Tensor::from_vec(freqs, (1, half), &Device::Cpu)?
+        .to_dtype(dtype)?
+        .to_device(device)?;
+    kept.push(((half, scale.to_bits(), dtype, device.clone()), f.clone()));
+    Ok(f)
 }
 
 /// `silu(u)` with its tangent for the tangent `du` of `u` (forward mode): `silu'(u) du`, where

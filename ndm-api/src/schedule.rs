@@ -70,18 +70,25 @@ pub struct ScheduleBatch {
 impl ScheduleBatch {
     /// Builds the batch from host points (for schedules without trainable weights).
     pub fn from_points(points: &[SchedulePoint], like: &Tensor) -> Result<Self> {
-        let (dt, dev) = (like.dtype(), like.device());
         let n = points.len();
-        let col = |f: fn(&SchedulePoint) -> f64| {
-            host_tensor(points.iter().map(f).collect(), &[n], dt, dev)
-        };
+        let cols: [fn(&SchedulePoint) -> f64; 6] = [
+            |p| p.alpha,
+            |p| p.sigma,
+            |p| p.log_snr,
+            |p| p.dlog_alpha,
+            |p| p.dalpha,
+            |p| p.dsigma2,
+        ];
+        let host: Vec<f64> = cols.iter().flat_map(|f| points.iter().map(f)).collect();
+        // One copy to the device for all six columns (rows of a [6, n] tensor).
+        let all = host_tensor(host, &[6, n], like.dtype(), like.device())?;
         Ok(ScheduleBatch {
-            alpha: col(|p| p.alpha)?,
-            sigma: col(|p| p.sigma)?,
-            log_snr: col(|p| p.log_snr)?,
-            dlog_alpha: col(|p| p.dlog_alpha)?,
-            dalpha: col(|p| p.dalpha)?,
-            dsigma2: col(|p| p.dsigma2)?,
+            alpha: all.get(0)?,
+            sigma: all.get(1)?,
+            log_snr: all.get(2)?,
+            dlog_alpha: all.get(3)?,
+            dalpha: all.get(4)?,
+            dsigma2: all.get(5)?,
         })
     }
 }
