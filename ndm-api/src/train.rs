@@ -12,7 +12,10 @@ use rayon::prelude::*;
 use std::collections::HashMap;
 
 /// Everything needed to continue training exactly where it stopped.
-#[derive(Debug, Clone)]
+///
+/// On the CPU the trainer updates the moment and EMA tensors in place (and the weights, as every
+/// optimizer does), so `clone` copies them: a clone is a snapshot that later steps leave alone.
+#[derive(Debug)]
 pub struct TrainState {
     /// Optimizer steps taken.
     pub step: usize,
@@ -25,6 +28,24 @@ pub struct TrainState {
     pub rng: Rng,
     /// The dataset's iteration state after the last step ([`Dataset::iteration_state`]).
     pub data: Vec<u64>,
+}
+
+impl Clone for TrainState {
+    fn clone(&self) -> Self {
+        let deep = |m: &HashMap<String, Tensor>| -> HashMap<String, Tensor> {
+            m.iter()
+                .map(|(k, t)| (k.clone(), t.copy().unwrap_or_else(|_| t.clone())))
+                .collect()
+        };
+        TrainState {
+            step: self.step,
+            m: deep(&self.m),
+            v: deep(&self.v),
+            ema: deep(&self.ema),
+            rng: self.rng.clone(),
+            data: self.data.clone(),
+        }
+    }
 }
 
 impl TrainState {
@@ -201,7 +222,7 @@ impl<'a> Trainer<'a> {
         };
         let host = self.host_update && gs.iter().all(|(_, v, g)| on_host_f32(v) && on_host_f32(g));
         let norm = if host {
-            host_update(&gs_host(&gs)?, &gs, state, &mut upd, cfg.grad_clip)?
+            host_update(&gs, state, &mut upd, cfg.grad_clip)?
         } else {
             tensor_update(&gs, state, &mut upd, cfg.grad_clip)?
         };
@@ -285,73 +306,149 @@ fn missing(n: &str) -> NdmError {
 
 type Grads<'g> = [(&'g String, &'g Var, Tensor)];
 
-/// The gradients as host vectors.
-fn gs_host(gs: &Grads) -> Result<Vec<Vec<f32>>> {
-    gs.iter()
-        .map(|(_, _, g)| Ok(g.flatten_all()?.to_vec1::<f32>()?))
-        .collect()
+/// The contiguous f32 elements of a CPU storage under `l`.
+fn f32s<'s>(
+    s: &'s candle_core::CpuStorage,
+    l: &candle_core::Layout,
+) -> candle_core::Result<&'s [f32]> {
+    match (s, l.contiguous_offsets()) {
+        (candle_core::CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
+        _ => candle_core::bail!("optimizer: expected a contiguous f32 tensor on the CPU"),
+    }
 }
 
-fn host_vec(t: &Tensor) -> Result<Vec<f32>> {
-    Ok(t.flatten_all()?.to_vec1::<f32>()?)
+/// [`f32s`], mutable.
+fn f32s_mut<'s>(
+    s: &'s mut candle_core::CpuStorage,
+    l: &candle_core::Layout,
+) -> candle_core::Result<&'s mut [f32]> {
+    match (s, l.contiguous_offsets()) {
+        (candle_core::CpuStorage::F32(v), Some((a, b))) => Ok(&mut v[a..b]),
+        _ => candle_core::bail!("optimizer: expected a contiguous f32 tensor on the CPU"),
+    }
 }
 
-/// The update as one loop per variable over host copies (f64 arithmetic, f32 storage), the
-/// variables in parallel: a few copies instead of a dozen tensor ops, each a pass over memory and
-/// a dispatch. Returns the gradient norm; a non-finite norm leaves everything untouched.
-fn host_update(
-    host: &[Vec<f32>],
-    gs: &Grads,
-    state: &mut TrainState,
-    u: &mut Update,
-    grad_clip: f64,
-) -> Result<f64> {
-    let sq: f64 = host
-        .iter()
-        .flat_map(|g| g.iter())
-        .map(|&x| (x as f64) * (x as f64))
-        .sum();
-    let norm = sq.sqrt();
+/// `m <- b m + (1 - b) clip g` (or with `(clip g)^2` for the second moment), in place.
+struct Moment {
+    b: f64,
+    clip: f64,
+    square: bool,
+}
+
+impl candle_core::InplaceOp2 for Moment {
+    fn name(&self) -> &'static str {
+        "ndm-adam-moment"
+    }
+    fn cpu_fwd(
+        &self,
+        sm: &mut candle_core::CpuStorage,
+        lm: &candle_core::Layout,
+        sg: &candle_core::CpuStorage,
+        lg: &candle_core::Layout,
+    ) -> candle_core::Result<()> {
+        let g = f32s(sg, lg)?;
+        let m = f32s_mut(sm, lm)?;
+        for (m, g) in m.iter_mut().zip(g) {
+            let gi = *g as f64 * self.clip;
+            let gi = if self.square { gi * gi } else { gi };
+            *m = (self.b * *m as f64 + (1.0 - self.b) * gi) as f32;
+        }
+        Ok(())
+    }
+}
+
+/// `w <- decay w - lr (m / c1) / (sqrt(v / c2) + eps)`, in place.
+struct AdamStep(Update);
+
+impl candle_core::InplaceOp3 for AdamStep {
+    fn name(&self) -> &'static str {
+        "ndm-adam-step"
+    }
+    fn cpu_fwd(
+        &self,
+        sw: &mut candle_core::CpuStorage,
+        lw: &candle_core::Layout,
+        sm: &candle_core::CpuStorage,
+        lm: &candle_core::Layout,
+        sv: &candle_core::CpuStorage,
+        lv: &candle_core::Layout,
+    ) -> candle_core::Result<()> {
+        let u = &self.0;
+        let (m, v) = (f32s(sm, lm)?, f32s(sv, lv)?);
+        let w = f32s_mut(sw, lw)?;
+        for ((w, m), v) in w.iter_mut().zip(m).zip(v) {
+            let step = (*m as f64 / u.c1) / ((*v as f64 / u.c2).sqrt() + u.eps);
+            *w = (u.decay * *w as f64 - u.lr * step) as f32;
+        }
+        Ok(())
+    }
+}
+
+/// `e <- d e + (1 - d) w`, in place.
+struct Ema(f64);
+
+impl candle_core::InplaceOp2 for Ema {
+    fn name(&self) -> &'static str {
+        "ndm-ema"
+    }
+    fn cpu_fwd(
+        &self,
+        se: &mut candle_core::CpuStorage,
+        le: &candle_core::Layout,
+        sw: &candle_core::CpuStorage,
+        lw: &candle_core::Layout,
+    ) -> candle_core::Result<()> {
+        let w = f32s(sw, lw)?;
+        let e = f32s_mut(se, le)?;
+        for (e, w) in e.iter_mut().zip(w) {
+            *e = (self.0 * *e as f64 + (1.0 - self.0) * *w as f64) as f32;
+        }
+        Ok(())
+    }
+}
+
+/// The update in place on the CPU's f32 tensors (weights, moments and EMA overwritten, nothing
+/// allocated), one pass per tensor in f64 arithmetic, the variables in parallel. Returns the
+/// gradient norm; a non-finite norm leaves everything untouched.
+fn host_update(gs: &Grads, state: &mut TrainState, u: &mut Update, grad_clip: f64) -> Result<f64> {
+    let sq = gs
+        .par_iter()
+        .map(|(_, _, g)| {
+            let (s, l) = g.storage_and_layout();
+            match &*s {
+                candle_core::Storage::Cpu(c) => Ok(f32s(c, l)?
+                    .iter()
+                    .map(|&x| (x as f64) * (x as f64))
+                    .sum::<f64>()),
+                _ => Err(NdmError::Spec(
+                    "optimizer: a gradient is not on the CPU".into(),
+                )),
+            }
+        })
+        .collect::<Result<Vec<f64>>>()?;
+    let norm = sq.iter().sum::<f64>().sqrt();
     if !norm.is_finite() {
         return Ok(norm);
     }
     u.set_clip(norm, grad_clip);
     let u = *u;
-    // Each variable's loop on its own thread; the results are stored in order afterwards.
-    let updated = gs
-        .par_iter()
-        .zip(host.par_iter())
-        .map(|((name, var, _), g)| {
-            let mut w = host_vec(var.as_tensor())?;
-            let mut m = host_vec(state.m.get(*name).ok_or_else(|| missing(name))?)?;
-            let mut v = host_vec(state.v.get(*name).ok_or_else(|| missing(name))?)?;
-            let mut e = host_vec(state.ema.get(*name).ok_or_else(|| missing(name))?)?;
-            for i in 0..g.len() {
-                let gi = g[i] as f64 * u.clip;
-                let mi = u.b1 * m[i] as f64 + (1.0 - u.b1) * gi;
-                let vi = u.b2 * v[i] as f64 + (1.0 - u.b2) * gi * gi;
-                let wi = u.decay * w[i] as f64 - u.lr * (mi / u.c1) / ((vi / u.c2).sqrt() + u.eps);
-                w[i] = wi as f32;
-                m[i] = mi as f32;
-                v[i] = vi as f32;
-                e[i] = (u.ema * e[i] as f64 + (1.0 - u.ema) * w[i] as f64) as f32;
-            }
-            Ok([w, m, v, e])
-        })
-        .collect::<Result<Vec<_>>>()?;
-    for ((name, var, _), [w, m, v, e]) in gs.iter().zip(updated) {
-        let (shape, dev) = (var.shape().clone(), var.device().clone());
-        var.set(&Tensor::from_vec(w, shape.clone(), &dev)?)?;
-        state
-            .m
-            .insert((*name).clone(), Tensor::from_vec(m, shape.clone(), &dev)?);
-        state
-            .v
-            .insert((*name).clone(), Tensor::from_vec(v, shape.clone(), &dev)?);
-        state
-            .ema
-            .insert((*name).clone(), Tensor::from_vec(e, shape, &dev)?);
-    }
+    let state = &*state;
+    gs.par_iter().try_for_each(|(name, var, g)| -> Result<()> {
+        let m = state.m.get(*name).ok_or_else(|| missing(name))?;
+        let v = state.v.get(*name).ok_or_else(|| missing(name))?;
+        let e = state.ema.get(*name).ok_or_else(|| missing(name))?;
+        let w = var.as_tensor();
+        let moment = |b: f64, square: bool| Moment {
+            b,
+            clip: u.clip,
+            square,
+        };
+        m.inplace_op2(g, &moment(u.b1, false))?;
+        v.inplace_op2(g, &moment(u.b2, true))?;
+        w.inplace_op3(m, v, &AdamStep(u))?;
+        e.inplace_op2(w, &Ema(u.ema))?;
+        Ok(())
+    })?;
     Ok(norm)
 }
 
