@@ -29,9 +29,14 @@ pub fn device() -> std::result::Result<&'static Device, String> {
         .map_err(Clone::clone)
 }
 
-/// [`device`] for a test: a device that cannot be used fails the test with its one-line reason.
+/// [`device`] for a test: a device that cannot be used fails the test with its one-line reason,
+/// reported at the test's line.
+#[track_caller]
 pub fn test_device() -> &'static Device {
-    device().unwrap_or_else(|e| panic!("{e}"))
+    match device() {
+        Ok(d) => d,
+        Err(e) => panic!("{e}"),
+    }
 }
 
 fn ensure(ok: bool, msg: impl FnOnce() -> String) -> Check {

@@ -6,6 +6,7 @@ use ndm_api::{ModelSpec, Pipeline, PluginRegistry, PluginSpec, RegistryFile};
 
 /// The device the tests run on: `$NDM_TEST_DEVICE`, `cpu` when unset (`ndm_api::testing::device`).
 /// A device that cannot be used fails the test that asks for it, in one line.
+#[track_caller]
 pub fn device() -> &'static Device {
     ndm_api::testing::test_device()
 }
