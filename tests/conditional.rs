@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use ndm_api::candle_core::{DType, Device, Tensor};
+use ndm_api::candle_core::{DType, Tensor};
 use ndm_api::eval::evaluate_nelbo;
 use ndm_api::guidance::{Conditioning, Guided};
 use ndm_api::registry::{BuildCtx, NoParams, Origin};
@@ -96,7 +96,7 @@ fn oracle_pipeline() -> Pipeline {
     spec.backbone = PluginSpec::new("mixture-oracle");
     spec.objective = PluginSpec::new("ndm-elbo-discrete");
     spec.classes = 3;
-    Pipeline::build(&spec, &[2], &registry_with_oracle(), &Device::Cpu, 0).unwrap()
+    Pipeline::build(&spec, &[2], &registry_with_oracle(), device(), 0).unwrap()
 }
 
 fn rows(t: &Tensor) -> Vec<Vec<f64>> {
@@ -110,7 +110,7 @@ fn guidance_zero_is_the_conditional_model_and_guided_predictions_match_the_close
     let z = Tensor::from_vec(
         zs.iter().flatten().map(|&v| v as f32).collect::<Vec<_>>(),
         (4, 2),
-        &Device::Cpu,
+        device(),
     )
     .unwrap();
     let classes = vec![0u32, 1, 2, 0];
@@ -181,7 +181,7 @@ fn guided_sampling_with_the_oracle_lands_in_the_requested_component() {
 #[test]
 fn a_conditional_preset_trains_samples_every_class_and_evaluates_per_class() {
     let setup = ndm_plugins_all::setup(None).unwrap();
-    let dev = Device::Cpu;
+    let dev = device().clone();
     let mut spec = RunSpec::from_preset(
         &registry_file(),
         "ddpm-cond",
@@ -281,11 +281,11 @@ fn bad_classes_and_guidance_are_one_line_errors() {
         "ddpm-cond",
         PluginSpec::new("swissroll"),
         &setup.plugins,
-        &Device::Cpu,
+        device(),
     )
     .unwrap();
     let e = spec
-        .resolve(&setup.plugins, &Device::Cpu)
+        .resolve(&setup.plugins, device())
         .unwrap_err()
         .to_string();
     assert!(e.contains("needs labels") && e.contains("swissroll"), "{e}");
@@ -323,14 +323,14 @@ fn label_dropout_reaches_the_network_and_unconditional_models_see_no_class() {
     let data = reg
         .build_dataset(
             &PluginSpec::new("checkerboard"),
-            &BuildCtx::without_weights(&Device::Cpu, &reg),
+            &BuildCtx::without_weights(device(), &reg),
         )
         .unwrap();
     let mut spec = registry_file().preset("ddpm-cond").unwrap().model.clone();
     spec.backbone = PluginSpec::new("recorder");
     spec.objective = PluginSpec::new("ndm-elbo-discrete");
     spec.classes = 8;
-    let pipe = Pipeline::build(&spec, &[2], &reg, &Device::Cpu, 0).unwrap();
+    let pipe = Pipeline::build(&spec, &[2], &reg, device(), 0).unwrap();
     let mut cfg = registry_file().preset("ddpm-cond").unwrap().train.clone();
     cfg.batch_size = 4000;
     cfg.cond_drop = 0.25;
@@ -348,7 +348,7 @@ fn label_dropout_reaches_the_network_and_unconditional_models_see_no_class() {
     assert!((dropped - 0.25).abs() < 0.03, "dropped {dropped}");
     // Every label that was kept is the square the point lies in.
     let (x, labels) = data
-        .sample_labeled(4000, ndm_api::Split::Train, &mut Rng::new(0), &Device::Cpu)
+        .sample_labeled(4000, ndm_api::Split::Train, &mut Rng::new(0), device())
         .unwrap();
     let pts = rows(&x);
     let labels: Vec<u32> = labels.unwrap().to_vec1().unwrap();
@@ -365,7 +365,7 @@ fn label_dropout_reaches_the_network_and_unconditional_models_see_no_class() {
     let mut plain = registry_file().preset("ddpm").unwrap().model.clone();
     plain.backbone = PluginSpec::new("recorder");
     plain.objective = PluginSpec::new("ndm-elbo-discrete");
-    let pipe = Pipeline::build(&plain, &[2], &reg, &Device::Cpu, 0).unwrap();
+    let pipe = Pipeline::build(&plain, &[2], &reg, device(), 0).unwrap();
     let trainer = Trainer::new(&pipe, &cfg).unwrap();
     let mut state = TrainState::new(&pipe, 0).unwrap();
     SEEN.lock().unwrap().clear();

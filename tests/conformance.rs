@@ -2,8 +2,8 @@
 
 mod common;
 
-use common::registry;
-use ndm_api::candle_core::{DType, Device};
+use common::{device, registry};
+use ndm_api::candle_core::DType;
 use ndm_api::registry::BuildCtx;
 use ndm_api::testing::{check_parameterization, check_schedule, check_transform};
 use ndm_api::{Family, PluginSpec};
@@ -14,7 +14,7 @@ fn ctx<'a>(
     shape: &'a [usize],
 ) -> BuildCtx<'a> {
     BuildCtx {
-        device: &Device::Cpu,
+        device: device(),
         dtype: DType::F32,
         shape,
         vb,
@@ -27,7 +27,7 @@ fn ctx<'a>(
 fn every_builtin_schedule_parameterization_and_transform_conforms() {
     let reg = registry();
     let varmap = ndm_api::candle_nn::VarMap::new();
-    let vb = ndm_api::vars::seeded_var_builder(&varmap, 0, DType::F32, &Device::Cpu);
+    let vb = ndm_api::vars::seeded_var_builder(&varmap, 0, DType::F32, device());
     let c = ctx(&reg, vb.clone(), &[2]);
     for name in reg.names(Family::Schedule) {
         let s = reg.build_schedule(&PluginSpec::new(name), &c).unwrap();

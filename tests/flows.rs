@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use ndm_api::candle_core::{Device, Result, Tensor};
+use ndm_api::candle_core::{Result, Tensor};
 use ndm_api::registry::{BuildCtx, Family, NoParams, Origin};
 use ndm_api::sample::sample;
 use ndm_api::train::{TrainState, Trainer};
@@ -59,7 +59,7 @@ fn solvers_started_at_t_m_never_evaluate_the_model_above_t_m() {
     discrete.steps = Some(10);
     discrete.objective = PluginSpec::new("ndm-elbo-discrete");
     for (label, spec) in [("continuous", continuous), ("discrete", discrete)] {
-        let pipe = Pipeline::build(&spec, &[2], &reg, &Device::Cpu, 0).unwrap();
+        let pipe = Pipeline::build(&spec, &[2], &reg, device(), 0).unwrap();
         assert_eq!(pipe.t_end(), 0.4);
         let mut ran = 0;
         for name in reg.names(Family::Solver) {
@@ -96,7 +96,7 @@ fn a_t_m_off_the_grid_and_levels_that_do_not_divide_the_side_are_refused_naming_
     let mut spec = dinof("0.45");
     spec.steps = Some(10);
     spec.objective = PluginSpec::new("ndm-elbo-discrete");
-    let e = Pipeline::build(&spec, &[2], &registry(), &Device::Cpu, 0)
+    let e = Pipeline::build(&spec, &[2], &registry(), device(), 0)
         .unwrap_err()
         .to_string();
     assert!(
@@ -108,7 +108,7 @@ fn a_t_m_off_the_grid_and_levels_that_do_not_divide_the_side_are_refused_naming_
     let mut images = dinof("0.6");
     images.backbone = PluginSpec::new("unet");
     images.prior.set("levels", "3");
-    let e = Pipeline::build(&images, &[1, 28, 28], &registry(), &Device::Cpu, 0)
+    let e = Pipeline::build(&images, &[1, 28, 28], &registry(), device(), 0)
         .unwrap_err()
         .to_string();
     assert!(
@@ -116,9 +116,9 @@ fn a_t_m_off_the_grid_and_levels_that_do_not_divide_the_side_are_refused_naming_
         "{e}"
     );
     images.prior.set("levels", "2");
-    Pipeline::build(&images, &[1, 28, 28], &registry(), &Device::Cpu, 0).unwrap();
+    Pipeline::build(&images, &[1, 28, 28], &registry(), device(), 0).unwrap();
 
-    let e = Pipeline::build(&dinof("1.5"), &[2], &registry(), &Device::Cpu, 0)
+    let e = Pipeline::build(&dinof("1.5"), &[2], &registry(), device(), 0)
         .unwrap_err()
         .to_string();
     assert!(e.contains("t_m") && e.contains("1.5"), "{e}");
@@ -269,7 +269,7 @@ fn glow_as_a_transform_is_time_independent_and_puts_its_log_det_in_l_rec() {
     }
     // eps-mse would let a learnable F collapse: refused in one line.
     spec.objective = PluginSpec::new("eps-mse");
-    let e = Pipeline::build(&spec, &[2], &registry(), &Device::Cpu, 0)
+    let e = Pipeline::build(&spec, &[2], &registry(), device(), 0)
         .unwrap_err()
         .to_string();
     assert!(e.contains("eps-mse") && !e.contains('\n'), "{e}");

@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use ndm_api::candle_core::{DType, Device, Tensor};
+use ndm_api::candle_core::{DType, Tensor};
 use ndm_api::elbo::encode;
 use ndm_api::likelihood::{ode_nll, NllOptions};
 use ndm_api::sample::sample;
@@ -17,7 +17,7 @@ fn lsgm() -> ndm_api::ModelSpec {
 
 fn data() -> Tensor {
     Rng::new(3)
-        .normal_tensor(&[6, 2], DType::F32, &Device::Cpu)
+        .normal_tensor(&[6, 2], DType::F32, device())
         .unwrap()
 }
 
@@ -30,7 +30,7 @@ fn the_encoder_terms_are_the_decoder_nll_minus_the_closed_form_entropy() {
     let terms = to_vec(&terms.unwrap());
     let (mean, log_std) = enc.posterior(&x).unwrap();
     let eps = Rng::new(1)
-        .normal_tensor(mean.dims(), DType::F32, &Device::Cpu)
+        .normal_tensor(mean.dims(), DType::F32, device())
         .unwrap();
     let z_again = (&mean + eps.mul(&log_std.exp().unwrap()).unwrap()).unwrap();
     assert_eq!(to_vec(&z), to_vec(&z_again), "one reparameterized draw");
@@ -155,7 +155,7 @@ fn latent_ndm_samples_decode_to_data_and_the_ode_likelihood_is_refused() {
     if let Some(ndm_api::toml::Value::Array(parts)) = bad.transform.params.get_mut("parts") {
         parts.reverse();
     }
-    let e = Pipeline::build(&bad, &[2], &reg, &Device::Cpu, 0)
+    let e = Pipeline::build(&bad, &[2], &reg, device(), 0)
         .unwrap_err()
         .to_string();
     assert!(e.contains("parts[1] = vae") && !e.contains('\n'), "{e}");
@@ -186,7 +186,7 @@ fn lsgm_on_8_bit_images_scores_pixels_with_a_discretized_logistic() {
     let enc = pipe.transform.encoder().unwrap();
     let data = TINY_BYTES;
     let x = data
-        .sample(16, ndm_api::Split::Train, &mut Rng::new(4), &Device::Cpu)
+        .sample(16, ndm_api::Split::Train, &mut Rng::new(4), device())
         .unwrap();
     let (_, _, z) = ndm_api::elbo::posterior_draw(enc, &x, &mut Rng::new(5)).unwrap();
     // A probability of the pixels: every NLL is at least 0, unlike the Gaussian density's.

@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use ndm_api::candle_core::{DType, Device, Tensor};
+use ndm_api::candle_core::{DType, Tensor};
 use ndm_api::likelihood::{divergence, ode_nll, NllOptions, Trace};
 use ndm_api::ode::Tolerance;
 use ndm_api::sample::sample;
@@ -22,7 +22,7 @@ fn ode_nll_with_the_oracle_is_the_exact_density() {
     let pipe = oracle_continuous();
     let data = gaussian_data();
     let x = data
-        .sample(200, Split::Test, &mut Rng::new(3), &Device::Cpu)
+        .sample(200, Split::Test, &mut Rng::new(3), device())
         .unwrap();
     let exact: Vec<f64> = to_vec(&data.log_density(&x).unwrap().unwrap())
         .iter()
@@ -156,11 +156,9 @@ fn hutchinson_trace_agrees_with_the_exact_trace_in_expectation() {
     for trace in [Trace::Rademacher, Trace::Gaussian] {
         let v = match trace {
             Trace::Rademacher => rng
-                .rademacher_tensor(&[n, 2], DType::F32, &Device::Cpu)
+                .rademacher_tensor(&[n, 2], DType::F32, device())
                 .unwrap(),
-            _ => rng
-                .normal_tensor(&[n, 2], DType::F32, &Device::Cpu)
-                .unwrap(),
+            _ => rng.normal_tensor(&[n, 2], DType::F32, device()).unwrap(),
         };
         let (_, est) = divergence(&pipe, &zs, 0.4, trace, Some(&v)).unwrap();
         let est = to_vec(&est);
@@ -271,7 +269,7 @@ fn rk45_sampling_with_the_oracle_reproduces_the_data_moments() {
     let m = gaussian_data().sample_metrics(&s.x).unwrap();
     eprintln!("rk45: NFE {}, {m:?}", s.nfe);
     assert!(m[0].1 < 0.04 && m[1].1 < 0.08, "{m:?}");
-    let _ = Tensor::zeros(1, DType::F32, &Device::Cpu).unwrap();
+    let _ = Tensor::zeros(1, DType::F32, device()).unwrap();
 }
 
 #[test]

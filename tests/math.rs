@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use ndm_api::candle_core::{DType, Device, Tensor};
+use ndm_api::candle_core::{DType, Tensor};
 use ndm_api::elbo::{discrete_nelbo, DiffEstimate};
 use ndm_api::pipeline::posterior_coeffs;
 use ndm_api::registry::BuildCtx;
@@ -12,7 +12,7 @@ use ndm_api::{Coeffs, Family, NoiseSchedule, PluginSpec, ReverseProcess, Rng, Sp
 fn ctx<'a>(reg: &'a ndm_api::PluginRegistry, shape: &'a [usize]) -> BuildCtx<'a> {
     BuildCtx {
         shape,
-        ..BuildCtx::without_weights(&Device::Cpu, reg)
+        ..BuildCtx::without_weights(device(), reg)
     }
 }
 
@@ -54,19 +54,11 @@ fn posterior_marginalises_to_the_forward_marginal_for_any_eta() {
     let (pt, ps) = (pipe.schedule_point(t), pipe.schedule_point(u));
     for eta in [0.0, 0.5, 1.0] {
         let z_t = ((&x * pt.alpha).unwrap()
-            + (rng
-                .normal_tensor(&[n, 2], DType::F32, &Device::Cpu)
-                .unwrap()
-                * pt.sigma)
-                .unwrap())
+            + (rng.normal_tensor(&[n, 2], DType::F32, device()).unwrap() * pt.sigma).unwrap())
         .unwrap();
         let post = pipe.posterior(&z_t, &x, t, u, eta).unwrap();
         let z_s = (post.mean
-            + (rng
-                .normal_tensor(&[n, 2], DType::F32, &Device::Cpu)
-                .unwrap()
-                * post.std)
-                .unwrap())
+            + (rng.normal_tensor(&[n, 2], DType::F32, device()).unwrap() * post.std).unwrap())
         .unwrap();
         let v = to_vec(&z_s);
         for (d, xd) in [0.7, -1.2].iter().enumerate() {
@@ -226,9 +218,7 @@ fn oracle_gap(t_total: usize) -> (f64, f64) {
     spec.schedule.set("form", "\"continuous\"");
     let pipe = build(&spec, &[2]);
     let mut rng = Rng::new(11);
-    let x = data
-        .sample(400, Split::Test, &mut rng, &Device::Cpu)
-        .unwrap();
+    let x = data.sample(400, Split::Test, &mut rng, device()).unwrap();
     let terms = discrete_nelbo(&pipe, &x, t_total, DiffEstimate::Exhaustive, &mut rng).unwrap();
     let nelbo = to_vec(&terms.total().unwrap());
     let nll: Vec<f64> = to_vec(&data.log_density(&x).unwrap().unwrap())
@@ -280,5 +270,5 @@ fn unknown_names_and_fields_are_clear_errors() {
         "{e}"
     );
     assert!(!e.contains('\n'));
-    let _ = Tensor::zeros(1, DType::F32, &Device::Cpu).unwrap();
+    let _ = Tensor::zeros(1, DType::F32, device()).unwrap();
 }

@@ -3,7 +3,7 @@
 mod common;
 
 use common::*;
-use ndm_api::candle_core::{Device, Result, Tensor};
+use ndm_api::candle_core::{Result, Tensor};
 use ndm_api::elbo::{
     continuous_diff, continuous_diff_integrand, discrete_kl, ImportanceTable, TimeSampling,
 };
@@ -51,7 +51,7 @@ fn time_derivative_by_central_difference_matches_the_closed_form() {
         (1.0, 2e-3),
         (0.002, 2e-3),
     ] {
-        let tt = Tensor::new(&[t as f32, t as f32], &Device::Cpu).unwrap();
+        let tt = Tensor::new(&[t as f32, t as f32], device()).unwrap();
         let fd = to_vec(&Wavy.time_derivative(&x, &tt).unwrap());
         let t = t as f32 as f64;
         for (i, xv) in to_vec(&x).iter().enumerate() {
@@ -81,7 +81,7 @@ fn continuous_l_diff_quadrature(pipe: &Pipeline, x: &Tensor, eps: &Tensor, m: us
     let mut acc = vec![0.0; b];
     for j in 0..m {
         let (t, w) = table.quantile((j as f64 + 0.5) / m as f64);
-        let tt = Tensor::full(t as f32, b, &Device::Cpu).unwrap();
+        let tt = Tensor::full(t as f32, b, device()).unwrap();
         let v = to_vec(&continuous_diff_integrand(pipe, x, &tt, eps).unwrap());
         for (a, vi) in acc.iter_mut().zip(v) {
             *a += 0.5 * w * vi / m as f64;
@@ -143,7 +143,7 @@ fn identity_continuous_loss_is_the_vdm_loss() {
     let x = tensor(&[0.5, -1.3, 1.7, 0.2], &[2, 2]);
     let eps = tensor(&[0.3, -0.2, 1.1, 0.5], &[2, 2]);
     for t in [0.01, 0.3, 0.9] {
-        let tt = Tensor::full(t as f32, 2, &Device::Cpu).unwrap();
+        let tt = Tensor::full(t as f32, 2, device()).unwrap();
         let ours = to_vec(&continuous_diff_integrand(&pipe, &x, &tt, &eps).unwrap());
         // -dSNR/dt ||x - xhat||^2 computed from scratch.
         let p = pipe.schedule_point(t);
@@ -200,7 +200,7 @@ fn importance_sampled_and_uniform_estimators_agree() {
         .build_dataset(&PluginSpec::new("gaussian"), &plain_ctx(&reg))
         .unwrap();
     let x = data
-        .sample(1, Split::Test, &mut Rng::new(2), &Device::Cpu)
+        .sample(1, Split::Test, &mut Rng::new(2), device())
         .unwrap();
     let xs = x.broadcast_as((20_000, 2)).unwrap().contiguous().unwrap();
     let table = ImportanceTable::new(&pipe, 4096);
@@ -251,7 +251,7 @@ fn pc_sampler_with_the_oracle_reproduces_the_data_moments() {
 fn eps_mse_refuses_a_learned_transform() {
     let mut spec = preset("ndm");
     spec.objective = PluginSpec::new("eps-mse");
-    let e = Pipeline::build(&spec, &[2], &registry(), &Device::Cpu, 0)
+    let e = Pipeline::build(&spec, &[2], &registry(), device(), 0)
         .unwrap_err()
         .to_string();
     assert!(
@@ -269,7 +269,7 @@ fn nelbo_gradients_reach_both_the_denoiser_and_the_transform() {
     for name in ["ndm", "ndm-discrete-10"] {
         let pipe = build(&preset(name), &[2]);
         let x = data
-            .sample(64, Split::Train, &mut Rng::new(1), &Device::Cpu)
+            .sample(64, Split::Train, &mut Rng::new(1), device())
             .unwrap();
         let out = pipe.objective.loss(&pipe, &x, &mut Rng::new(2)).unwrap();
         let grads = out.loss.backward().unwrap();
@@ -328,10 +328,10 @@ fn forward_mode_time_derivative_matches_the_central_difference() {
         .set("time_derivative", "\"central-difference\"");
     let (fm, fd) = (build(&spec, &[2]), build(&fd_spec, &[2]));
     let x = Rng::new(2)
-        .normal_tensor(&[64, 2], ndm_api::candle_core::DType::F32, &Device::Cpu)
+        .normal_tensor(&[64, 2], ndm_api::candle_core::DType::F32, device())
         .unwrap();
     let ts: Vec<f32> = (0..64).map(|i| i as f32 / 63.0).collect();
-    let t = Tensor::new(ts.as_slice(), &Device::Cpu).unwrap();
+    let t = Tensor::new(ts.as_slice(), device()).unwrap();
     let (f1, d1) = fm.f_and_dot(&x, &t).unwrap();
     let (f2, d2) = fd.f_and_dot(&x, &t).unwrap();
     assert_eq!(to_vec(&f1), to_vec(&f2));
@@ -347,7 +347,7 @@ fn forward_mode_time_derivative_matches_the_central_difference() {
     );
     assert_eq!(to_vec(&fm.f_dot(&x, &t).unwrap()), d1);
     let eps = Rng::new(3)
-        .normal_tensor(&[64, 2], ndm_api::candle_core::DType::F32, &Device::Cpu)
+        .normal_tensor(&[64, 2], ndm_api::candle_core::DType::F32, device())
         .unwrap();
     let t_mid = t.affine(0.9, 0.05).unwrap();
     let a = to_vec(&continuous_diff_integrand(&fm, &x, &t_mid, &eps).unwrap());

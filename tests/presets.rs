@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use ndm_api::candle_core::{DType, Device, Tensor};
+use ndm_api::candle_core::{DType, Tensor};
 use ndm_api::reverse::MapPrediction;
 use ndm_api::sample::sample;
 use ndm_api::train::{TrainState, Trainer};
@@ -72,7 +72,7 @@ fn every_preset_builds_trains_20_steps_and_samples() {
         if flat.conditional {
             flat.classes = data.num_classes();
         }
-        let images_only = Pipeline::build(&flat, &[2], &reg, &Device::Cpu, 0)
+        let images_only = Pipeline::build(&flat, &[2], &reg, device(), 0)
             .is_err_and(|e| e.to_string().contains("acts on images"));
         let data: &dyn Dataset = if images_only {
             let v = preset
@@ -216,11 +216,11 @@ fn clipped_sampling_keeps_predictions_in_range() {
     let reg = ndm_plugins_all::builtin_registry();
     let mut spec = registry_file().preset("ddim").unwrap().model.clone();
     spec.backbone.set("hidden", "16");
-    let pipe = Pipeline::build(&spec, &[2], &reg, &Device::Cpu, 3).unwrap();
+    let pipe = Pipeline::build(&spec, &[2], &reg, device(), 3).unwrap();
     let solver = reg
         .build_solver(
             &PluginSpec::new("ddim"),
-            &BuildCtx::without_weights(&Device::Cpu, &reg),
+            &BuildCtx::without_weights(device(), &reg),
         )
         .unwrap();
     let grid = TimeGrid::for_process(10, Spacing::Trailing, &pipe).unwrap();

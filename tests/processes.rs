@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use ndm_api::candle_core::{DType, Device, Tensor};
+use ndm_api::candle_core::{DType, Tensor};
 use ndm_api::likelihood::{ode_nll, NllOptions};
 use ndm_api::ode::Tolerance;
 use ndm_api::sample::sample;
@@ -123,10 +123,10 @@ fn flow_matching_path_has_its_marginals_and_velocity() {
     let pipe = build(&spec, &[2]);
     let n = 200_000;
     let x = gaussian_data()
-        .sample(n, Split::Train, &mut Rng::new(1), &Device::Cpu)
+        .sample(n, Split::Train, &mut Rng::new(1), device())
         .unwrap();
     let eps = Rng::new(2)
-        .normal_tensor(&[n, 2], DType::F32, &Device::Cpu)
+        .normal_tensor(&[n, 2], DType::F32, device())
         .unwrap();
     let (mu, var) = ([0.5, -0.3], [1.0, 0.8]);
     let z_at = |t: f64| {
@@ -166,7 +166,7 @@ fn with_the_velocity_parameterization_the_ode_drift_is_the_network_output() {
     for name in ["fm-ot", "rectified-flow"] {
         let pipe = build(&preset(name), &[2]);
         let z = Rng::new(3)
-            .normal_tensor(&[16, 2], DType::F32, &Device::Cpu)
+            .normal_tensor(&[16, 2], DType::F32, device())
             .unwrap()
             .clamp(-4.0, 4.0)
             .unwrap();
@@ -200,7 +200,7 @@ fn ode_nll_with_the_oracle_is_exact_through_alpha_zero() {
     let pipe = build(&spec, &[2]);
     let data = gaussian_data();
     let x = data
-        .sample(100, Split::Test, &mut Rng::new(3), &Device::Cpu)
+        .sample(100, Split::Test, &mut Rng::new(3), device())
         .unwrap();
     let exact: Vec<f64> = to_vec(&data.log_density(&x).unwrap().unwrap())
         .iter()
@@ -324,7 +324,7 @@ fn flow_matching_samplers_reach_the_data_and_noisy_sdes_are_refused() {
 fn flow_matching_refuses_what_cannot_work() {
     let reg = registry();
     let build_err = |spec: &ModelSpec| {
-        Pipeline::build(spec, &[2], &reg, &Device::Cpu, 0)
+        Pipeline::build(spec, &[2], &reg, device(), 0)
             .unwrap_err()
             .to_string()
     };
@@ -386,9 +386,9 @@ fn blur_is_an_orthonormal_dct_heat_dissipation_with_exact_time_derivative() {
     // dF/dt against a central difference at interior times, shapes, finiteness.
     ndm_api::testing::check_transform(blur.as_ref(), &shape).unwrap();
     let x = Rng::new(5)
-        .normal_tensor(&[3, 2, 8, 6], DType::F32, &Device::Cpu)
+        .normal_tensor(&[3, 2, 8, 6], DType::F32, device())
         .unwrap();
-    let at = |t: f32| Tensor::new(&[t, t, t], &Device::Cpu).unwrap();
+    let at = |t: f32| Tensor::new(&[t, t, t], device()).unwrap();
     // F(x, 0) = x.
     let f0 = blur.forward(&x, &at(0.0)).unwrap();
     assert!(max_abs(&(&f0 - &x).unwrap()) < 1e-5);
@@ -416,7 +416,7 @@ fn blur_is_an_orthonormal_dct_heat_dissipation_with_exact_time_derivative() {
 #[test]
 fn vdm_gamma_is_monotone_with_an_exact_derivative_for_random_weights() {
     for seed in 0..4 {
-        let pipe = Pipeline::build(&preset("vdm"), &[2], &registry(), &Device::Cpu, seed).unwrap();
+        let pipe = Pipeline::build(&preset("vdm"), &[2], &registry(), device(), seed).unwrap();
         let s = pipe.schedule.as_ref();
         assert!(s.is_trainable());
         assert_eq!(
@@ -447,7 +447,7 @@ fn vdm_gamma_is_monotone_with_an_exact_derivative_for_random_weights() {
             }
         }
         // The batch form (the one that trains) agrees with the host form.
-        let tt = Tensor::new(&[0.1f32, 0.5, 0.9], &Device::Cpu).unwrap();
+        let tt = Tensor::new(&[0.1f32, 0.5, 0.9], device()).unwrap();
         let b = s.batch(&tt).unwrap();
         for (k, t) in [0.1, 0.5, 0.9].into_iter().enumerate() {
             let p = s.point(t);
@@ -473,12 +473,12 @@ fn vdm_loss_is_the_ndm_continuous_loss_with_identity_f() {
     // identity transform are the same number, time by time.
     let pipe = build(&preset("vdm"), &[2]);
     let x = gaussian_data()
-        .sample(6, Split::Train, &mut Rng::new(1), &Device::Cpu)
+        .sample(6, Split::Train, &mut Rng::new(1), device())
         .unwrap();
     let eps = Rng::new(2)
-        .normal_tensor(&[6, 2], DType::F32, &Device::Cpu)
+        .normal_tensor(&[6, 2], DType::F32, device())
         .unwrap();
-    let t = Tensor::new(&[0.02f32, 0.2, 0.4, 0.6, 0.8, 0.97], &Device::Cpu).unwrap();
+    let t = Tensor::new(&[0.02f32, 0.2, 0.4, 0.6, 0.8, 0.97], device()).unwrap();
     let ndm = to_vec(&ndm_api::elbo::continuous_diff_integrand(&pipe, &x, &t, &eps).unwrap());
     let sb = pipe.schedule.batch(&t).unwrap();
     let c = pipe.coeffs(&sb).unwrap();
@@ -500,7 +500,7 @@ fn vdm_loss_is_the_ndm_continuous_loss_with_identity_f() {
 fn vdm_trains_its_end_points_on_the_nelbo_and_its_interior_on_the_variance() {
     let pipe = build(&preset("vdm"), &[2]);
     let x = gaussian_data()
-        .sample(64, Split::Train, &mut Rng::new(1), &Device::Cpu)
+        .sample(64, Split::Train, &mut Rng::new(1), device())
         .unwrap();
     let out = pipe.objective.loss(&pipe, &x, &mut Rng::new(2)).unwrap();
     let variance = out
@@ -573,7 +573,7 @@ fn a_log_snr_time_embedding_stays_finite_where_alpha_is_zero() {
     }
     let pipe = build(&spec, &[1, 8, 8]);
     let z = Rng::new(1)
-        .normal_tensor(&[2, 1, 8, 8], DType::F32, &Device::Cpu)
+        .normal_tensor(&[2, 1, 8, 8], DType::F32, device())
         .unwrap();
     for t in [1.0, 0.5] {
         let drift = pipe.ode_drift(&z, t).unwrap();
@@ -606,9 +606,7 @@ fn with_the_exact_denoiser_the_continuous_nelbo_is_tight_under_ve_sub_vp_and_flo
         ("fm-ot", build(&fm, &[2])),
     ] {
         let mut rng = Rng::new(11);
-        let x = data
-            .sample(400, Split::Test, &mut rng, &Device::Cpu)
-            .unwrap();
+        let x = data.sample(400, Split::Test, &mut rng, device()).unwrap();
         // As `runner eval` samples times: half 1/g^2, half uniform.
         let table = ImportanceTable::defensive(&pipe, 4096, 0.5);
         let terms = continuous_nelbo(
@@ -650,7 +648,7 @@ fn blur_applies_every_parameterization_per_frequency() {
     model.backbone.set("base_channels", "8");
     model.backbone.set("channel_mults", "[1]");
     model.backbone.set("attention_resolutions", "[]");
-    let dev = Device::Cpu;
+    let dev = device().clone();
     let x = Rng::new(1)
         .normal_tensor(&[2, 1, 8, 8], DType::F32, &dev)
         .unwrap();

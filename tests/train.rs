@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{build, registry, registry_file};
+use common::{build, device, registry, registry_file};
 use ndm_api::train::{TrainState, Trainer};
 use ndm_api::{PluginSpec, TrainConfig};
 
@@ -14,10 +14,7 @@ fn host_and_tensor_updates_agree() {
     let data = registry()
         .build_dataset(
             &PluginSpec::new("moons"),
-            &ndm_api::registry::BuildCtx::without_weights(
-                &ndm_api::candle_core::Device::Cpu,
-                &registry(),
-            ),
+            &ndm_api::registry::BuildCtx::without_weights(device(), &registry()),
         )
         .unwrap();
     let cfg = TrainConfig {

@@ -32,6 +32,9 @@ pub enum NdmError {
     /// A loss or tensor that stopped being finite.
     #[error("{0}")]
     NonFinite(String),
+    /// A device name that is unknown, a device this build cannot use, or one that cannot be opened.
+    #[error("{0}")]
+    Device(String),
     /// A dynamic plugin library that cannot be loaded or does not match this host.
     #[error("plugin library {}: {message}", path.display())]
     Library { path: PathBuf, message: String },

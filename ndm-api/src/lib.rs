@@ -59,6 +59,7 @@
 pub mod backbone;
 pub mod checkpoint;
 pub mod dataset;
+pub mod device;
 pub mod elbo;
 pub mod embedding;
 pub mod error;

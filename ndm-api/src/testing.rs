@@ -1,12 +1,43 @@
 //! Conformance checks a plugin crate calls from its own tests (the built-ins use them too):
 //! `ndm_api::testing::check_schedule(&my_schedule)?`. Each returns `Err` with a sentence naming the
-//! first property that fails.
+//! first property that fails. They compute on the test device ([`device`], `$NDM_TEST_DEVICE`).
 
 use crate::param::Coeffs;
 use crate::{NoiseSchedule, Parameterization, Rng, Transform};
 use candle_core::{DType, Device, Tensor};
 
 type Check = std::result::Result<(), String>;
+
+/// The environment variable that names the device the tests run on: `cpu` (the default, also when
+/// it is unset or empty) or `cuda:N`, parsed like the runner's `--device` ([`crate::device`]).
+pub const TEST_DEVICE_ENV: &str = "NDM_TEST_DEVICE";
+
+/// The device of `$NDM_TEST_DEVICE`, opened once per test process (every test gets the same one,
+/// so their tensors can meet), or the one-line reason it cannot be used.
+pub fn device() -> std::result::Result<&'static Device, String> {
+    static DEVICE: std::sync::OnceLock<std::result::Result<Device, String>> =
+        std::sync::OnceLock::new();
+    DEVICE
+        .get_or_init(|| {
+            let name = std::env::var(TEST_DEVICE_ENV).unwrap_or_default();
+            if name.is_empty() {
+                return Ok(Device::Cpu);
+            }
+            crate::device::open(&name).map_err(|e| format!("{TEST_DEVICE_ENV}={name}: {e}"))
+        })
+        .as_ref()
+        .map_err(Clone::clone)
+}
+
+/// [`device`] for a test: a device that cannot be used fails the test with its one-line reason,
+/// reported at the test's line.
+#[track_caller]
+pub fn test_device() -> &'static Device {
+    match device() {
+        Ok(d) => d,
+        Err(e) => panic!("{e}"),
+    }
+}
 
 fn ensure(ok: bool, msg: impl FnOnce() -> String) -> Check {
     if ok {
@@ -114,7 +145,7 @@ pub fn check_schedule(s: &dyn NoiseSchedule) -> Check {
         }
     }
     let ts = [0.0, 0.31, 0.77, 1.0];
-    let t = Tensor::new(&ts, &Device::Cpu)
+    let t = Tensor::new(&ts, device()?)
         .map_err(|e| e.to_string())?
         .to_dtype(DType::F32)
         .map_err(|e| e.to_string())?;
@@ -149,7 +180,10 @@ fn run_check(check: impl FnOnce() -> candle_core::Result<Check>) -> Check {
 /// `z = alpha x + sigma eps`, over a range of noise levels, with shapes preserved.
 pub fn check_parameterization(p: &dyn Parameterization) -> Check {
     run_check(|| {
-        let dev = Device::Cpu;
+        let dev = match device() {
+            Ok(d) => d.clone(),
+            Err(e) => return Ok(Err(e)),
+        };
         let mut rng = Rng::new(17);
         let (b, d) = (5, 3);
         let x = rng.normal_tensor(&[b, d], DType::F32, &dev)?;
@@ -196,7 +230,10 @@ pub fn check_parameterization(p: &dyn Parameterization) -> Check {
 /// time derivative that matches a central difference of `forward` at interior times.
 pub fn check_transform(tf: &dyn Transform, data_shape: &[usize]) -> Check {
     run_check(|| {
-        let dev = Device::Cpu;
+        let dev = match device() {
+            Ok(d) => d.clone(),
+            Err(e) => return Ok(Err(e)),
+        };
         let b = 3;
         let mut shape = vec![b];
         shape.extend(data_shape);

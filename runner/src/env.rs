@@ -1,7 +1,7 @@
 //! What every command needs: the plugins and presets, the device, the output mode.
 
 use crate::cli::Global;
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::Result;
 use candle_core::Device;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use ndm_api::{RegistrySource, Setup};
@@ -42,7 +42,7 @@ impl Env {
         }
         Ok(Env {
             setup,
-            device: parse_device(&g.device)?,
+            device: ndm_api::device::open(&g.device)?,
             quiet: g.quiet || !std::io::stderr().is_terminal(),
         })
     }
@@ -64,24 +64,4 @@ impl Env {
         pb.set_style(style);
         pb
     }
-}
-
-/// `cpu` or `cuda:N`.
-pub fn parse_device(s: &str) -> Result<Device> {
-    if s == "cpu" {
-        return Ok(Device::Cpu);
-    }
-    let Some(n) = s
-        .strip_prefix("cuda:")
-        .or(if s == "cuda" { Some("0") } else { None })
-    else {
-        bail!("unknown device `{s}`; use cpu or cuda:N");
-    };
-    let n: usize = n
-        .parse()
-        .map_err(|_| anyhow!("unknown device `{s}`; use cpu or cuda:N"))?;
-    if !candle_core::utils::cuda_is_available() {
-        bail!("device {s}: this runner was built without CUDA support (rebuild with `--features cuda`)");
-    }
-    Device::new_cuda(n).with_context(|| format!("cannot open device {s}"))
 }

@@ -4,6 +4,13 @@
 use ndm_api::candle_core::{DType, Device, Tensor};
 use ndm_api::{ModelSpec, Pipeline, PluginRegistry, PluginSpec, RegistryFile};
 
+/// The device the tests run on: `$NDM_TEST_DEVICE`, `cpu` when unset (`ndm_api::testing::device`).
+/// A device that cannot be used fails the test that asks for it, in one line.
+#[track_caller]
+pub fn device() -> &'static Device {
+    ndm_api::testing::test_device()
+}
+
 pub fn registry() -> PluginRegistry {
     ndm_plugins_all::builtin_registry()
 }
@@ -33,11 +40,11 @@ pub fn oracle_continuous() -> Pipeline {
 }
 
 pub fn build(spec: &ModelSpec, shape: &[usize]) -> Pipeline {
-    Pipeline::build(spec, shape, &registry(), &Device::Cpu, 0).unwrap()
+    Pipeline::build(spec, shape, &registry(), device(), 0).unwrap()
 }
 
 pub fn tensor(v: &[f64], shape: &[usize]) -> Tensor {
-    Tensor::from_vec(v.to_vec(), shape, &Device::Cpu)
+    Tensor::from_vec(v.to_vec(), shape, device())
         .unwrap()
         .to_dtype(DType::F32)
         .unwrap()
@@ -54,7 +61,7 @@ pub fn to_vec(t: &Tensor) -> Vec<f64> {
 
 /// A build context without weights (datasets, solvers).
 pub fn plain_ctx(reg: &PluginRegistry) -> ndm_api::registry::BuildCtx<'_> {
-    ndm_api::registry::BuildCtx::without_weights(&Device::Cpu, reg)
+    ndm_api::registry::BuildCtx::without_weights(device(), reg)
 }
 
 /// Generated `[1, 8, 8]` images for tests that need image data without files: each batch is

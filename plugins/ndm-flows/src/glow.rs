@@ -620,20 +620,20 @@ impl Glow {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ndm_api::candle_core::Device;
     use ndm_api::candle_nn::VarMap;
+    use ndm_api::testing::test_device;
     use ndm_api::vars::{seeded_var_builder, sorted_vars};
 
     /// A flow in f64 with every weight moved off its initial value, so that no layer is the
     /// identity (zero-initialised couplings and splits, unit actnorm).
     fn perturbed(shape: &[usize], size: GlowSize, seed: u64, by: f64) -> Glow {
         let varmap = VarMap::new();
-        let vb = seeded_var_builder(&varmap, seed, DType::F64, &Device::Cpu);
+        let vb = seeded_var_builder(&varmap, seed, DType::F64, test_device());
         let flow = Glow::new(vb, shape, size).unwrap();
         let mut rng = Rng::new(seed + 1);
         for (_, var) in sorted_vars(&varmap) {
             let noise = rng
-                .normal_tensor(var.dims(), DType::F64, &Device::Cpu)
+                .normal_tensor(var.dims(), DType::F64, test_device())
                 .unwrap();
             var.set(&(var.as_tensor() + (noise * by).unwrap()).unwrap())
                 .unwrap();
@@ -664,7 +664,7 @@ mod tests {
         let mut full = vec![2];
         full.extend_from_slice(shape);
         let z = Rng::new(9)
-            .normal_tensor(&full, DType::F64, &Device::Cpu)
+            .normal_tensor(&full, DType::F64, test_device())
             .unwrap();
         let (top, splits, logp) = flow.encode(&z).unwrap();
         let back = flow.decode(&top, &splits).unwrap();
@@ -686,7 +686,7 @@ mod tests {
                 x[j] += delta;
                 base_noise(
                     &flow,
-                    &Tensor::from_vec(x, one.clone(), &Device::Cpu).unwrap(),
+                    &Tensor::from_vec(x, one.clone(), test_device()).unwrap(),
                 )
             };
             let (up, down) = (at(h), at(-h));
@@ -701,7 +701,7 @@ mod tests {
         let err = err.max_all().unwrap().to_scalar::<f64>().unwrap();
         assert!(err < 1e-5, "unmap(map(z)) differs from z by {err}");
         let mapped = |x: Vec<f64>| {
-            let t = Tensor::from_vec(x, one.clone(), &Device::Cpu).unwrap();
+            let t = Tensor::from_vec(x, one.clone(), test_device()).unwrap();
             host_values(&flow.map(&t).unwrap().0).unwrap()
         };
         let mut jac_map = vec![0.0; d * d];
@@ -757,13 +757,13 @@ mod tests {
     #[test]
     fn actnorm_data_init_standardizes_each_channel() {
         let varmap = VarMap::new();
-        let vb = seeded_var_builder(&varmap, 0, DType::F64, &Device::Cpu);
+        let vb = seeded_var_builder(&varmap, 0, DType::F64, test_device());
         let norm = ActNorm::new(vb, 3).unwrap();
         let x = Rng::new(4)
-            .normal_tensor(&[16, 3, 4, 4], DType::F64, &Device::Cpu)
+            .normal_tensor(&[16, 3, 4, 4], DType::F64, test_device())
             .unwrap();
-        let shift = Tensor::new(&[2.0f64, -1.0, 0.5], &Device::Cpu).unwrap();
-        let scale = Tensor::new(&[3.0f64, 0.2, 1.0], &Device::Cpu).unwrap();
+        let shift = Tensor::new(&[2.0f64, -1.0, 0.5], test_device()).unwrap();
+        let scale = Tensor::new(&[3.0f64, 0.2, 1.0], test_device()).unwrap();
         let x = x
             .broadcast_mul(&channel_view(&scale).unwrap())
             .unwrap()
@@ -809,7 +809,7 @@ mod tests {
                 [-r + (i as f64 + 0.5) * h, -r + (j as f64 + 0.5) * h]
             })
             .collect();
-        let z = Tensor::from_vec(pts, (n * n, 2), &Device::Cpu).unwrap();
+        let z = Tensor::from_vec(pts, (n * n, 2), test_device()).unwrap();
         let p = flow.log_prob(&z).unwrap().exp().unwrap();
         let mass = p.sum_all().unwrap().to_scalar::<f64>().unwrap() * h * h;
         assert!(
@@ -821,7 +821,7 @@ mod tests {
     #[test]
     fn image_sides_not_divisible_by_two_to_the_levels_are_refused() {
         let varmap = VarMap::new();
-        let vb = seeded_var_builder(&varmap, 0, DType::F32, &Device::Cpu);
+        let vb = seeded_var_builder(&varmap, 0, DType::F32, test_device());
         let size = GlowSize {
             levels: 3,
             steps: 1,

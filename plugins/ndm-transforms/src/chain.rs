@@ -140,18 +140,19 @@ ndm_api::register_plugin!(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ndm_api::candle_core::{DType, Device};
+    use ndm_api::candle_core::DType;
     use ndm_api::candle_nn::VarMap;
+    use ndm_api::testing::test_device;
     use ndm_api::vars::seeded_var_builder;
     use ndm_api::Rng;
 
     fn build(parts: &[&str]) -> Chain {
         let registry = ndm_api::PluginRegistry::builtin();
         let varmap = VarMap::new();
-        let vb = seeded_var_builder(&varmap, 0, DType::F32, &Device::Cpu);
+        let vb = seeded_var_builder(&varmap, 0, DType::F32, test_device());
         let shape = [2usize];
         let ctx = BuildCtx {
-            device: &Device::Cpu,
+            device: test_device(),
             dtype: DType::F32,
             shape: &shape,
             vb,
@@ -170,9 +171,9 @@ mod tests {
         assert!(chain.is_identity() && chain.identity_at_zero() && !chain.is_trainable());
         assert_eq!(chain.latent_shape(&[2]), vec![2]);
         let x = Rng::new(0)
-            .normal_tensor(&[5, 2], DType::F32, &Device::Cpu)
+            .normal_tensor(&[5, 2], DType::F32, test_device())
             .unwrap();
-        let t = Tensor::new(&[0.0f32, 0.25, 0.5, 0.75, 1.0], &Device::Cpu).unwrap();
+        let t = Tensor::new(&[0.0f32, 0.25, 0.5, 0.75, 1.0], test_device()).unwrap();
         let y = chain.forward(&x, &t).unwrap();
         let diff = (y - &x).unwrap().abs().unwrap().max_all().unwrap();
         assert_eq!(diff.to_scalar::<f32>().unwrap(), 0.0);
