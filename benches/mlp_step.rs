@@ -122,38 +122,13 @@ fn main() -> anyhow::Result<()> {
     );
 
     if show_profile {
-        let print = |what: &str, f: &mut dyn FnMut() -> anyhow::Result<()>| {
-            profile::reset();
-            profile::set_enabled(true);
-            let start = Instant::now();
-            for _ in 0..iters {
-                f()?;
-            }
-            let ms = start.elapsed().as_secs_f64() * 1e3 / iters as f64;
-            profile::set_enabled(false);
-            println!("\n| {what}: fused kernel | calls | ms |");
-            println!("|---|---|---|");
-            let mut total = 0.0;
-            for (name, d, calls) in profile::snapshot() {
-                let k = d.as_secs_f64() * 1e3 / iters as f64;
-                total += k;
-                println!("| {name} | {} | {k:.3} |", calls / iters as u64);
-            }
-            println!("| all kernels | | {total:.3} |");
-            println!(
-                "| the rest (candle ops, graph, optimizer) | | {:.3} |",
-                ms - total
-            );
-            anyhow::Ok(())
-        };
-        print("training step", &mut || {
-            trainer.step(&mut state, data.as_ref())?;
-            Ok(())
+        let train = profile::per_step_table("training step", iters, || {
+            trainer.step(&mut state, data.as_ref()).map(|_| ())
         })?;
-        print("sampling step", &mut || {
-            solver.sample(&pipe, z.clone(), &grid, &mut rng)?;
-            Ok(())
+        let sample = profile::per_step_table("sampling step", iters, || {
+            solver.sample(&pipe, z.clone(), &grid, &mut rng).map(|_| ())
         })?;
+        println!("\n{train}\n{sample}");
     }
     Ok(())
 }

@@ -67,26 +67,14 @@ fn main() -> anyhow::Result<()> {
         println!("| {label} | {} | {m:.2} |", pipe.num_params());
         medians.push(m);
         if show_profile {
-            profile::reset();
-            profile::set_enabled(true);
-            for _ in 0..iters {
-                trainer.step(&mut state, data.as_ref())?;
-            }
-            profile::set_enabled(false);
-            profiles.push((label, m, profile::snapshot()));
+            let title = format!("{label} (step median {m:.2} ms)");
+            profiles.push(profile::per_step_table(&title, iters, || {
+                trainer.step(&mut state, data.as_ref()).map(|_| ())
+            })?);
         }
     }
-    for (label, step_ms, table) in profiles {
-        println!("\n{label}: fused kernels per step (step median {step_ms:.2} ms)");
-        println!("| kernel | calls | ms |");
-        println!("|---|---|---|");
-        let mut total = 0.0;
-        for (name, d, calls) in table {
-            let ms = d.as_secs_f64() * 1e3 / iters as f64;
-            total += ms;
-            println!("| {name} | {} | {ms:.3} |", calls / iters as u64);
-        }
-        println!("| all kernels | | {total:.3} |");
+    for table in profiles {
+        println!("\n{table}");
     }
     println!(
         "\nNDM / DDPM step: {:.2}x with forward mode, {:.2}x with central differences (forward mode {:.2}x faster)",

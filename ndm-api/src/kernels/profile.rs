@@ -43,3 +43,34 @@ pub(crate) fn timed<R>(name: &'static str, f: impl FnOnce() -> R) -> R {
     }
     r
 }
+
+/// Runs `step` `steps` times with the timers on and returns a markdown table of the kernels'
+/// calls and milliseconds per step, a row with all kernels, and one with the rest of the step (its
+/// wall time minus the kernels': candle's own ops, the graph walk, the optimizer).
+pub fn per_step_table<E>(
+    title: &str,
+    steps: usize,
+    mut step: impl FnMut() -> Result<(), E>,
+) -> Result<String, E> {
+    reset();
+    set_enabled(true);
+    let start = Instant::now();
+    let run = (0..steps).try_for_each(|_| step());
+    let wall = start.elapsed().as_secs_f64() * 1e3 / steps.max(1) as f64;
+    set_enabled(false);
+    run?;
+    let n = steps.max(1) as f64;
+    let mut out = format!("| {title}: fused kernel | calls | ms |\n|---|---|---|\n");
+    let mut total = 0.0;
+    for (name, d, calls) in snapshot() {
+        let ms = d.as_secs_f64() * 1e3 / n;
+        total += ms;
+        out += &format!("| {name} | {} | {ms:.3} |\n", calls as f64 / n);
+    }
+    out += &format!("| all kernels | | {total:.3} |\n");
+    out += &format!(
+        "| the rest (candle ops, graph, optimizer) | | {:.3} |\n",
+        wall - total
+    );
+    Ok(out)
+}

@@ -37,44 +37,8 @@ impl CustomOp1 for Silu {
         })
     }
     fn bwd(&self, x: &Tensor, _res: &Tensor, dy: &Tensor) -> Result<Option<Tensor>> {
-        Ok(Some(x.apply_op2_no_bwd(&dy.contiguous()?, &SiluBwd)?))
-    }
-}
-
-/// `(x, dy) -> dy * s * (1 + x * (1 - s))` with `s = sigmoid(x)`.
-#[derive(Debug, Clone, Copy)]
-struct SiluBwd;
-
-impl CustomOp2 for SiluBwd {
-    fn name(&self) -> &'static str {
-        "ndm-silu-bwd"
-    }
-    fn cpu_fwd(
-        &self,
-        s1: &CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        same_dims(l1, l2, "silu backward")?;
-        dispatch_float!(s1, "silu backward", |T| {
-            let x = slice::<T>(s1, l1, "silu backward")?;
-            let dy = slice::<T>(s2, l2, "silu backward")?;
-            let dx = timed("silu bwd", || {
-                let mut dx = vec![T::zero(); x.len()];
-                dx.par_chunks_mut(BLOCK)
-                    .zip(x.par_chunks(BLOCK).zip(dy.par_chunks(BLOCK)))
-                    .for_each(|(o, (xi, di))| {
-                        wide(|| {
-                            for (o, (v, d)) in o.iter_mut().zip(xi.iter().zip(di)) {
-                                *o = *d * silu_d1(*v);
-                            }
-                        })
-                    });
-                dx
-            });
-            Ok((T::into_storage(dx), l1.shape().clone()))
-        })
+        // silu's backward is its tangent map: dy silu'(x).
+        Ok(Some(x.apply_op2_no_bwd(&dy.contiguous()?, &SiluTangent)?))
     }
 }
 
@@ -100,7 +64,8 @@ fn same_dims(a: &Layout, b: &Layout, op: &str) -> Result<()> {
     Ok(())
 }
 
-/// Forward op over `(x, dx)`: `silu'(x) dx`, the tangent of `silu(x)` for the tangent `dx` of `x`.
+/// Forward op over `(x, dx)`: `silu'(x) dx`, the tangent of `silu(x)` for the tangent `dx` of `x`
+/// (and, with `dx` the output's gradient, SiLU's backward).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct SiluTangent;
 
@@ -119,7 +84,7 @@ impl CustomOp2 for SiluTangent {
         dispatch_float!(s1, "silu tangent", |T| {
             let x = slice::<T>(s1, l1, "silu tangent")?;
             let dx = slice::<T>(s2, l2, "silu tangent")?;
-            let y = timed("silu tangent fwd", || {
+            let y = timed("silu' x d (silu bwd, tangent fwd)", || {
                 let mut y = vec![T::zero(); x.len()];
                 y.par_chunks_mut(BLOCK)
                     .zip(x.par_chunks(BLOCK).zip(dx.par_chunks(BLOCK)))
