@@ -175,7 +175,9 @@ impl<'a> Trainer<'a> {
             Some(enc) if step <= cfg.encoder_warmup => {
                 encoder_warmup_loss(enc, self.pipe.spec.decoder, &x, &mut state.rng)?
             }
-            _ => self.pipe.objective.loss(self.pipe, &x, &mut state.rng)?,
+            _ => crate::kernels::expect_backward(|| {
+                self.pipe.objective.loss(self.pipe, &x, &mut state.rng)
+            })?,
         };
         drop(cond);
         drop(mode);

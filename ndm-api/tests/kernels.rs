@@ -343,3 +343,14 @@ fn silu_tangent_and_its_backward() {
         .to_string();
     assert!(e.contains("shape mismatch"), "{e}");
 }
+
+/// Inside `expect_backward` the forward keeps `sigmoid(x)` and the backward uses it: the same
+/// gradients as candle's ops and as central differences.
+#[test]
+fn linear_backward_from_the_kept_sigmoid() {
+    check_op(
+        "linear, kept sigmoid",
+        &[&[9, 5], &[4, 5], &[4]],
+        &|be, t| ndm_api::kernels::expect_backward(|| be.linear(&t[0], &t[1], Some(&t[2]), true)),
+    );
+}

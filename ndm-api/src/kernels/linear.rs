@@ -5,8 +5,9 @@
 //! candle composes the same layer from four graph nodes (silu, transpose, matmul, broadcast add),
 //! each with its own allocations in both passes, and its broadcast-add backward is a strided
 //! reduction; here the forward is one GEMM per block of rows on the activated input (built in a
-//! per-thread scratch buffer), and the backward two GEMMs with `silu'` applied in place. The
-//! forward keeps `sigmoid(x)` with the op, so the backward evaluates no exponential.
+//! per-thread scratch buffer), and the backward two GEMMs with `silu'` applied in place, both
+//! from one `sigmoid(x)`: kept by the forward inside a training step ([`super::expect_backward`]),
+//! computed once by the backward otherwise (a sampler's forward keeps nothing).
 
 use std::sync::{Arc, Mutex};
 
@@ -24,7 +25,7 @@ fn rows_per_block(n: usize) -> usize {
     n.div_ceil(threads).clamp(32, 1024)
 }
 
-/// `x` or `silu(x)`, written into `out`: from the kept `sigmoid(x)` where there is one.
+/// `x` or `silu(x)`, written into `out`: from a computed `sigmoid(x)` where there is one.
 fn activate<T: Float>(x: &[T], silu: bool, sig: Option<&[T]>, out: &mut [T]) {
     match (silu, sig) {
         (false, _) => out.copy_from_slice(x),
@@ -41,10 +42,32 @@ fn activate<T: Float>(x: &[T], silu: bool, sig: Option<&[T]>, out: &mut [T]) {
     }
 }
 
-/// `sigmoid(x)` of a SiLU layer's input, kept by the forward for the backward.
-type KeptSigmoid = Arc<Mutex<Option<Arc<CpuStorage>>>>;
+/// `sigmoid(x)` of a SiLU layer's input, computed once by a backward whose forward kept none.
+fn sigmoid_of(x: &Tensor) -> Result<Arc<CpuStorage>> {
+    let (s, l) = x.storage_and_layout();
+    let candle_core::Storage::Cpu(s) = &*s else {
+        candle_core::bail!("linear backward: the input is not on the CPU");
+    };
+    dispatch_float!(s, "linear backward", |T| {
+        let x = slice::<T>(s, l, "linear backward")?;
+        let sig = timed("linear bwd sigmoid", || {
+            let mut sig = vec![T::zero(); x.len()];
+            sig.par_chunks_mut(1 << 14)
+                .zip(x.par_chunks(1 << 14))
+                .for_each(|(o, xi)| {
+                    wide(|| {
+                        for (o, v) in o.iter_mut().zip(xi) {
+                            *o = v.sigmoid();
+                        }
+                    })
+                });
+            sig
+        });
+        Ok(Arc::new(T::into_storage(sig)))
+    })
+}
 
-/// The kept `sigmoid(x)` as a slice of `T`, if the forward kept one of `len` elements.
+/// The shared `sigmoid(x)` as a slice of `T`, if there is one of `len` elements.
 fn kept<T: Float>(sig: &Option<Arc<CpuStorage>>, len: usize) -> Option<&[T]> {
     sig.as_deref()
         .and_then(|s| T::cpu_storage_as_slice(s).ok())
@@ -73,8 +96,11 @@ fn dims(x: &Layout, w: &Layout, b: &Layout) -> Result<(usize, usize, usize, bool
 pub(crate) struct Linear {
     /// Whether SiLU is applied to the input first.
     pub silu: bool,
-    /// `sigmoid(x)`, filled by the forward of a SiLU layer for its backward.
-    pub sig: KeptSigmoid,
+    /// Whether the forward keeps `sigmoid(x)` for a backward (inside [`super::expect_backward`]);
+    /// otherwise the backward, if one comes, computes it.
+    pub keep: bool,
+    /// The kept `sigmoid(x)`.
+    pub kept: Arc<Mutex<Option<Arc<CpuStorage>>>>,
 }
 
 impl CustomOp3 for Linear {
@@ -100,8 +126,9 @@ impl CustomOp3 for Linear {
             let y = timed("linear fwd", || {
                 let rows = rows_per_block(n);
                 let mut y = vec![T::zero(); n * m];
-                let mut sig = vec![T::zero(); if silu { n * k } else { 0 }];
-                // One block of the kept sigmoid per block of rows (none without SiLU).
+                let keep = silu && self.keep;
+                let mut sig = vec![T::zero(); if keep { n * k } else { 0 }];
+                // One block of the kept sigmoid per block of rows (none when nothing is kept).
                 let mut sig_blocks: Vec<Option<&mut [T]>> =
                     sig.chunks_mut(rows * k).map(Some).collect();
                 sig_blocks.resize_with(n.div_ceil(rows), || None);
@@ -131,9 +158,9 @@ impl CustomOp3 for Linear {
                             matmul(r, m, k, a, Trans::N, w, Trans::T, yb, true, false);
                         });
                     });
-                if silu {
-                    if let Ok(mut keep) = self.sig.lock() {
-                        *keep = Some(Arc::new(T::into_storage(sig)));
+                if keep {
+                    if let Ok(mut kept) = self.kept.lock() {
+                        *kept = Some(Arc::new(T::into_storage(sig)));
                     }
                 }
                 y
@@ -151,7 +178,12 @@ impl CustomOp3 for Linear {
         dy: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let dy = dy.contiguous()?;
-        let sig = self.sig.lock().ok().and_then(|s| s.clone());
+        let kept = self.kept.lock().ok().and_then(|k| k.clone());
+        let sig = match kept {
+            Some(s) => Some(s),
+            None if self.silu && (x.track_op() || w.track_op()) => Some(sigmoid_of(x)?),
+            None => None,
+        };
         let dx = if x.track_op() {
             let op = LinearBwdInput {
                 silu: self.silu,
@@ -185,7 +217,7 @@ impl CustomOp3 for Linear {
 #[derive(Debug, Clone)]
 struct LinearBwdInput {
     silu: bool,
-    /// The forward's `sigmoid(x)`, if it kept one.
+    /// `sigmoid(x)`, computed once for the backward's two ops.
     sig: Option<Arc<CpuStorage>>,
 }
 
@@ -248,7 +280,7 @@ impl CustomOp3 for LinearBwdInput {
 #[derive(Debug, Clone)]
 struct LinearBwdWeight {
     silu: bool,
-    /// The forward's `sigmoid(x)`, if it kept one.
+    /// `sigmoid(x)`, computed once for the backward's two ops.
     sig: Option<Arc<CpuStorage>>,
 }
 

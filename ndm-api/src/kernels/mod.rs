@@ -56,3 +56,23 @@ pub fn retain_freed_memory() -> bool {
         false
     }
 }
+
+thread_local! {
+    static BACKWARD_EXPECTED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with the hint that a backward pass will follow its forward on this thread (the
+/// trainer's loss): kernels then keep what their backward needs (the dense layer its
+/// `sigmoid(x)`) instead of computing it again. Outside, forwards keep nothing, which suits
+/// sampling; a backward that comes anyway computes what it needs. Only speed depends on it.
+pub fn expect_backward<R>(f: impl FnOnce() -> R) -> R {
+    let before = BACKWARD_EXPECTED.with(|b| b.replace(true));
+    let r = f();
+    BACKWARD_EXPECTED.with(|b| b.set(before));
+    r
+}
+
+/// Whether this thread is inside [`expect_backward`].
+pub(crate) fn backward_expected() -> bool {
+    BACKWARD_EXPECTED.with(|b| b.get())
+}

@@ -145,6 +145,7 @@ impl KernelBackend {
             };
             let op = linear_kernel::Linear {
                 silu: silu_input,
+                keep: super::backward_expected(),
                 ..Default::default()
             };
             return x.contiguous()?.apply_op3(&w.contiguous()?, &bias, op);
