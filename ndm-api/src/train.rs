@@ -87,8 +87,8 @@ pub struct Trainer<'a> {
     pipe: &'a Pipeline,
     cfg: TrainConfig,
     vars: Vec<(String, Var)>,
-    /// Update f32 weights on the CPU in one loop per variable instead of a chain of tensor ops
-    /// (on by default; the two give the same numbers up to rounding).
+    /// Update f32 weights on the CPU in place, one pass per tensor in f64 arithmetic, instead of
+    /// a chain of tensor ops (on by default; the two give the same numbers up to rounding).
     pub host_update: bool,
 }
 
@@ -224,7 +224,7 @@ impl<'a> Trainer<'a> {
         };
         let host = self.host_update && gs.iter().all(|(_, v, g)| on_host_f32(v) && on_host_f32(g));
         let norm = if host {
-            host_update(&gs, state, &mut upd, cfg.grad_clip)?
+            in_place_update(&gs, state, &mut upd, cfg.grad_clip)?
         } else {
             tensor_update(&gs, state, &mut upd, cfg.grad_clip)?
         };
@@ -412,7 +412,12 @@ impl candle_core::InplaceOp2 for Ema {
 /// The update in place on the CPU's f32 tensors (weights, moments and EMA overwritten, nothing
 /// allocated), one pass per tensor in f64 arithmetic, the variables in parallel. Returns the
 /// gradient norm; a non-finite norm leaves everything untouched.
-fn host_update(gs: &Grads, state: &mut TrainState, u: &mut Update, grad_clip: f64) -> Result<f64> {
+fn in_place_update(
+    gs: &Grads,
+    state: &mut TrainState,
+    u: &mut Update,
+    grad_clip: f64,
+) -> Result<f64> {
     let sq = gs
         .par_iter()
         .map(|(_, _, g)| {

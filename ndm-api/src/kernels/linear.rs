@@ -17,6 +17,7 @@ use rayon::prelude::*;
 use super::float::{dispatch_float, slice, wide, Float};
 use super::gemm::{matmul, Trans};
 use super::profile::timed;
+use super::silu::{sigmoid_into, silu_d1_given, BLOCK};
 
 /// Rows per parallel block: every thread gets work, no block is too small to amortise a GEMM's
 /// packing, and a block's activated input stays in cache.
@@ -52,26 +53,29 @@ fn sigmoid_of(x: &Tensor) -> Result<Arc<CpuStorage>> {
         let x = slice::<T>(s, l, "linear backward")?;
         let sig = timed("linear bwd sigmoid", || {
             let mut sig = vec![T::zero(); x.len()];
-            sig.par_chunks_mut(1 << 14)
-                .zip(x.par_chunks(1 << 14))
-                .for_each(|(o, xi)| {
-                    wide(|| {
-                        for (o, v) in o.iter_mut().zip(xi) {
-                            *o = v.sigmoid();
-                        }
-                    })
-                });
+            sig.par_chunks_mut(BLOCK)
+                .zip(x.par_chunks(BLOCK))
+                .for_each(|(o, xi)| sigmoid_into(xi, o));
             sig
         });
         Ok(Arc::new(T::into_storage(sig)))
     })
 }
 
-/// The shared `sigmoid(x)` as a slice of `T`, if there is one of `len` elements.
-fn kept<T: Float>(sig: &Option<Arc<CpuStorage>>, len: usize) -> Option<&[T]> {
-    sig.as_deref()
-        .and_then(|s| T::cpu_storage_as_slice(s).ok())
-        .filter(|s| s.len() == len)
+/// A backward op's `sigmoid(x)` as a slice of `len` elements of `T`: `None` without SiLU, and an
+/// error if a SiLU layer's backward was given none (its `silu'` would silently be left out).
+fn sigmoid_for<T: Float>(
+    silu: bool,
+    sig: &Option<Arc<CpuStorage>>,
+    len: usize,
+) -> Result<Option<&[T]>> {
+    if !silu {
+        return Ok(None);
+    }
+    match sig.as_deref().map(T::cpu_storage_as_slice) {
+        Some(Ok(s)) if s.len() == len => Ok(Some(s)),
+        _ => candle_core::bail!("linear backward: no sigmoid of the input for a SiLU layer"),
+    }
 }
 
 /// Checks `x: [n, k]`, `w: [m, k]`, `b: [m]` or `[n, m]`; returns `(n, k, m, per_row_bias)`.
@@ -146,11 +150,7 @@ impl CustomOp3 for Linear {
                             }
                         }
                         let sb: Option<&[T]> = sb.map(|sb| {
-                            wide(|| {
-                                for (s, v) in sb.iter_mut().zip(xb) {
-                                    *s = v.sigmoid();
-                                }
-                            });
+                            sigmoid_into(xb, sb);
                             &*sb
                         });
                         T::with_scratch(r * k, |a| {
@@ -242,7 +242,7 @@ impl CustomOp3 for LinearBwdInput {
             let dy = slice::<T>(sd, ld, "linear backward")?;
             let w = slice::<T>(sw, lw, "linear backward")?;
             let x = slice::<T>(sx, lx, "linear backward")?;
-            let sig = kept::<T>(&self.sig, x.len());
+            let sig = sigmoid_for::<T>(silu, &self.sig, x.len())?;
             let dx = timed("linear bwd input", || {
                 let rows = rows_per_block(n);
                 let mut dx = vec![T::zero(); n * k];
@@ -252,21 +252,11 @@ impl CustomOp3 for LinearBwdInput {
                     .for_each(|(i, (db, (dyb, xb)))| {
                         let r = xb.len() / k;
                         matmul(r, k, m, dyb, Trans::N, w, Trans::N, db, false, false);
-                        // silu'(x) = s (1 + x (1 - s)), s = sigmoid(x).
-                        let d1 = |v: T, s: T| s * (T::one() + v * (T::one() - s));
-                        match (silu, sig) {
-                            (false, _) => {}
-                            (true, Some(sig)) => {
-                                let sb = &sig[i * rows * k..i * rows * k + r * k];
-                                for ((d, v), s) in db.iter_mut().zip(xb).zip(sb) {
-                                    *d *= d1(*v, *s);
-                                }
+                        if let Some(sig) = sig {
+                            let sb = &sig[i * rows * k..i * rows * k + r * k];
+                            for ((d, v), s) in db.iter_mut().zip(xb).zip(sb) {
+                                *d *= silu_d1_given(*v, *s);
                             }
-                            (true, None) => wide(|| {
-                                for (d, v) in db.iter_mut().zip(xb) {
-                                    *d *= d1(*v, v.sigmoid());
-                                }
-                            }),
                         }
                     });
                 dx
@@ -302,7 +292,7 @@ impl CustomOp2 for LinearBwdWeight {
         dispatch_float!(sx, "linear backward", |T| {
             let x = slice::<T>(sx, lx, "linear backward")?;
             let dy = slice::<T>(sd, ld, "linear backward")?;
-            let sig = kept::<T>(&self.sig, x.len());
+            let sig = sigmoid_for::<T>(silu, &self.sig, x.len())?;
             let dw = timed("linear bwd weight", || {
                 let threads = rayon::current_num_threads().max(1);
                 let rows = n.div_ceil(threads).max(64);

@@ -7,7 +7,8 @@ use rayon::prelude::*;
 use super::float::{dispatch_float, slice, wide, Float};
 use super::profile::timed;
 
-const BLOCK: usize = 1 << 14;
+/// Elements per parallel task of the elementwise kernels.
+pub(super) const BLOCK: usize = 1 << 14;
 
 /// Forward op: `x -> x * sigmoid(x)`.
 #[derive(Debug, Clone, Copy)]
@@ -45,8 +46,22 @@ impl CustomOp1 for Silu {
 /// `silu'(x) = s (1 + x (1 - s))` with `s = sigmoid(x)`.
 #[inline(always)]
 fn silu_d1<T: Float>(x: T) -> T {
-    let s = x.sigmoid();
+    silu_d1_given(x, x.sigmoid())
+}
+
+/// `silu'(x)` from `s = sigmoid(x)` already at hand.
+#[inline(always)]
+pub(super) fn silu_d1_given<T: Float>(x: T, s: T) -> T {
     s * (T::one() + x * (T::one() - s))
+}
+
+/// `out = sigmoid(x)`, elementwise, in the widest vector unit.
+pub(super) fn sigmoid_into<T: Float>(x: &[T], out: &mut [T]) {
+    wide(|| {
+        for (o, v) in out.iter_mut().zip(x) {
+            *o = v.sigmoid();
+        }
+    })
 }
 
 /// `silu''(x) = s (1 - s) (2 + x (1 - 2 s))`.
