@@ -5,6 +5,7 @@ mod common;
 use common::*;
 use ndm_api::candle_core::{DType, Tensor};
 use ndm_api::elbo::{discrete_nelbo, DiffEstimate};
+use ndm_api::objective::read_terms;
 use ndm_api::pipeline::posterior_coeffs;
 use ndm_api::registry::BuildCtx;
 use ndm_api::{Coeffs, Family, NoiseSchedule, PluginSpec, ReverseProcess, Rng, Split};
@@ -233,7 +234,7 @@ fn oracle_gap(t_total: usize) -> (f64, f64) {
         .sqrt();
     eprintln!(
         "T = {t_total}: NELBO - NLL = {gap:.4} ± {se:.4} nats; terms {:?}",
-        terms.means().unwrap()
+        read_terms(&terms.means().unwrap()).unwrap()
     );
     (gap, se)
 }

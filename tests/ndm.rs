@@ -9,6 +9,7 @@ use ndm_api::elbo::{
 };
 use ndm_api::sample::sample;
 use ndm_api::transform::FD_STEP;
+use ndm_api::Times;
 use ndm_api::{ModelSpec, Pipeline, PluginSpec, ReverseProcess, Rng, Split, TimeGrid, Transform};
 
 fn preset(name: &str) -> ModelSpec {
@@ -82,7 +83,8 @@ fn continuous_l_diff_quadrature(pipe: &Pipeline, x: &Tensor, eps: &Tensor, m: us
     for j in 0..m {
         let (t, w) = table.quantile((j as f64 + 0.5) / m as f64);
         let tt = Tensor::full(t as f32, b, device()).unwrap();
-        let v = to_vec(&continuous_diff_integrand(pipe, x, &tt, eps).unwrap());
+        let v =
+            to_vec(&continuous_diff_integrand(pipe, x, &Times::read(&tt).unwrap(), eps).unwrap());
         for (a, vi) in acc.iter_mut().zip(v) {
             *a += 0.5 * w * vi / m as f64;
         }
@@ -144,7 +146,9 @@ fn identity_continuous_loss_is_the_vdm_loss() {
     let eps = tensor(&[0.3, -0.2, 1.1, 0.5], &[2, 2]);
     for t in [0.01, 0.3, 0.9] {
         let tt = Tensor::full(t as f32, 2, device()).unwrap();
-        let ours = to_vec(&continuous_diff_integrand(&pipe, &x, &tt, &eps).unwrap());
+        let ours = to_vec(
+            &continuous_diff_integrand(&pipe, &x, &Times::read(&tt).unwrap(), &eps).unwrap(),
+        );
         // -dSNR/dt ||x - xhat||^2 computed from scratch.
         let p = pipe.schedule_point(t);
         let z = ((&x * p.alpha).unwrap() + (&eps * p.sigma).unwrap()).unwrap();
@@ -350,8 +354,10 @@ fn forward_mode_time_derivative_matches_the_central_difference() {
         .normal_tensor(&[64, 2], ndm_api::candle_core::DType::F32, device())
         .unwrap();
     let t_mid = t.affine(0.9, 0.05).unwrap();
-    let a = to_vec(&continuous_diff_integrand(&fm, &x, &t_mid, &eps).unwrap());
-    let b = to_vec(&continuous_diff_integrand(&fd, &x, &t_mid, &eps).unwrap());
+    let a =
+        to_vec(&continuous_diff_integrand(&fm, &x, &Times::read(&t_mid).unwrap(), &eps).unwrap());
+    let b =
+        to_vec(&continuous_diff_integrand(&fd, &x, &Times::read(&t_mid).unwrap(), &eps).unwrap());
     for (u, v) in a.iter().zip(&b) {
         assert!((u - v).abs() < 1e-3 * (1.0 + v.abs()), "{u} vs {v}");
     }

@@ -6,8 +6,10 @@ mod common;
 use common::*;
 use ndm_api::candle_core::{DType, Tensor};
 use ndm_api::likelihood::{ode_nll, NllOptions};
+use ndm_api::objective::read_terms;
 use ndm_api::ode::Tolerance;
 use ndm_api::sample::sample;
+use ndm_api::Times;
 use ndm_api::{
     Dataset, ModelSpec, NetInput, NoiseSchedule, Pipeline, PluginSpec, Rng, Spacing, Split,
     TimeGrid,
@@ -479,7 +481,10 @@ fn vdm_loss_is_the_ndm_continuous_loss_with_identity_f() {
         .normal_tensor(&[6, 2], DType::F32, device())
         .unwrap();
     let t = Tensor::new(&[0.02f32, 0.2, 0.4, 0.6, 0.8, 0.97], device()).unwrap();
-    let ndm = to_vec(&ndm_api::elbo::continuous_diff_integrand(&pipe, &x, &t, &eps).unwrap());
+    let ndm = to_vec(
+        &ndm_api::elbo::continuous_diff_integrand(&pipe, &x, &Times::read(&t).unwrap(), &eps)
+            .unwrap(),
+    );
     let sb = pipe.schedule.batch(&t).unwrap();
     let c = pipe.coeffs(&sb).unwrap();
     let z = c.noised(&x, &eps).unwrap();
@@ -629,7 +634,7 @@ fn with_the_exact_denoiser_the_continuous_nelbo_is_tight_under_ve_sub_vp_and_flo
         let se = (gaps.iter().map(|g| (g - gap).powi(2)).sum::<f64>() / (n - 1.0) / n).sqrt();
         eprintln!(
             "{name}: NELBO - NLL = {gap:.4} ± {se:.4}; terms {:?}",
-            terms.means().unwrap()
+            read_terms(&terms.means().unwrap()).unwrap()
         );
         assert!(
             gap > -4.0 * se,

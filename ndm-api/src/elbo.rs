@@ -19,11 +19,10 @@ impl NelboTerms {
     pub fn total(&self) -> Result<Tensor> {
         (&self.l_prior + &self.l_diff)? + &self.l_rec
     }
-    /// Batch means of each term and the total, named for logs.
-    pub fn means(&self) -> Result<Vec<(String, f64)>> {
-        let m = |t: &Tensor| -> Result<f64> {
-            t.mean_all()?.to_dtype(candle_core::DType::F64)?.to_scalar()
-        };
+    /// Batch means of each term and the total, named for logs (scalar tensors, read by the
+    /// caller: [`crate::objective::read_terms`]).
+    pub fn means(&self) -> Result<Vec<(String, Tensor)>> {
+        let m = |t: &Tensor| t.mean_all();
         Ok(vec![
             ("nelbo".into(), m(&self.total()?)?),
             ("l_prior".into(), m(&self.l_prior)?),
@@ -109,11 +108,11 @@ fn with_encoder_terms(l_rec: Tensor, l_enc: Option<Tensor>) -> Result<Tensor> {
 pub fn end_latent(pipe: &Pipeline, x: &Tensor, rng: &mut Rng) -> Result<(Tensor, Tensor, Tensor)> {
     let n = x.dim(0)?;
     let t_end = pipe.t_end();
-    let tt = pipe.time_tensor(t_end, n)?;
-    let fx = pipe.f(x, &tt)?;
+    let tt = pipe.times(t_end, n)?;
+    let fx = pipe.f(x, tt.tensor())?;
     if pipe.schedule.is_trainable() {
         // A learned schedule (VDM) trains its end point gamma_1 through L_prior: tensors.
-        let sb = pipe.schedule.batch(&tt)?;
+        let sb = pipe.schedule.batch_at(&tt)?;
         let c = pipe.coeffs(&sb)?;
         let mean = fx.broadcast_mul(&c.alpha)?;
         let z = (&mean + noise_like(&mean, rng)?.broadcast_mul(&c.sigma)?)?;
@@ -138,21 +137,22 @@ pub fn prior_term(pipe: &Pipeline, x: &Tensor, rng: &mut Rng) -> Result<Tensor> 
 pub fn rec_term(pipe: &Pipeline, x: &Tensor, rng: &mut Rng) -> Result<Tensor> {
     let n = x.dim(0)?;
     let t_min = pipe.t_min();
-    let t0 = pipe.time_tensor(t_min, n)?;
+    let times0 = pipe.times(t_min, n)?;
+    let t0 = times0.tensor();
     let p = pipe.schedule.point(t_min);
     // An invertible F gives F(x) and its log-det in one pass.
     let (f0, log_det) = match pipe.transform.forward_log_det(x)? {
         Some((f0, log_det)) => (f0, Some(log_det)),
         // F(x, 0) = x exactly (NDM's learned F): no pass through F's network.
         None if t_min == 0.0 && pipe.transform.identity_at_zero() => (x.clone(), None),
-        None => (pipe.f(x, &t0)?, None),
+        None => (pipe.f(x, t0)?, None),
     };
     let eps = noise_like(&f0, rng)?;
     let z0 = p.noised(&f0, &eps)?;
     if let Some(nll) = pipe.transform.reconstruction_nll(x, &z0)? {
         return Ok(nll);
     }
-    let sb = pipe.schedule.batch(&t0)?;
+    let sb = pipe.schedule.batch_at(&times0)?;
     if let Some(log_det) = log_det {
         // An invertible F (INDM-style): p(x | z_0) = N(F(x); F(xhat_0), s^2 I) |det dF/dx|.
         if pipe.spec.decoder != Decoder::Gaussian {
@@ -163,8 +163,8 @@ pub fn rec_term(pipe: &Pipeline, x: &Tensor, rng: &mut Rng) -> Result<Tensor> {
                 pipe.spec.decoder
             );
         }
-        let xhat0 = pipe.xhat(&z0, &t0, &sb)?;
-        let fhat0 = pipe.f(&xhat0, &t0)?;
+        let xhat0 = pipe.xhat(&z0, t0, &sb)?;
+        let fhat0 = pipe.f(&xhat0, t0)?;
         return gaussian_nll(&f0, &fhat0, p.sigma / p.alpha)? - log_det;
     }
     if pipe.schedule.is_trainable() && pipe.spec.decoder == Decoder::Gaussian {
@@ -172,14 +172,14 @@ pub fn rec_term(pipe: &Pipeline, x: &Tensor, rng: &mut Rng) -> Result<Tensor> {
         // decoder's width sigma_0 / alpha_0 as tensors.
         let c = pipe.coeffs(&sb)?;
         let z0 = c.noised(&f0, &eps)?;
-        let xhat0 = pipe.xhat(&z0, &t0, &sb)?;
+        let xhat0 = pipe.xhat(&z0, t0, &sb)?;
         let s = (&sb.sigma / &sb.alpha)?;
         let d = (x.elem_count() / n) as f64;
         let sq = sum_sq(&(x - xhat0)?.broadcast_div(&pipe.per_example(&s)?)?)?;
         let log_norm = ((s.log()? + HALF_LN_2PI)? * d)?;
         return (sq * 0.5)? + log_norm;
     }
-    let xhat0 = pipe.xhat(&z0, &t0, &sb)?;
+    let xhat0 = pipe.xhat(&z0, t0, &sb)?;
     let s = p.sigma / p.alpha;
     // Behind an encoder the diffusion's data are continuous latents: always the Gaussian decoder.
     let decoder = match pipe.transform.encoder() {
@@ -274,17 +274,18 @@ pub fn discrete_kl(
         ss.push(s);
     }
     let bc = |v: Vec<f64>| -> Result<Tensor> { pipe.per_example(&col(pipe, v)?) };
-    let (t, s) = (col(pipe, ts)?, col(pipe, ss)?);
-    let fx_t = pipe.f(x, &t)?;
+    let (times, s) = (pipe.times_from(ts)?, col(pipe, ss)?);
+    let t = times.tensor();
+    let fx_t = pipe.f(x, t)?;
     let z = (fx_t.broadcast_mul(&bc(a_t)?)? + eps.broadcast_mul(&bc(s_t)?)?)?;
-    let sb = pipe.schedule.batch(&t)?;
-    let xhat = pipe.xhat(&z, &t, &sb)?;
+    let sb = pipe.schedule.batch_at(&times)?;
+    let xhat = pipe.xhat(&z, t, &sb)?;
     let (a_s, k_at) = (bc(a_s)?, bc(k)?);
     let diff = if pipe.transform.is_identity() {
         (&x.broadcast_mul(&(&a_s - &k_at)?)? - xhat.broadcast_mul(&(&a_s - &k_at)?)?)?
     } else {
         let ds = (pipe.f(x, &s)? - pipe.f(&xhat, &s)?)?;
-        let dt = (fx_t - pipe.f(&xhat, &t)?)?;
+        let dt = (fx_t - pipe.f(&xhat, t)?)?;
         (ds.broadcast_mul(&a_s)? - dt.broadcast_mul(&k_at)?)?
     };
     sum_sq(&diff)? * col(pipe, inv2var)?
@@ -337,15 +338,16 @@ pub fn discrete_nelbo(
 /// The continuous-time diffusion loss (`docs/math.md`, "Continuous-time loss") per example, before weighting:
 /// `||alpha (Fdot(x,t) - Fdot(xhat,t)) - c/2 (s(x,z,t) - s(xhat,z,t))||^2 / g^2` with `eta = 1`
 /// (so `c/2 = g^2` and `c/2 (s(x) - s(xhat)) = -lambda' alpha (F(x,t) - F(xhat,t))`), at times `t`
-/// (shape `[B]`) and noise `eps`. Schedule quantities stay tensors, so a learned schedule gets gradients.
+/// (`[B]`) and noise `eps`. Schedule quantities stay tensors, so a learned schedule gets gradients.
 /// `L_diff = 1/2 E_t[...]`; the caller applies the `1/2` and the sampling weight `1/p(t)`.
 pub fn continuous_diff_integrand(
     pipe: &Pipeline,
     x: &Tensor,
-    t: &Tensor,
+    times: &crate::Times,
     eps: &Tensor,
 ) -> Result<Tensor> {
-    let sb = pipe.schedule.batch(t)?;
+    let sb = pipe.schedule.batch_at(times)?;
+    let t = times.tensor();
     let s2 = sb.sigma.sqr()?;
     // lambda' = 2 r - dsigma2 / sigma^2; g^2 = -lambda' sigma^2.
     let dlambda = ((&sb.dlog_alpha * 2.0)? - (&sb.dsigma2 / &s2)?)?;
@@ -403,12 +405,17 @@ impl ImportanceTable {
     pub fn defensive(pipe: &Pipeline, cells: usize, uniform: f64) -> Self {
         let (t_min, t_end) = (pipe.t_min(), pipe.t_end());
         let h = (t_end - t_min) / cells as f64;
-        let w: Vec<f64> = (0..cells)
-            .map(|j| {
-                let p = pipe.schedule.point(t_min + (j as f64 + 0.5) * h);
-                1.0 / ((-p.dlog_snr()) * p.sigma * p.sigma)
-            })
-            .collect();
+        let mids: Vec<f64> = (0..cells).map(|j| t_min + (j as f64 + 0.5) * h).collect();
+        let w: Vec<f64> = match Self::learned_weights(pipe, &mids) {
+            Some(w) => w,
+            None => mids
+                .iter()
+                .map(|&t| {
+                    let p = pipe.schedule.point(t);
+                    1.0 / ((-p.dlog_snr()) * p.sigma * p.sigma)
+                })
+                .collect(),
+        };
         let total: f64 = w.iter().sum();
         let mut cdf = Vec::with_capacity(cells + 1);
         cdf.push(0.0);
@@ -421,6 +428,26 @@ impl ImportanceTable {
             *last = 1.0;
         }
         ImportanceTable { t_min, t_end, cdf }
+    }
+
+    /// A learned schedule's `1 / g^2` at the cell midpoints from its batch form on the device, in
+    /// one read (its `point` would read its weights back at every midpoint). `None` for a fixed
+    /// schedule, whose `f64` points are exact, or if the batch form fails (then `point` answers).
+    fn learned_weights(pipe: &Pipeline, mids: &[f64]) -> Option<Vec<f64>> {
+        if !pipe.schedule.is_trainable() {
+            return None;
+        }
+        let w = (|| -> Result<Vec<f64>> {
+            let sb = pipe.schedule.batch_at(&pipe.times_from(mids.to_vec())?)?;
+            // g^2 = -lambda' sigma^2 = dsigma2 - 2 r sigma^2.
+            let s2 = sb.sigma.sqr()?;
+            let g2 = (&sb.dsigma2 - (sb.dlog_alpha * 2.0)?.mul(&s2)?)?;
+            g2.detach()
+                .recip()?
+                .to_dtype(candle_core::DType::F64)?
+                .to_vec1()
+        })();
+        w.ok()
     }
 
     /// The time at quantile `u` in `[0, 1)` and its weight `1 / p(t)`.
@@ -444,14 +471,14 @@ pub fn times_and_weights(
     rule: TimeSampling,
     table: Option<&ImportanceTable>,
     quantiles: &[f64],
-) -> Result<(Tensor, Tensor)> {
+) -> Result<(crate::Times, Tensor)> {
     let (t_min, t_end) = (pipe.t_min(), pipe.t_end());
     let span = t_end - t_min;
     let (ts, ws): (Vec<f64>, Vec<f64>) = match (rule, table) {
         (TimeSampling::Importance, Some(tab)) => quantiles.iter().map(|&u| tab.quantile(u)).unzip(),
         _ => quantiles.iter().map(|&u| (t_min + span * u, span)).unzip(),
     };
-    Ok((col(pipe, ts)?, col(pipe, ws)?))
+    Ok((pipe.times_from(ts)?, col(pipe, ws)?))
 }
 
 /// The continuous-time `L_diff` per example, averaged over `k` stratified times per example

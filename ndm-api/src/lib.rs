@@ -103,7 +103,7 @@ pub use registry::{BuildCtx, Family, PluginInfo, PluginRegistry};
 pub use registry_file::{RegistryFile, RegistrySource, Setup};
 pub use reverse::{Gaussian, ReverseProcess};
 pub use rng::Rng;
-pub use schedule::{NoiseSchedule, ScheduleBatch, SchedulePoint};
+pub use schedule::{NoiseSchedule, ScheduleBatch, SchedulePoint, Times};
 pub use solver::{SolveOutput, Solver, Spacing, TimeGrid};
 pub use spec::{Decoder, ModelSpec, PluginSpec, Preset, RunSpec, SamplerSpec, TrainConfig};
 pub use stats::Estimate;

@@ -5,7 +5,7 @@ use crate::backbone::NetInput;
 use crate::param::Coeffs;
 use crate::registry::{BuildCtx, Family, PluginRegistry};
 use crate::reverse::{Gaussian, ReverseProcess};
-use crate::schedule::{ScheduleBatch, SchedulePoint};
+use crate::schedule::{ScheduleBatch, SchedulePoint, Times};
 use crate::spec::ModelSpec;
 use crate::vars::{seeded_var_builder, sorted_vars};
 use crate::{
@@ -209,6 +209,16 @@ impl Pipeline {
     /// A `[n]` tensor filled with `t`.
     pub fn time_tensor(&self, t: f64, n: usize) -> candle_core::Result<Tensor> {
         Tensor::full(t, n, &self.device)?.to_dtype(self.dtype)
+    }
+
+    /// `n` copies of the time `t`, known on the host too ([`Times`]).
+    pub fn times(&self, t: f64, n: usize) -> candle_core::Result<Times> {
+        Times::constant(t, n, self.dtype, &self.device)
+    }
+
+    /// Per-example times from host values ([`Times`]): one copy to the device.
+    pub fn times_from(&self, values: Vec<f64>) -> candle_core::Result<Times> {
+        Times::new(values, self.dtype, &self.device)
     }
 
     /// A `[B]` tensor reshaped to `[B, 1, ..]` to broadcast against latents.
@@ -459,11 +469,11 @@ impl ReverseProcess for Pipeline {
         self.schedule.point(t)
     }
     fn predict_x(&self, z: &Tensor, t: f64) -> candle_core::Result<Tensor> {
-        let tt = self.time_tensor(t, z.dim(0)?)?;
-        let sb = self.schedule.batch(&tt)?;
+        let tt = self.times(t, z.dim(0)?)?;
+        let sb = self.schedule.batch_at(&tt)?;
         // Solvers never differentiate through the network: detaching here keeps a long solve from
         // holding every step's autograd graph alive.
-        Ok(self.xhat(z, &tt, &sb)?.detach())
+        Ok(self.xhat(z, tt.tensor(), &sb)?.detach())
     }
     fn posterior(
         &self,
@@ -560,9 +570,9 @@ impl Pipeline {
 
     /// The probability-flow ODE drift at `(z, t)` with gradients kept (one network evaluation).
     pub fn ode_drift(&self, z: &Tensor, t: f64) -> candle_core::Result<Tensor> {
-        let tt = self.time_tensor(t, z.dim(0)?)?;
-        let sb = self.schedule.batch(&tt)?;
-        let xhat = self.xhat(z, &tt, &sb)?;
+        let tt = self.times(t, z.dim(0)?)?;
+        let sb = self.schedule.batch_at(&tt)?;
+        let xhat = self.xhat(z, tt.tensor(), &sb)?;
         Ok(self.sde_drift(z, &xhat, t, 0.0)?.0)
     }
 }

@@ -1,7 +1,7 @@
 //! Noise schedules: `alpha_t`, `sigma_t` and their time derivatives (`docs/math.md`, "Conventions").
 
 use crate::rng::host_tensor;
-use candle_core::{Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor};
 
 /// The schedule at one time, in `f64`: everything the formulas of `docs/math.md` need.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -68,6 +68,34 @@ pub struct ScheduleBatch {
 }
 
 impl ScheduleBatch {
+    /// `n` copies of one point: six numbers copied to the device, spread there.
+    pub fn constant(p: &SchedulePoint, n: usize, like: &Tensor) -> Result<Self> {
+        let cols = [
+            p.alpha,
+            p.sigma,
+            p.log_snr,
+            p.dlog_alpha,
+            p.dalpha,
+            p.dsigma2,
+        ];
+        let all = host_tensor(cols.to_vec(), &[6, 1], like.dtype(), like.device())?
+            .broadcast_as((6, n))?
+            .contiguous()?;
+        Self::from_rows(&all)
+    }
+
+    /// The six rows of a `[6, n]` tensor, as views.
+    fn from_rows(all: &Tensor) -> Result<Self> {
+        Ok(ScheduleBatch {
+            alpha: all.get(0)?,
+            sigma: all.get(1)?,
+            log_snr: all.get(2)?,
+            dlog_alpha: all.get(3)?,
+            dalpha: all.get(4)?,
+            dsigma2: all.get(5)?,
+        })
+    }
+
     /// Builds the batch from host points (for schedules without trainable weights).
     pub fn from_points(points: &[SchedulePoint], like: &Tensor) -> Result<Self> {
         let n = points.len();
@@ -81,15 +109,65 @@ impl ScheduleBatch {
         ];
         let host: Vec<f64> = cols.iter().flat_map(|f| points.iter().map(f)).collect();
         // One copy to the device for all six columns (rows of a [6, n] tensor).
-        let all = host_tensor(host, &[6, n], like.dtype(), like.device())?;
-        Ok(ScheduleBatch {
-            alpha: all.get(0)?,
-            sigma: all.get(1)?,
-            log_snr: all.get(2)?,
-            dlog_alpha: all.get(3)?,
-            dalpha: all.get(4)?,
-            dsigma2: all.get(5)?,
+        Self::from_rows(&host_tensor(host, &[6, n], like.dtype(), like.device())?)
+    }
+}
+
+/// A batch of times (shape `[B]`) known on the host: the values, and the tensor of the model's
+/// dtype and device that the networks see. Whoever draws or fixes times builds one, so that the
+/// schedule's coefficients ([`NoiseSchedule::batch_at`]) come from the host values and nothing
+/// reads times back from a device (a round trip that stalls a GPU).
+#[derive(Debug, Clone)]
+pub struct Times {
+    values: Vec<f64>,
+    tensor: Tensor,
+}
+
+impl Times {
+    /// Times from host values: one copy to the device.
+    pub fn new(values: Vec<f64>, dtype: DType, device: &Device) -> Result<Self> {
+        let n = values.len();
+        let tensor = host_tensor(values.clone(), &[n], dtype, device)?;
+        Ok(Times { values, tensor })
+    }
+
+    /// `n` copies of one time: a fill on the device, no copy.
+    pub fn constant(t: f64, n: usize, dtype: DType, device: &Device) -> Result<Self> {
+        Ok(Times {
+            values: vec![t; n],
+            tensor: Tensor::full(t, n, device)?.to_dtype(dtype)?,
         })
+    }
+
+    /// Times known only as a tensor: reads them back (a round trip off the CPU), for callers
+    /// outside the hot paths (tests, one-off evaluations).
+    pub fn read(t: &Tensor) -> Result<Self> {
+        Ok(Times {
+            values: t.to_dtype(DType::F64)?.to_vec1()?,
+            tensor: t.clone(),
+        })
+    }
+
+    pub fn values(&self) -> &[f64] {
+        &self.values
+    }
+
+    pub fn tensor(&self) -> &Tensor {
+        &self.tensor
+    }
+
+    pub fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+
+    /// The time every example shares, if they do.
+    pub fn shared(&self) -> Option<f64> {
+        let first = *self.values.first()?;
+        self.values.iter().all(|&v| v == first).then_some(first)
     }
 }
 
@@ -109,10 +187,30 @@ pub trait NoiseSchedule: Send + Sync + std::fmt::Debug {
     fn point(&self, t: f64) -> SchedulePoint;
 
     /// The schedule at a batch of times `t` (shape `[B]`), as tensors of `t`'s dtype and device.
+    /// The default reads `t` back to evaluate [`NoiseSchedule::point`]; the hot paths call
+    /// [`NoiseSchedule::batch_at`], which knows the times on the host.
     fn batch(&self, t: &Tensor) -> Result<ScheduleBatch> {
-        let ts: Vec<f64> = t.to_dtype(candle_core::DType::F64)?.to_vec1()?;
+        let ts: Vec<f64> = t.to_dtype(DType::F64)?.to_vec1()?;
         let points: Vec<SchedulePoint> = ts.iter().map(|&t| self.point(t)).collect();
         ScheduleBatch::from_points(&points, t)
+    }
+
+    /// The schedule at times known on the host, with no read from the device: from
+    /// [`NoiseSchedule::point`] on the host (one evaluation when every example shares its time),
+    /// or, for a schedule with trainable weights, [`NoiseSchedule::batch`] on the times' tensor
+    /// so that gradients reach the weights. A trainable schedule overrides `batch` only.
+    fn batch_at(&self, t: &Times) -> Result<ScheduleBatch> {
+        if self.is_trainable() {
+            return self.batch(t.tensor());
+        }
+        match t.shared() {
+            Some(v) => ScheduleBatch::constant(&self.point(v), t.len(), t.tensor()),
+            None => {
+                let points: Vec<SchedulePoint> =
+                    t.values().iter().map(|&v| self.point(v)).collect();
+                ScheduleBatch::from_points(&points, t.tensor())
+            }
+        }
     }
 
     /// The lowest time of the process, where sampling stops and likelihoods start: 0 unless the

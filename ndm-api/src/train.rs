@@ -92,10 +92,6 @@ pub struct Trainer<'a> {
     pub host_update: bool,
 }
 
-fn scalar(t: &Tensor) -> candle_core::Result<f64> {
-    t.to_dtype(DType::F64)?.to_scalar::<f64>()
-}
-
 impl<'a> Trainer<'a> {
     pub fn new(pipe: &'a Pipeline, cfg: &TrainConfig) -> Result<Self> {
         cfg.validate()?;
@@ -110,8 +106,14 @@ impl<'a> Trainer<'a> {
     /// A conditional model's classes for a training step: the batch's labels, each replaced by
     /// "no class" with probability `train.cond_drop` (label dropout, from a generator derived
     /// from the seed and the step, so a resumed run drops the same labels). `None` for an
-    /// unconditional model, which draws nothing here.
-    fn training_classes(&self, labels: Option<Tensor>, step: usize) -> Result<Option<Tensor>> {
+    /// unconditional model, which draws nothing here. The labels stay on their device: the drops
+    /// are drawn on the host and applied there.
+    fn training_classes(
+        &self,
+        labels: Option<Tensor>,
+        data: &dyn Dataset,
+        step: usize,
+    ) -> Result<Option<Tensor>> {
         let k = self.pipe.classes();
         if k == 0 {
             return Ok(None);
@@ -119,20 +121,24 @@ impl<'a> Trainer<'a> {
         let labels = labels.ok_or_else(|| {
             NdmError::Incompatible("a conditional model needs a dataset with labels".into())
         })?;
-        let mut ids = labels.to_dtype(DType::U32)?.to_vec1::<u32>()?;
-        let mut rng = Rng::derived(self.cfg.seed.wrapping_add(step as u64), "cond_drop");
-        for id in ids.iter_mut() {
-            if (*id as usize) >= k {
-                return Err(NdmError::Spec(format!(
-                    "the dataset gave label {id}; the model has {k} classes"
-                )));
-            }
-            if rng.uniform() < self.cfg.cond_drop {
-                *id = k as u32;
-            }
+        if data.num_classes() > k {
+            return Err(NdmError::Incompatible(format!(
+                "the dataset has {} classes; the model has {k}",
+                data.num_classes()
+            )));
         }
-        let n = ids.len();
-        Ok(Some(Tensor::from_vec(ids, n, &self.pipe.device)?))
+        let ids = labels.to_dtype(DType::U32)?;
+        if self.cfg.cond_drop <= 0.0 {
+            return Ok(Some(ids));
+        }
+        let n = ids.dim(0)?;
+        let mut rng = Rng::derived(self.cfg.seed.wrapping_add(step as u64), "cond_drop");
+        let drop: Vec<u8> = (0..n)
+            .map(|_| u8::from(rng.uniform() < self.cfg.cond_drop))
+            .collect();
+        let drop = Tensor::from_vec(drop, n, ids.device())?;
+        let none = Tensor::full(k as u32, n, ids.device())?;
+        Ok(Some(drop.where_cond(&none, &ids)?))
     }
 
     /// A fresh run's data-dependent initialisation (Glow's actnorm): the prior sees latents
@@ -166,7 +172,7 @@ impl<'a> Trainer<'a> {
         if state.step == 0 && self.pipe.prior.needs_data_init() {
             self.data_init(state, &x)?;
         }
-        let class = self.training_classes(labels, step)?;
+        let class = self.training_classes(labels, data, step)?;
         let mode = self
             .pipe
             .training_mode(Rng::derived(cfg.seed.wrapping_add(step as u64), "dropout"));
@@ -181,12 +187,8 @@ impl<'a> Trainer<'a> {
         };
         drop(cond);
         drop(mode);
-        let loss = scalar(&out.loss)?;
-        if !loss.is_finite() {
-            return Err(NdmError::NonFinite(format!(
-                "the loss became {loss} at step {step}"
-            )));
-        }
+        // A non-finite loss only makes non-finite gradients: nothing changes before both are
+        // checked below.
         let grads = out.loss.backward()?;
         // VDM: the schedule's interior weights descend the variance of the L_diff estimate.
         let variance_grads = match &out.variance {
@@ -207,6 +209,39 @@ impl<'a> Trainer<'a> {
             };
             gs.push((name, var, g));
         }
+        let host = self.host_update && gs.iter().all(|(_, v, g)| on_host_f32(v) && on_host_f32(g));
+        // The step's one read from the device: the loss, its logged terms and, off the CPU, the
+        // squared gradient norm, in one copy.
+        let device_sq_norm = if host {
+            None
+        } else {
+            Some(sq_norm_tensor(&gs)?)
+        };
+        let mut wanted: Vec<&Tensor> = vec![&out.loss];
+        wanted.extend(out.terms.iter().map(|(_, t)| t));
+        wanted.extend(device_sq_norm.as_ref());
+        let vals = crate::objective::read_scalars(&wanted)?;
+        let loss = vals[0];
+        if !loss.is_finite() {
+            return Err(NdmError::NonFinite(format!(
+                "the loss became {loss} at step {step}"
+            )));
+        }
+        let terms = out
+            .terms
+            .iter()
+            .map(|(n, _)| n.clone())
+            .zip(vals[1..].iter().copied())
+            .collect();
+        let norm = match device_sq_norm {
+            Some(_) => vals[vals.len() - 1].sqrt(),
+            None => host_sq_norm(&gs)?.sqrt(),
+        };
+        if !norm.is_finite() {
+            return Err(NdmError::NonFinite(format!(
+                "the gradient norm became {norm} at step {step}"
+            )));
+        }
         let lr = cfg.lr_at(step);
         let (b1, b2) = (cfg.beta1, cfg.beta2);
         let mut upd = Update {
@@ -222,16 +257,11 @@ impl<'a> Trainer<'a> {
                 .ema_decay
                 .min((1.0 + step as f64) / (10.0 + step as f64)),
         };
-        let host = self.host_update && gs.iter().all(|(_, v, g)| on_host_f32(v) && on_host_f32(g));
-        let norm = if host {
-            in_place_update(&gs, state, &mut upd, cfg.grad_clip)?
+        upd.set_clip(norm, cfg.grad_clip);
+        if host {
+            in_place_update(&gs, state, &upd)?;
         } else {
-            tensor_update(&gs, state, &mut upd, cfg.grad_clip)?
-        };
-        if !norm.is_finite() {
-            return Err(NdmError::NonFinite(format!(
-                "the gradient norm became {norm} at step {step}"
-            )));
+            tensor_update(&gs, state, &upd)?;
         }
         state.step = step;
         state.data = data_after;
@@ -240,7 +270,7 @@ impl<'a> Trainer<'a> {
             loss,
             grad_norm: norm,
             lr,
-            terms: out.terms,
+            terms,
         })
     }
 }
@@ -263,10 +293,7 @@ fn encoder_warmup_loss(
     let loss = ((&nll + &kl)? / dims)?;
     Ok(crate::LossOutput::new(
         loss,
-        vec![
-            ("vae_nll".into(), scalar(&nll)?),
-            ("vae_kl".into(), scalar(&kl)?),
-        ],
+        vec![("vae_nll".into(), nll), ("vae_kl".into(), kl)],
     ))
 }
 
@@ -409,15 +436,8 @@ impl candle_core::InplaceOp2 for Ema {
     }
 }
 
-/// The update in place on the CPU's f32 tensors (weights, moments and EMA overwritten, nothing
-/// allocated), one pass per tensor in f64 arithmetic, the variables in parallel. Returns the
-/// gradient norm; a non-finite norm leaves everything untouched.
-fn in_place_update(
-    gs: &Grads,
-    state: &mut TrainState,
-    u: &mut Update,
-    grad_clip: f64,
-) -> Result<f64> {
+/// The squared gradient norm from the CPU's f32 gradients, in f64, the variables in parallel.
+fn host_sq_norm(gs: &Grads) -> Result<f64> {
     let sq = gs
         .par_iter()
         .map(|(_, _, g)| {
@@ -433,13 +453,22 @@ fn in_place_update(
             }
         })
         .collect::<Result<Vec<f64>>>()?;
-    let norm = sq.iter().sum::<f64>().sqrt();
-    if !norm.is_finite() {
-        return Ok(norm);
-    }
-    u.set_clip(norm, grad_clip);
+    Ok(sq.iter().sum())
+}
+
+/// The squared gradient norm as an f64 scalar on the gradients' device (no read).
+fn sq_norm_tensor(gs: &Grads) -> Result<Tensor> {
+    let sums = gs
+        .iter()
+        .map(|(_, _, g)| Ok(g.to_dtype(DType::F64)?.sqr()?.sum_all()?.reshape(1)?))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Tensor::cat(&sums, 0)?.sum_all()?)
+}
+
+/// The update in place on the CPU's f32 tensors (weights, moments and EMA overwritten, nothing
+/// allocated), one pass per tensor in f64 arithmetic, the variables in parallel.
+fn in_place_update(gs: &Grads, state: &TrainState, u: &Update) -> Result<()> {
     let u = *u;
-    let state = &*state;
     gs.par_iter().try_for_each(|(name, var, g)| -> Result<()> {
         let m = state.m.get(*name).ok_or_else(|| missing(name))?;
         let v = state.v.get(*name).ok_or_else(|| missing(name))?;
@@ -455,28 +484,11 @@ fn in_place_update(
         w.inplace_op3(m, v, &AdamStep(u))?;
         e.inplace_op2(w, &Ema(u.ema))?;
         Ok(())
-    })?;
-    Ok(norm)
+    })
 }
 
-/// The same update with tensor ops, for any device and dtype. Returns the gradient norm; a
-/// non-finite norm leaves everything untouched.
-fn tensor_update(
-    gs: &Grads,
-    state: &mut TrainState,
-    u: &mut Update,
-    grad_clip: f64,
-) -> Result<f64> {
-    // One host round trip for the norm: the squared sums stay on the device until then.
-    let sums = gs
-        .iter()
-        .map(|(_, _, g)| Ok(g.sqr()?.sum_all()?.to_dtype(DType::F64)?))
-        .collect::<Result<Vec<_>>>()?;
-    let norm = scalar(&Tensor::stack(&sums, 0)?.sum_all()?)?.sqrt();
-    if !norm.is_finite() {
-        return Ok(norm);
-    }
-    u.set_clip(norm, grad_clip);
+/// The same update with tensor ops, for any device and dtype.
+fn tensor_update(gs: &Grads, state: &mut TrainState, u: &Update) -> Result<()> {
     for (name, var, g) in gs {
         let g = (g * u.clip)?;
         let m = state.m.get(*name).ok_or_else(|| missing(name))?;
@@ -493,7 +505,7 @@ fn tensor_update(
         state.m.insert((*name).clone(), m.detach());
         state.v.insert((*name).clone(), v.detach());
     }
-    Ok(norm)
+    Ok(())
 }
 
 /// What the step hook tells the loop.

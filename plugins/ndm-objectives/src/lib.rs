@@ -10,13 +10,12 @@ use ndm_api::elbo::{
 };
 use ndm_api::registry::BuildCtx;
 use ndm_api::registry::NoParams;
-use ndm_api::rng::host_tensor;
-use ndm_api::{LossOutput, NdmError, Objective, Pipeline, Rng};
+use ndm_api::{LossOutput, NdmError, Objective, Pipeline, Rng, Times};
 use serde::{Deserialize, Serialize};
 
 /// Draws one training time per example: uniform on the training grid `i / T`, `i in 1..=n`, for
 /// discrete models, uniform on `(t_min, t_end]` in continuous time.
-pub fn draw_times(pipe: &Pipeline, b: usize, rng: &mut Rng) -> Result<Tensor> {
+pub fn draw_times(pipe: &Pipeline, b: usize, rng: &mut Rng) -> Result<Times> {
     let t_end = pipe.t_end();
     let ts: Vec<f64> = match pipe.spec.steps {
         Some(t_total) => {
@@ -32,7 +31,7 @@ pub fn draw_times(pipe: &Pipeline, b: usize, rng: &mut Rng) -> Result<Tensor> {
                 .collect()
         }
     };
-    host_tensor(ts, &[b], pipe.dtype, &pipe.device)
+    pipe.times_from(ts)
 }
 
 /// The NELBO objectives' loss: the batch mean of the NELBO per data dimension (nats per dimension,
@@ -76,16 +75,17 @@ fn check_regression(name: &str, pipe: &Pipeline) -> ndm_api::Result<()> {
 /// `E_{t, x, eps} || raw(z_t, t) - target(x, eps) ||^2` with the parameterization's target, `t`
 /// drawn by [`draw_times`]; the term is logged as `term`.
 fn regression_loss(pipe: &Pipeline, x: &Tensor, rng: &mut Rng, term: &str) -> Result<LossOutput> {
-    let t = draw_times(pipe, x.dim(0)?, rng)?;
-    let sb = pipe.schedule.batch(&t)?;
+    let times = draw_times(pipe, x.dim(0)?, rng)?;
+    let t = times.tensor();
+    let sb = pipe.schedule.batch_at(&times)?;
     let c = pipe.coeffs(&sb)?;
-    let fx = pipe.f(x, &t)?;
+    let fx = pipe.f(x, t)?;
     let eps = noise_like(&fx, rng)?;
     let z = c.noised(&fx, &eps)?;
-    let raw = pipe.network(&ndm_api::NetInput::at(&z, &t, &sb))?;
-    let target = pipe.raw_target(x, &fx, &eps, &t, &sb)?;
+    let raw = pipe.network(&ndm_api::NetInput::at(&z, t, &sb))?;
+    let target = pipe.raw_target(x, &fx, &eps, t, &sb)?;
     let loss = (raw - target)?.sqr()?.mean_all()?;
-    let mut terms = vec![(term.to_string(), host_scalar(&loss)?)];
+    let mut terms = vec![(term.to_string(), loss.clone())];
     if !pipe.prior.is_trainable() {
         return Ok(LossOutput::new(loss, terms));
     }
@@ -93,13 +93,8 @@ fn regression_loss(pipe: &Pipeline, x: &Tensor, rng: &mut Rng, term: &str) -> Re
     // added with weight 1 as in the DiNof code; the regression only covers times below t_m.
     let dims = (x.elem_count() / x.dim(0)?) as f64;
     let l_prior = ndm_api::elbo::prior_term(pipe, x, rng)?.mean_all()?;
-    terms.push(("l_prior".into(), host_scalar(&l_prior)?));
+    terms.push(("l_prior".into(), l_prior.clone()));
     Ok(LossOutput::new((loss + (l_prior / dims)?)?, terms))
-}
-
-fn host_scalar(t: &Tensor) -> Result<f64> {
-    t.to_dtype(ndm_api::candle_core::DType::F64)?
-        .to_scalar::<f64>()
 }
 
 /// `E || raw(z_t, t) - target ||^2`, the parameterization's target (eps for `param.eps`).

@@ -2,7 +2,7 @@
 
 use crate::noise_unless_last;
 use crate::sde::em_step;
-use ndm_api::candle_core::{DType, Tensor};
+use ndm_api::candle_core::Tensor;
 use ndm_api::registry::BuildCtx;
 use ndm_api::{NdmError, ReverseProcess, Rng, SolveOutput, Solver, TimeGrid};
 use serde::{Deserialize, Serialize};
@@ -49,15 +49,9 @@ pub struct PcSolver {
     pub cfg: PcConfig,
 }
 
-/// Mean over the batch of per-example L2 norms.
-fn mean_norm(t: &Tensor) -> ndm_api::candle_core::Result<f64> {
-    t.sqr()?
-        .flatten_from(1)?
-        .sum(1)?
-        .sqrt()?
-        .mean_all()?
-        .to_dtype(DType::F64)?
-        .to_scalar::<f64>()
+/// Mean over the batch of per-example L2 norms, a scalar tensor on `t`'s device.
+fn mean_norm(t: &Tensor) -> ndm_api::candle_core::Result<Tensor> {
+    t.sqr()?.flatten_from(1)?.sum(1)?.sqrt()?.mean_all()
 }
 
 impl PcSolver {
@@ -78,12 +72,14 @@ impl PcSolver {
             let xhat = rp.predict_x(&z, t)?;
             let score = rp.score(&z, &xhat, t)?;
             let noise = rng.normal_tensor(z.dims(), z.dtype(), z.device())?;
+            // The step size stays on the device (no read per step); a zero or non-finite score
+            // norm leaves z as it is.
             let (gn, nn) = (mean_norm(&score)?, mean_norm(&noise)?);
-            if !(gn > 0.0 && gn.is_finite()) {
-                continue;
-            }
-            let step = 2.0 * a * (self.cfg.snr * nn / gn).powi(2);
-            z = ((z + (score * step)?)? + (noise * (2.0 * step).sqrt())?)?;
+            let ok = gn.gt(0.0)?.mul(&gn.lt(f64::INFINITY)?)?;
+            let step = ((nn / &gn)?.sqr()? * (2.0 * a * self.cfg.snr * self.cfg.snr))?;
+            let root = (&step * 2.0)?.sqrt()?;
+            let moved = ((&z + score.broadcast_mul(&step)?)? + noise.broadcast_mul(&root)?)?;
+            z = ok.broadcast_as(z.shape())?.where_cond(&moved, &z)?;
         }
         Ok(z)
     }

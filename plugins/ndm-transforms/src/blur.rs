@@ -65,10 +65,8 @@ pub struct Blur {
     sigma_max: f64,
     d_min: f64,
     per_frequency: bool,
-    /// `lambda_k` on the `H x W` frequency grid, row-major.
-    lambda: Vec<f64>,
-    h: usize,
-    w: usize,
+    /// `lambda_k` on the `H x W` frequency grid, `[1, 1, H, W]`, in `f64` on the model's device.
+    lambda: Tensor,
     /// DCT matrices `C_H` (`[H, H]`), `C_W^T` (`[W, W]`) and their transposes.
     ch: Tensor,
     ch_t: Tensor,
@@ -112,7 +110,8 @@ impl Blur {
                     pi2 * ((i * i) as f64 / (h * h) as f64 + (j * j) as f64 / (w * w) as f64)
                 })
             })
-            .collect();
+            .collect::<Vec<f64>>();
+        let lambda = Tensor::from_vec(lambda, (1, 1, h, w), device)?;
         let mat = |n: usize| -> Result<Tensor> {
             Tensor::from_vec(dct_matrix(n), (n, n), device)?.to_dtype(dtype)
         };
@@ -122,8 +121,6 @@ impl Blur {
             d_min: cfg.d_min,
             per_frequency: cfg.per_frequency,
             lambda,
-            h,
-            w,
             ch_t: ch.t()?.contiguous()?,
             cw_t: cw.t()?.contiguous()?,
             ch,
@@ -131,32 +128,20 @@ impl Blur {
         })
     }
 
-    /// `tau_t` and its time derivative.
-    fn tau(&self, t: f64) -> (f64, f64) {
-        let half = std::f64::consts::FRAC_PI_2;
-        let sb = self.sigma_max * (half * t).sin().powi(2);
-        let dsb = self.sigma_max * half * (std::f64::consts::PI * t).sin();
-        (0.5 * sb * sb, sb * dsb)
-    }
-
-    /// The diagonals `D_t` and `Ddot_t` per example, each `[B, 1, H, W]`, from one pass over the
-    /// frequencies (one `exp` per entry serves both).
+    /// The diagonals `D_t` and `Ddot_t` per example, each `[B, 1, H, W]`, with tensor ops in
+    /// `f64` on `t`'s device (no read of `t`; one `exp` per entry serves both):
+    /// `tau = sb^2 / 2`, `sb = sigma_max sin^2(pi t / 2)`, `dtau = sb sigma_max (pi / 2) sin(pi t)`.
     fn gain_grids(&self, t: &Tensor) -> Result<(Tensor, Tensor)> {
-        let ts: Vec<f64> = t.to_dtype(DType::F64)?.to_vec1()?;
-        let n = ts.len() * self.lambda.len();
-        let (mut d, mut dd) = (Vec::with_capacity(n), Vec::with_capacity(n));
-        for &t in &ts {
-            let (tau, dtau) = self.tau(t);
-            for &l in &self.lambda {
-                let e = (1.0 - self.d_min) * (-l * tau).exp();
-                d.push(e + self.d_min);
-                dd.push(-l * dtau * e);
-            }
-        }
-        let grid = |v: Vec<f64>| {
-            Tensor::from_vec(v, (ts.len(), 1, self.h, self.w), t.device())?.to_dtype(t.dtype())
-        };
-        Ok((grid(d)?, grid(dd)?))
+        let (pi, half) = (std::f64::consts::PI, std::f64::consts::FRAC_PI_2);
+        let dtype = t.dtype();
+        let t = t.to_dtype(DType::F64)?.reshape(((), 1, 1, 1))?;
+        let sb = ((&t * half)?.sin()?.sqr()? * self.sigma_max)?;
+        let tau = (sb.sqr()? * 0.5)?;
+        let dtau = (&sb * (&t * pi)?.sin()?)?.affine(self.sigma_max * half, 0.0)?;
+        let e = (self.lambda.broadcast_mul(&tau)?.neg()?.exp()? * (1.0 - self.d_min))?;
+        let d = (&e + self.d_min)?;
+        let dd = self.lambda.broadcast_mul(&dtau)?.neg()?.mul(&e)?;
+        Ok((d.to_dtype(dtype)?, dd.to_dtype(dtype)?))
     }
 
     /// `V^T x`: the 2-D DCT of each channel, `C_H x C_W^T`.
