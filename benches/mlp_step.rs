@@ -5,43 +5,31 @@
 //!
 //!     cargo bench --bench mlp_step        # NDM_BENCH_ITERS timed repetitions (default 30)
 //!
+//! `NDM_BENCH_DEVICE=cuda:0` times the same on a GPU (a CUDA build: `.ci/cuda-build cargo bench
+//! --bench mlp_step --features ndm-api/cuda`); every timing waits for the device (`ndm_api::bench`).
+//!
 //! The phases are timed in separate loops on the same pipeline, so they add up to about the
 //! whole step (the optimizer's share is the step minus data, forward and backward). With
 //! `NDM_PROFILE=1` the fused kernels' own timers are printed too (`ndm_api::kernels::profile`);
 //! with `NDM_DEFAULT_MALLOC=1` glibc returns freed memory as by default
 //! (see `ndm_api::kernels::retain_freed_memory`).
 
-use ndm_api::candle_core::{Device, Tensor};
+use ndm_api::bench;
+use ndm_api::candle_core::Tensor;
 use ndm_api::kernels::profile;
-use ndm_api::stats::median;
 use ndm_api::train::{TrainState, Trainer};
 use ndm_api::{NetInput, Pipeline, PluginSpec, RegistryFile, Rng, Split, TimeGrid};
-use std::time::Instant;
-
-fn time_ms(iters: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<f64> {
-    for _ in 0..3 {
-        f()?;
-    }
-    let mut times = Vec::with_capacity(iters);
-    for _ in 0..iters {
-        let start = Instant::now();
-        f()?;
-        times.push(start.elapsed().as_secs_f64() * 1e3);
-    }
-    Ok(median(&mut times))
-}
 
 fn main() -> anyhow::Result<()> {
     let retained =
         std::env::var_os("NDM_DEFAULT_MALLOC").is_none() && ndm_api::kernels::retain_freed_memory();
-    let iters: usize = std::env::var("NDM_BENCH_ITERS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(30);
+    let iters = bench::iters(30);
     let show_profile = std::env::var_os("NDM_PROFILE").is_some();
     let reg = ndm_plugins_all::builtin_registry();
     let file = RegistryFile::parse(include_str!("../registry.toml"), "registry.toml")?;
-    let dev = Device::Cpu;
+    let dev = bench::device()?;
+    let time_ms =
+        |iters: usize, f: &mut dyn FnMut() -> ndm_api::Result<()>| bench::median_ms(&dev, iters, f);
     let ctx = ndm_api::registry::BuildCtx::without_weights(&dev, &reg);
     let data = reg.build_dataset(&PluginSpec::new("checkerboard"), &ctx)?;
     let preset = file.preset("ddpm")?.clone();
@@ -51,27 +39,27 @@ fn main() -> anyhow::Result<()> {
     let mut state = TrainState::new(&pipe, 0)?;
     let batch = cfg.batch_size;
     println!(
-        "ddpm preset, checkerboard: MLP {} params, batch {batch}, {} rayon threads, {iters} timed repetitions, freed memory {}",
+        "ddpm preset, checkerboard: MLP {} params, batch {batch}, {}, {iters} timed repetitions, freed memory {}",
         pipe.num_params(),
-        ndm_api::kernels::threads(),
+        bench::describe(&dev),
         if retained { "retained" } else { "returned (glibc's default)" }
     );
 
-    let step = time_ms(iters, || {
+    let step = time_ms(iters, &mut || {
         trainer.step(&mut state, data.as_ref())?;
         Ok(())
     })?;
     let mut rng = Rng::new(1);
-    let data_ms = time_ms(iters, || {
+    let data_ms = time_ms(iters, &mut || {
         data.sample_labeled(batch, Split::Train, &mut rng, &dev)?;
         Ok(())
     })?;
     let x = data.sample(batch, Split::Train, &mut rng, &dev)?;
-    let forward = time_ms(iters, || {
+    let forward = time_ms(iters, &mut || {
         pipe.objective.loss(&pipe, &x, &mut rng)?;
         Ok(())
     })?;
-    let fwd_bwd = time_ms(iters, || {
+    let fwd_bwd = time_ms(iters, &mut || {
         pipe.objective.loss(&pipe, &x, &mut rng)?.loss.backward()?;
         Ok(())
     })?;
@@ -93,14 +81,14 @@ fn main() -> anyhow::Result<()> {
     let solver = reg.build_solver(&preset.sampler.solver, &ctx)?;
     let grid = TimeGrid::from_times(vec![0.5, 0.499])?;
     let z = Tensor::randn(0f32, 1.0, (n, 2), &dev)?;
-    let t = pipe.time_tensor(0.5, n)?;
-    let sb = pipe.schedule.batch(&t)?;
-    let sample_step = time_ms(iters, || {
+    let t = pipe.times(0.5, n)?;
+    let sb = pipe.schedule.batch_at(&t)?;
+    let sample_step = time_ms(iters, &mut || {
         solver.sample(&pipe, z.clone(), &grid, &mut rng)?;
         Ok(())
     })?;
-    let net = time_ms(iters, || {
-        pipe.network(&NetInput::at(&z, &t, &sb))?;
+    let net = time_ms(iters, &mut || {
+        pipe.network(&NetInput::at(&z, t.tensor(), &sb))?;
         Ok(())
     })?;
     println!("\n| sampling step, {n} points | median ms | share |");
@@ -121,7 +109,7 @@ fn main() -> anyhow::Result<()> {
         1e3 * sample_step / n as f64
     );
 
-    if show_profile {
+    if show_profile && dev.is_cpu() {
         let train = profile::per_step_table("training step", iters, || {
             trainer.step(&mut state, data.as_ref()).map(|_| ())
         })?;

@@ -57,6 +57,7 @@
 //! ```
 
 pub mod backbone;
+pub mod bench;
 pub mod checkpoint;
 pub mod dataset;
 pub mod device;

@@ -7,6 +7,9 @@
 //! `NDM_BENCH_CONFIGS` (`mnist`, `cifar` or both, default both), `NDM_BENCH_UNET` (the network's
 //! config as TOML, e.g. `blocks_per_level = 2`; default the `backbone.unet` defaults),
 //! `NDM_BENCH_BATCH` (the batch of both shapes; default 64 for 28x28x1 and 32 for 32x32x3),
+//! `NDM_BENCH_DEVICE` (`cpu` when unset, or `cuda:N` in a CUDA build: `.ci/cuda-build cargo bench
+//! -p ndm-unet --bench unet_step --features ndm-api/cuda`; off the CPU "fused" is the fused
+//! backend's fallback to candle's ops, and each phase's timing waits for the device),
 //! `NDM_DEFAULT_MALLOC` (set: glibc's default of returning freed memory, see
 //! `ndm_api::kernels::retain_freed_memory`).
 
@@ -50,8 +53,7 @@ struct Batch {
     noise: Tensor,
 }
 
-fn batch(case: &Case, seed: u64) -> Result<Batch> {
-    let dev = Device::Cpu;
+fn batch(case: &Case, seed: u64, dev: &Device) -> Result<Batch> {
     let mut rng = Rng::new(seed);
     let dims = (case.batch, case.channels, case.size, case.size);
     let n = case.batch * case.channels * case.size * case.size;
@@ -67,9 +69,9 @@ fn batch(case: &Case, seed: u64) -> Result<Batch> {
         })
         .collect();
     Ok(Batch {
-        xt: Tensor::from_vec(xt, dims, &dev)?,
-        t: Tensor::from_vec(t, case.batch, &dev)?,
-        noise: Tensor::from_vec(noise, dims, &dev)?,
+        xt: Tensor::from_vec(xt, dims, dev)?,
+        t: Tensor::from_vec(t, case.batch, dev)?,
+        noise: Tensor::from_vec(noise, dims, dev)?,
     })
 }
 
@@ -80,10 +82,10 @@ fn config() -> UNetConfig {
     }
 }
 
-fn build(case: &Case, backend: KernelBackend) -> Result<Model> {
+fn build(case: &Case, backend: KernelBackend, dev: &Device) -> Result<Model> {
     let vm = VarMap::new();
     let net = UNet::new(
-        seeded_var_builder(&vm, 1234, DType::F32, &Device::Cpu),
+        seeded_var_builder(&vm, 1234, DType::F32, dev),
         &config(),
         case.channels,
         case.channels,
@@ -103,15 +105,20 @@ fn build(case: &Case, backend: KernelBackend) -> Result<Model> {
 }
 
 /// (forward incl. loss, backward, AdamW) seconds and the loss.
+/// Each phase's end waits for the device (reading the loss does for the forward).
 fn step(m: &mut Model, b: &Batch) -> Result<([f64; 3], f32)> {
+    let dev = b.xt.device();
+    dev.synchronize()?;
     let t0 = Instant::now();
     let pred = m.net.forward(&b.xt, &b.t)?;
     let loss = (pred - &b.noise)?.sqr()?.mean_all()?;
     let lv = loss.to_scalar::<f32>()?;
     let t1 = Instant::now();
     let grads = loss.backward()?;
+    dev.synchronize()?;
     let t2 = Instant::now();
     m.opt.step(&grads)?;
+    dev.synchronize()?;
     let t3 = Instant::now();
     drop(grads);
     let s = |a: Instant, b: Instant| (b - a).as_secs_f64();
@@ -131,16 +138,16 @@ fn medians(samples: &[[f64; 3]]) -> [f64; 5] {
     out
 }
 
-fn run_case(case: &Case, iters: usize, only: Option<&str>) -> Result<()> {
-    let data = batch(case, 99)?;
+fn run_case(case: &Case, iters: usize, only: Option<&str>, dev: &Device) -> Result<()> {
+    let data = batch(case, 99, dev)?;
     let want = |k: &str| only.is_none_or(|o| o == k);
     let mut native = if want("native") {
-        Some(build(case, KernelBackend::Native)?)
+        Some(build(case, KernelBackend::Native, dev)?)
     } else {
         None
     };
     let mut fused = if want("fused") {
-        Some(build(case, KernelBackend::Fused)?)
+        Some(build(case, KernelBackend::Fused, dev)?)
     } else {
         None
     };
@@ -217,7 +224,7 @@ fn run_case(case: &Case, iters: usize, only: Option<&str>) -> Result<()> {
             .collect::<Vec<_>>()
             .join(" ")
     );
-    if let Some(m) = fused.as_mut() {
+    if let Some(m) = fused.as_mut().filter(|_| dev.is_cpu()) {
         profile_table(case, m, &data, iters.max(3))?;
     }
     Ok(())
@@ -284,16 +291,14 @@ fn main() -> Result<()> {
     if std::env::var_os("NDM_DEFAULT_MALLOC").is_none() {
         ndm_api::kernels::retain_freed_memory();
     }
-    let iters: usize = std::env::var("NDM_BENCH_ITERS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(7);
+    let iters = ndm_api::bench::iters(7);
+    let dev = ndm_api::bench::device().map_err(|e| candle_core::Error::Msg(e.to_string()))?;
     let only = std::env::var("NDM_BENCH_ONLY").ok();
     let configs = std::env::var("NDM_BENCH_CONFIGS").unwrap_or_else(|_| "mnist,cifar".into());
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     println!(
-        "U-Net training step, native candle vs ndm-unet, {} rayon threads (loadavg at start: {})",
-        rayon::current_num_threads(),
+        "U-Net training step, native candle vs ndm-unet, {} (loadavg at start: {})",
+        ndm_api::bench::describe(&dev),
         load.split_whitespace()
             .take(3)
             .collect::<Vec<_>>()
@@ -319,7 +324,7 @@ fn main() -> Result<()> {
     ];
     for (case, key) in cases.iter().zip(["mnist", "cifar"]) {
         if configs.contains(key) {
-            run_case(case, iters, only.as_deref())?;
+            run_case(case, iters, only.as_deref(), &dev)?;
         }
     }
     Ok(())
