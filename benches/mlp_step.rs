@@ -109,6 +109,19 @@ fn main() -> anyhow::Result<()> {
         1e3 * sample_step / n as f64
     );
 
+    // A large batch should cost no more per point than a small one.
+    println!("\n| sampling step, batch | median ms | us per point |");
+    println!("|---|---|---|");
+    for m in [500, 2_000, 10_000, 50_000] {
+        let z = Tensor::randn(0f32, 1.0, (m, 2), &dev)?;
+        let reps = (iters * 10_000 / m).clamp(5, 10 * iters);
+        let ms = time_ms(reps, &mut || {
+            solver.sample(&pipe, z.clone(), &grid, &mut rng)?;
+            Ok(())
+        })?;
+        println!("| {m} | {ms:.2} | {:.2} |", 1e3 * ms / m as f64);
+    }
+
     if show_profile && dev.is_cpu() {
         let train = profile::per_step_table("training step", iters, || {
             trainer.step(&mut state, data.as_ref()).map(|_| ())

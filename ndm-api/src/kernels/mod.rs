@@ -73,6 +73,6 @@ pub fn expect_backward<R>(f: impl FnOnce() -> R) -> R {
 }
 
 /// Whether this thread is inside [`expect_backward`].
-pub(crate) fn backward_expected() -> bool {
+pub fn backward_expected() -> bool {
     BACKWARD_EXPECTED.with(|b| b.get())
 }
