@@ -12,7 +12,8 @@
 //! whole step (the optimizer's share is the step minus data, forward and backward). With
 //! `NDM_PROFILE=1` the fused kernels' own timers are printed too (`ndm_api::kernels::profile`);
 //! with `NDM_DEFAULT_MALLOC=1` glibc returns freed memory as by default
-//! (see `ndm_api::kernels::retain_freed_memory`).
+//! (see `ndm_api::kernels::retain_freed_memory`); `CANDLE_NUM_THREADS=N` gives candle's own
+//! elementwise pool N threads again (`ndm_api::kernels::keep_cores_for_rayon` sets 1).
 
 use ndm_api::bench;
 use ndm_api::candle_core::Tensor;
@@ -23,6 +24,7 @@ use ndm_api::{NetInput, Pipeline, PluginSpec, RegistryFile, Rng, Split, TimeGrid
 fn main() -> anyhow::Result<()> {
     let retained =
         std::env::var_os("NDM_DEFAULT_MALLOC").is_none() && ndm_api::kernels::retain_freed_memory();
+    ndm_api::kernels::keep_cores_for_rayon();
     let iters = bench::iters(30);
     let show_profile = std::env::var_os("NDM_PROFILE").is_some();
     let reg = ndm_plugins_all::builtin_registry();
@@ -39,10 +41,11 @@ fn main() -> anyhow::Result<()> {
     let mut state = TrainState::new(&pipe, 0)?;
     let batch = cfg.batch_size;
     println!(
-        "ddpm preset, checkerboard: MLP {} params, batch {batch}, {}, {iters} timed repetitions, freed memory {}",
+        "ddpm preset, checkerboard: MLP {} params, batch {batch}, {}, {iters} timed repetitions, freed memory {}, CANDLE_NUM_THREADS={}",
         pipe.num_params(),
         bench::describe(&dev),
-        if retained { "retained" } else { "returned (glibc's default)" }
+        if retained { "retained" } else { "returned (glibc's default)" },
+        std::env::var("CANDLE_NUM_THREADS").unwrap_or_default()
     );
 
     let step = time_ms(iters, &mut || {

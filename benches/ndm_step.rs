@@ -18,6 +18,7 @@ use ndm_api::{Pipeline, PluginSpec, RegistryFile};
 
 fn main() -> anyhow::Result<()> {
     ndm_api::kernels::retain_freed_memory();
+    ndm_api::kernels::keep_cores_for_rayon();
     let iters = bench::iters(20);
     let reg = ndm_plugins_all::builtin_registry();
     let file = RegistryFile::parse(include_str!("../registry.toml"), "registry.toml")?;

@@ -57,6 +57,21 @@ pub fn retain_freed_memory() -> bool {
     }
 }
 
+/// Leaves the cores to rayon's pool, on which the kernels and every GEMM run: candle 0.11 runs its
+/// own large elementwise ops (64 Ki elements and up: a residual add of a 512 x 128 batch) on a
+/// second pool of `RAYON_NUM_THREADS - 1` workers, each of which spins for 25,000 rounds after
+/// every op before it sleeps, so the next GEMM shares its cores with a spinning thread. This sets
+/// `CANDLE_NUM_THREADS=1` (no workers: candle runs those ops on the calling thread) unless the
+/// user set it. candle reads it once, so call this first, before any tensor op, as the runner
+/// and the benchmarks do; only speed depends on it. Returns whether it set the variable.
+pub fn keep_cores_for_rayon() -> bool {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_some() {
+        return false;
+    }
+    std::env::set_var("CANDLE_NUM_THREADS", "1");
+    true
+}
+
 thread_local! {
     static BACKWARD_EXPECTED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }

@@ -291,6 +291,8 @@ fn main() -> Result<()> {
     if std::env::var_os("NDM_DEFAULT_MALLOC").is_none() {
         ndm_api::kernels::retain_freed_memory();
     }
+    // As the runner does; CANDLE_NUM_THREADS=N set by hand gives candle's own pool N threads.
+    ndm_api::kernels::keep_cores_for_rayon();
     let iters = ndm_api::bench::iters(7);
     let dev = ndm_api::bench::device().map_err(|e| candle_core::Error::Msg(e.to_string()))?;
     let only = std::env::var("NDM_BENCH_ONLY").ok();
