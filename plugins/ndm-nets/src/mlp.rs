@@ -237,7 +237,7 @@ impl Mlp {
 
 impl Backbone for Mlp {
     /// A large batch outside training on the CPU (a sampler's 10,000 points) runs in passes of
-    /// [`Mlp::pass_rows`] rows, each through the whole network, so that each layer's activations
+    /// `Mlp::pass_rows` rows, each through the whole network, so that each layer's activations
     /// stay in cache; the rows are independent, so the output is the same.
     fn forward(&self, input: &NetInput) -> Result<Tensor> {
         let n = input.z.dim(0)?;
