@@ -12,6 +12,7 @@ use ndm_api::{Pipeline, PluginSpec, RegistryFile, Rng};
 use std::time::Instant;
 
 fn main() -> anyhow::Result<()> {
+    ndm_api::kernels::prepare_process();
     let args: Vec<usize> = std::env::args()
         .skip(1)
         .filter_map(|a| a.parse().ok())

@@ -23,6 +23,7 @@ fn rms(a: &Tensor, b: &Tensor) -> anyhow::Result<f64> {
 }
 
 fn main() -> anyhow::Result<()> {
+    ndm_api::kernels::prepare_process();
     let reg = ndm_plugins_all::builtin_registry();
     let file = RegistryFile::parse(include_str!("../registry.toml"), "registry.toml")?;
     let mut spec = file.preset("ddpm")?.model.clone();

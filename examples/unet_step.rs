@@ -40,6 +40,7 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 fn main() -> anyhow::Result<()> {
+    ndm_api::kernels::prepare_process();
     let mut args = std::env::args().skip(1);
     let steps: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(20);
     let batch: usize = args.next().map(|s| s.parse()).transpose()?.unwrap_or(64);

@@ -72,6 +72,13 @@ pub fn keep_cores_for_rayon() -> bool {
     true
 }
 
+/// What a program running ndm on the CPU calls first, before any tensor op: both of
+/// [`retain_freed_memory`] and [`keep_cores_for_rayon`]. The runner and the examples do.
+pub fn prepare_process() {
+    retain_freed_memory();
+    keep_cores_for_rayon();
+}
+
 thread_local! {
     static BACKWARD_EXPECTED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
