@@ -354,3 +354,46 @@ fn linear_backward_from_the_kept_sigmoid() {
         &|be, t| ndm_api::kernels::expect_backward(|| be.linear(&t[0], &t[1], Some(&t[2]), true)),
     );
 }
+
+/// 3x3, stride 1, padding 1 with at least 8 channels in and out runs as Winograd F(2x2, 3x3),
+/// its input gradient too: against candle's conv2d and central differences on the tiling's edge
+/// cases (odd H and W, a 1x1 image, batch 1, Cin != Cout, several images per GEMM with a partial
+/// last group).
+#[test]
+fn conv2d_3x3_winograd_edge_shapes() {
+    let conv = |be: KernelBackend, t: &[Tensor]| be.conv2d(&t[0], &t[1], Some(&t[2]), 1, 1);
+    check_op(
+        "winograd 5x3 odd",
+        &[&[2, 8, 5, 3], &[9, 8, 3, 3], &[9]],
+        &conv,
+    );
+    check_op(
+        "winograd 1x1 b1",
+        &[&[1, 8, 1, 1], &[8, 8, 3, 3], &[8]],
+        &conv,
+    );
+    check_op(
+        "winograd 1x4",
+        &[&[2, 8, 1, 4], &[10, 8, 3, 3], &[10]],
+        &conv,
+    );
+    check_op(
+        "winograd 3x3 b5",
+        &[&[5, 8, 3, 3], &[8, 8, 3, 3], &[8]],
+        &conv,
+    );
+}
+
+#[test]
+fn conv2d_3x3_winograd_per_item_bias_and_no_bias() {
+    check_op(
+        "winograd per-item bias",
+        &[&[5, 8, 3, 5], &[9, 8, 3, 3], &[5, 9]],
+        &|be, t| be.conv2d(&t[0], &t[1], Some(&t[2]), 1, 1),
+    );
+    check_op(
+        "winograd no bias b1",
+        &[&[1, 9, 7, 6], &[8, 9, 3, 3]],
+        &|be, t| be.conv2d(&t[0], &t[1], None, 1, 1),
+    );
+}

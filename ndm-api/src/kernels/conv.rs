@@ -14,6 +14,7 @@ use rayon::prelude::*;
 use super::float::{dispatch_float, lane_sum, slice, Float};
 use super::gemm::{matmul, Trans};
 use super::profile::timed;
+use super::winograd;
 
 /// Sizes of one convolution (no groups, no dilation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -215,7 +216,23 @@ fn col2im<T: Float>(g: &ConvGeom, col: &[T], dx: &mut [T]) {
 }
 
 /// `bias`: `[Cout]`, or `[B, Cout]` (one row per batch item) when its length is `B * Cout`.
+/// 3x3, stride-1, padding-1 convolutions run as Winograd F(2x2, 3x3) ([`winograd`]), the rest
+/// as im2col + GEMM.
 fn conv_fwd<T: Float>(g: &ConvGeom, x: &[T], w: &[T], bias: Option<&[T]>) -> Vec<T> {
+    if winograd::applies(g) {
+        winograd::conv3x3(g, x, w, bias)
+    } else {
+        conv_fwd_im2col(g, x, w, bias)
+    }
+}
+
+/// [`conv_fwd`] as im2col + one GEMM per batch item, for any geometry.
+pub(crate) fn conv_fwd_im2col<T: Float>(
+    g: &ConvGeom,
+    x: &[T],
+    w: &[T],
+    bias: Option<&[T]>,
+) -> Vec<T> {
     let per_item = bias.is_some_and(|b| b.len() != g.cout);
     let (k, p, cout) = (g.k(), g.p(), g.cout);
     let par = g.b < rayon::current_num_threads();
@@ -414,7 +431,12 @@ impl CustomOp3 for Conv2d {
             let x = slice::<T>(s1, l1, "conv2d")?;
             let w = slice::<T>(s2, l2, "conv2d")?;
             let b = slice::<T>(s3, l3, "conv2d")?;
-            let y = timed("conv2d fwd", || conv_fwd(&g, x, w, Some(b)));
+            let name = if winograd::applies(&g) {
+                "conv2d fwd winograd"
+            } else {
+                "conv2d fwd"
+            };
+            let y = timed(name, || conv_fwd(&g, x, w, Some(b)));
             Ok((T::into_storage(y), shape))
         })
     }
@@ -470,7 +492,11 @@ impl CustomOp2 for Conv2dBwdInput {
         dispatch_float!(s1, "conv2d backward", |T| {
             let dy = slice::<T>(s1, l1, "conv2d backward")?;
             let w = slice::<T>(s2, l2, "conv2d backward")?;
-            let dx = timed("conv2d bwd input", || conv_bwd_input(g, dy, w));
+            let name = match transposed_geom(g) {
+                Some(t) if winograd::applies(&t) => "conv2d bwd input winograd",
+                _ => "conv2d bwd input",
+            };
+            let dx = timed(name, || conv_bwd_input(g, dy, w));
             Ok((T::into_storage(dx), shape))
         })
     }

@@ -17,6 +17,7 @@ pub mod profile;
 mod silu;
 mod softmax;
 mod upsample;
+mod winograd;
 
 pub use ops::{
     attention, conv2d, group_norm, group_norm_silu, linear, silu, silu_tangent, softmax_last_dim,

@@ -72,6 +72,21 @@ fn main() -> Result<()> {
             Box::new(|be, t| be.conv2d(&t[0], &t[1], Some(&t[2]), 1, 1)),
         ),
         (
+            "conv2d 3x3 64x64x14x14 -> 64",
+            vec![vec![64, 64, 14, 14], vec![64, 64, 3, 3], vec![64]],
+            Box::new(|be, t| be.conv2d(&t[0], &t[1], Some(&t[2]), 1, 1)),
+        ),
+        (
+            "conv2d 3x3 64x64x7x7 -> 64",
+            vec![vec![64, 64, 7, 7], vec![64, 64, 3, 3], vec![64]],
+            Box::new(|be, t| be.conv2d(&t[0], &t[1], Some(&t[2]), 1, 1)),
+        ),
+        (
+            "conv2d 3x3 64x1x28x28 -> 32",
+            vec![vec![64, 1, 28, 28], vec![32, 1, 3, 3], vec![32]],
+            Box::new(|be, t| be.conv2d(&t[0], &t[1], Some(&t[2]), 1, 1)),
+        ),
+        (
             "conv2d 3x3 s2 64x32x28x28 -> 32",
             vec![vec![64, 32, 28, 28], vec![32, 32, 3, 3], vec![32]],
             Box::new(|be, t| be.conv2d(&t[0], &t[1], Some(&t[2]), 2, 1)),
