@@ -35,6 +35,19 @@ impl SchedulePoint {
         (fx * self.alpha)? + (eps * self.sigma)?
     }
 
+    /// `[alpha, sigma, log_snr, dlog_alpha, dalpha, dsigma2]`, the order of [`ScheduleBatch`]'s
+    /// fields.
+    pub fn fields(&self) -> [f64; 6] {
+        [
+            self.alpha,
+            self.sigma,
+            self.log_snr,
+            self.dlog_alpha,
+            self.dalpha,
+            self.dsigma2,
+        ]
+    }
+
     /// Builds a point from `alpha`, `sigma` and their derivatives `dalpha`, `dsigma`.
     pub fn from_derivatives(alpha: f64, sigma: f64, dalpha: f64, dsigma: f64) -> Self {
         SchedulePoint {
@@ -70,15 +83,7 @@ pub struct ScheduleBatch {
 impl ScheduleBatch {
     /// `n` copies of one point: six numbers copied to the device, spread there.
     pub fn constant(p: &SchedulePoint, n: usize, like: &Tensor) -> Result<Self> {
-        let cols = [
-            p.alpha,
-            p.sigma,
-            p.log_snr,
-            p.dlog_alpha,
-            p.dalpha,
-            p.dsigma2,
-        ];
-        let all = host_tensor(cols.to_vec(), &[6, 1], like.dtype(), like.device())?
+        let all = host_tensor(p.fields().to_vec(), &[6, 1], like.dtype(), like.device())?
             .broadcast_as((6, n))?
             .contiguous()?;
         Self::from_rows(&all)
@@ -99,15 +104,10 @@ impl ScheduleBatch {
     /// Builds the batch from host points (for schedules without trainable weights).
     pub fn from_points(points: &[SchedulePoint], like: &Tensor) -> Result<Self> {
         let n = points.len();
-        let cols: [fn(&SchedulePoint) -> f64; 6] = [
-            |p| p.alpha,
-            |p| p.sigma,
-            |p| p.log_snr,
-            |p| p.dlog_alpha,
-            |p| p.dalpha,
-            |p| p.dsigma2,
-        ];
-        let host: Vec<f64> = cols.iter().flat_map(|f| points.iter().map(f)).collect();
+        let rows: Vec<[f64; 6]> = points.iter().map(SchedulePoint::fields).collect();
+        let host: Vec<f64> = (0..6)
+            .flat_map(|c| rows.iter().map(move |r| r[c]))
+            .collect();
         // One copy to the device for all six columns (rows of a [6, n] tensor).
         Self::from_rows(&host_tensor(host, &[6, n], like.dtype(), like.device())?)
     }

@@ -68,16 +68,7 @@ pub fn check_schedule(s: &dyn NoiseSchedule) -> Check {
             [p.sigma, p.dalpha, p.dsigma2].iter().all(|v| v.is_finite())
                 && p.log_snr == f64::NEG_INFINITY
         } else {
-            [
-                p.alpha,
-                p.sigma,
-                p.log_snr,
-                p.dlog_alpha,
-                p.dalpha,
-                p.dsigma2,
-            ]
-            .iter()
-            .all(|v| v.is_finite())
+            p.fields().iter().all(|v| v.is_finite())
         };
         ensure(finite, || format!("non-finite value at t = {t}: {p:?}"))?;
         ensure((p.alpha > 0.0 || open_end) && p.sigma > 0.0, || {
