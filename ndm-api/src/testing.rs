@@ -154,6 +154,31 @@ pub fn check_schedule(s: &dyn NoiseSchedule) -> Check {
             )
         })?;
     }
+    // The form the hot paths use, from times known on the host: per-example and shared times.
+    let per_example = crate::Times::read(&t).map_err(|e| e.to_string())?;
+    let shared =
+        crate::Times::constant(0.31, 3, DType::F32, device()?).map_err(|e| e.to_string())?;
+    for (times, what) in [(per_example, "per-example"), (shared, "shared")] {
+        let b = s
+            .batch_at(&times)
+            .map_err(|e| format!("batch_at ({what} times) failed: {e}"))?;
+        let read = |v: &Tensor| v.to_vec1::<f32>().map_err(|e| e.to_string());
+        let (alpha, sigma) = (read(&b.alpha)?, read(&b.sigma)?);
+        ensure(
+            alpha.len() == times.len() && sigma.len() == times.len(),
+            || format!("batch_at ({what} times) must return [B] tensors"),
+        )?;
+        for (k, &tk) in times.values().iter().enumerate() {
+            let p = s.point(tk);
+            let gap = (alpha[k] as f64 - p.alpha).abs() + (sigma[k] as f64 - p.sigma).abs();
+            ensure(gap < 1e-5, || {
+                format!(
+                    "batch_at ({what} times) gives alpha {}, sigma {} where the point gives {}, {} at t = {tk}",
+                    alpha[k], sigma[k], p.alpha, p.sigma
+                )
+            })?;
+        }
+    }
     Ok(())
 }
 
