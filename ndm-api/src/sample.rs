@@ -77,7 +77,12 @@ pub fn sample_clipped(
         None => base,
     };
     solver.check(rp)?;
-    let out = solver.sample(rp, z_start.clone(), grid, rng)?;
+    // A learned schedule evaluates the grid's points in one read, not one per step; forgotten
+    // after the solve, whatever its outcome.
+    pipe.schedule.prefetch_points(grid.times());
+    let out = solver.sample(rp, z_start.clone(), grid, rng);
+    pipe.schedule.forget_points();
+    let out = out?;
     let t_min = grid.end();
     // The decoder mean at t_min (clamped like every prediction), through the transform's decoder.
     let xhat = rp.predict_x(&out.z, t_min)?;

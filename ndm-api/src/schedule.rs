@@ -213,6 +213,15 @@ pub trait NoiseSchedule: Send + Sync + std::fmt::Debug {
         }
     }
 
+    /// Evaluates [`NoiseSchedule::point`] ahead at the times a solve will ask for (sampling passes
+    /// its grid), kept until [`NoiseSchedule::forget_points`]: a schedule whose `point` reads
+    /// trainable weights back from the device (VDM) then reads once per solve instead of once per
+    /// call. The default keeps nothing; `point` must give the same values either way.
+    fn prefetch_points(&self, _ts: &[f64]) {}
+
+    /// Drops what [`NoiseSchedule::prefetch_points`] kept (the weights may change afterwards).
+    fn forget_points(&self) {}
+
     /// The lowest time of the process, where sampling stops and likelihoods start: 0 unless the
     /// schedule has no noise there (rectified flow's `sigma_0 = 0`), where `sigma_t > 0` must hold
     /// from this time on.

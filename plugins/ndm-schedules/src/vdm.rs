@@ -1,6 +1,9 @@
 //! `schedule.vdm`: VDM's learned monotone `gamma(t)` (Kingma et al. 2021), `sigma^2 = sigmoid(gamma)`,
 //! `alpha^2 = sigmoid(-gamma)`, `lambda = -gamma`.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use ndm_api::candle_core::{DType, Result, Tensor};
 use ndm_api::candle_nn::{ops::sigmoid, Init, VarBuilder};
 use ndm_api::registry::BuildCtx;
@@ -44,6 +47,8 @@ pub struct Vdm {
     gamma0: Tensor,
     gamma1: Tensor,
     interior: Vec<String>,
+    /// Points evaluated ahead for a solve ([`NoiseSchedule::prefetch_points`]), by `t`'s bits.
+    prefetched: Arc<Mutex<HashMap<u64, SchedulePoint>>>,
 }
 
 /// `gt(t)` and `gt'(t)` for `t` of shape `[B, 1]`, as `[B, 1]` tensors.
@@ -98,6 +103,7 @@ impl Vdm {
             gamma0,
             gamma1,
             interior,
+            prefetched: Arc::default(),
         })
     }
 
@@ -124,27 +130,65 @@ impl Vdm {
     }
 }
 
+impl Vdm {
+    /// `(gamma, gamma')` at host times, with the weights in f64 so that host formulas keep their
+    /// precision: one evaluation and one read for all of them.
+    fn host_gamma(&self, ts: &[f64]) -> Result<Vec<(f64, f64)>> {
+        let f = |w: &Tensor| w.to_dtype(DType::F64);
+        let wide = Vdm {
+            w1: f(&self.w1)?,
+            w2: f(&self.w2)?,
+            b2: f(&self.b2)?,
+            w3: f(&self.w3)?,
+            gamma0: f(&self.gamma0)?,
+            gamma1: f(&self.gamma1)?,
+            interior: Vec::new(),
+            prefetched: Arc::default(),
+        };
+        let (g, d) = wide.gamma(&Tensor::new(ts, self.w1.device())?)?;
+        let both = Tensor::stack(&[g, d], 0)?.to_vec2::<f64>()?;
+        Ok(both[0]
+            .iter()
+            .copied()
+            .zip(both[1].iter().copied())
+            .collect())
+    }
+}
+
 impl NoiseSchedule for Vdm {
     fn point(&self, t: f64) -> SchedulePoint {
-        // The same weights, evaluated in f64 so that host formulas keep their precision.
-        let gd = (|| -> Result<(f64, f64)> {
-            let f = |w: &Tensor| w.to_dtype(DType::F64);
-            let wide = Vdm {
-                w1: f(&self.w1)?,
-                w2: f(&self.w2)?,
-                b2: f(&self.b2)?,
-                w3: f(&self.w3)?,
-                gamma0: f(&self.gamma0)?,
-                gamma1: f(&self.gamma1)?,
-                interior: Vec::new(),
-            };
-            let (g, d) = wide.gamma(&Tensor::new(&[t], self.w1.device())?)?;
-            Ok((g.to_vec1::<f64>()?[0], d.to_vec1::<f64>()?[0]))
-        })();
+        if let Some(p) = self
+            .prefetched
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&t.to_bits()).copied())
+        {
+            return p;
+        }
         // Evaluating tensors this schedule made itself fails only through a bug; NaN then makes
         // every caller's finiteness check say so.
-        let (g, dg) = gd.unwrap_or((f64::NAN, f64::NAN));
+        let (g, dg) = self
+            .host_gamma(&[t])
+            .ok()
+            .and_then(|v| v.first().copied())
+            .unwrap_or((f64::NAN, f64::NAN));
         point_from_gamma(g, dg)
+    }
+
+    fn prefetch_points(&self, ts: &[f64]) {
+        // On failure nothing is kept and `point` evaluates each time as before.
+        if let (Ok(gd), Ok(mut m)) = (self.host_gamma(ts), self.prefetched.lock()) {
+            m.clear();
+            for (&t, &(g, dg)) in ts.iter().zip(&gd) {
+                m.insert(t.to_bits(), point_from_gamma(g, dg));
+            }
+        }
+    }
+
+    fn forget_points(&self) {
+        if let Ok(mut m) = self.prefetched.lock() {
+            m.clear();
+        }
     }
 
     fn batch(&self, t: &Tensor) -> Result<ScheduleBatch> {
@@ -196,3 +240,38 @@ ndm_api::register_plugin!(
     VdmConfig,
     |cfg: VdmConfig, ctx: &BuildCtx| Ok(Box::new(Vdm::new(cfg, ctx.vb.clone())?))
 );
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndm_api::candle_core::Device;
+    use ndm_api::candle_nn::VarMap;
+
+    /// Points evaluated ahead in one batch are the points evaluated one by one, and are kept
+    /// only until they are forgotten.
+    #[test]
+    fn prefetched_points_are_the_points() {
+        let vm = VarMap::new();
+        let vb = ndm_api::vars::seeded_var_builder(&vm, 3, DType::F32, &Device::Cpu);
+        let cfg = VdmConfig {
+            hidden: 16,
+            ..VdmConfig::default()
+        };
+        let s = Vdm::new(cfg, vb.pp("schedule")).unwrap();
+        let ts: Vec<f64> = (0..=20).map(|i| i as f64 / 20.0).collect();
+        let one_by_one: Vec<SchedulePoint> = ts.iter().map(|&t| s.point(t)).collect();
+        s.prefetch_points(&ts);
+        assert_eq!(s.prefetched.lock().unwrap().len(), ts.len());
+        for (&t, p) in ts.iter().zip(&one_by_one) {
+            let q = s.point(t);
+            for (a, b) in p.fields().iter().zip(q.fields()) {
+                assert!(
+                    (a - b).abs() <= 1e-12 * (1.0 + a.abs()),
+                    "t = {t}: {a} vs {b}"
+                );
+            }
+        }
+        s.forget_points();
+        assert!(s.prefetched.lock().unwrap().is_empty());
+    }
+}
