@@ -350,7 +350,7 @@ pub fn continuous_diff_integrand(
     let t = times.tensor();
     let s2 = sb.sigma.sqr()?;
     // lambda' = 2 r - dsigma2 / sigma^2; g^2 = -lambda' sigma^2.
-    let dlambda = ((&sb.dlog_alpha * 2.0)? - (&sb.dsigma2 / &s2)?)?;
+    let dlambda = sb.dlog_snr()?;
     let g2 = (dlambda.neg()? * &s2)?;
     let (fx, dfx) = pipe.f_and_dot(x, t)?;
     let c = pipe.coeffs(&sb)?;
@@ -439,9 +439,8 @@ impl ImportanceTable {
         }
         let w = (|| -> Result<Vec<f64>> {
             let sb = pipe.schedule.batch_at(&pipe.times_from(mids.to_vec())?)?;
-            // g^2 = -lambda' sigma^2 = dsigma2 - 2 r sigma^2.
-            let s2 = sb.sigma.sqr()?;
-            let g2 = (&sb.dsigma2 - (sb.dlog_alpha * 2.0)?.mul(&s2)?)?;
+            // 1 / g^2 with g^2 = -lambda' sigma^2, as for a fixed schedule's points below.
+            let g2 = (sb.dlog_snr()?.neg()? * sb.sigma.sqr()?)?;
             g2.detach()
                 .recip()?
                 .to_dtype(candle_core::DType::F64)?

@@ -89,6 +89,12 @@ impl ScheduleBatch {
         Self::from_rows(&all)
     }
 
+    /// `d lambda / dt = 2 r - dsigma2 / sigma^2` per example ([`SchedulePoint::dlog_snr`] as a
+    /// tensor; `-dlog_snr sigma^2` is the diffusion's `g^2`).
+    pub fn dlog_snr(&self) -> Result<Tensor> {
+        (&self.dlog_alpha * 2.0)? - (&self.dsigma2 / self.sigma.sqr()?)?
+    }
+
     /// The six rows of a `[6, n]` tensor, as views.
     fn from_rows(all: &Tensor) -> Result<Self> {
         Ok(ScheduleBatch {

@@ -357,30 +357,31 @@ fn f32s_mut<'s>(
     }
 }
 
-/// `m <- b m + (1 - b) clip g` (or with `(clip g)^2` for the second moment), in place.
-struct Moment {
+/// A running mean in place, `a <- b a + (1 - b) x'` with `x' = s x` or `(s x)^2`: Adam's first
+/// (`s` the clip factor) and second (squared) moments, and the EMA of the weights (`s = 1`).
+struct RunningMean {
     b: f64,
-    clip: f64,
+    scale: f64,
     square: bool,
 }
 
-impl candle_core::InplaceOp2 for Moment {
+impl candle_core::InplaceOp2 for RunningMean {
     fn name(&self) -> &'static str {
-        "ndm-adam-moment"
+        "ndm-running-mean"
     }
     fn cpu_fwd(
         &self,
-        sm: &mut candle_core::CpuStorage,
-        lm: &candle_core::Layout,
-        sg: &candle_core::CpuStorage,
-        lg: &candle_core::Layout,
+        sa: &mut candle_core::CpuStorage,
+        la: &candle_core::Layout,
+        sx: &candle_core::CpuStorage,
+        lx: &candle_core::Layout,
     ) -> candle_core::Result<()> {
-        let g = f32s(sg, lg)?;
-        let m = f32s_mut(sm, lm)?;
-        for (m, g) in m.iter_mut().zip(g) {
-            let gi = *g as f64 * self.clip;
-            let gi = if self.square { gi * gi } else { gi };
-            *m = (self.b * *m as f64 + (1.0 - self.b) * gi) as f32;
+        let x = f32s(sx, lx)?;
+        let a = f32s_mut(sa, la)?;
+        for (a, x) in a.iter_mut().zip(x) {
+            let xi = *x as f64 * self.scale;
+            let xi = if self.square { xi * xi } else { xi };
+            *a = (self.b * *a as f64 + (1.0 - self.b) * xi) as f32;
         }
         Ok(())
     }
@@ -408,29 +409,6 @@ impl candle_core::InplaceOp3 for AdamStep {
         for ((w, m), v) in w.iter_mut().zip(m).zip(v) {
             let step = (*m as f64 / u.c1) / ((*v as f64 / u.c2).sqrt() + u.eps);
             *w = (u.decay * *w as f64 - u.lr * step) as f32;
-        }
-        Ok(())
-    }
-}
-
-/// `e <- d e + (1 - d) w`, in place.
-struct Ema(f64);
-
-impl candle_core::InplaceOp2 for Ema {
-    fn name(&self) -> &'static str {
-        "ndm-ema"
-    }
-    fn cpu_fwd(
-        &self,
-        se: &mut candle_core::CpuStorage,
-        le: &candle_core::Layout,
-        sw: &candle_core::CpuStorage,
-        lw: &candle_core::Layout,
-    ) -> candle_core::Result<()> {
-        let w = f32s(sw, lw)?;
-        let e = f32s_mut(se, le)?;
-        for (e, w) in e.iter_mut().zip(w) {
-            *e = (self.0 * *e as f64 + (1.0 - self.0) * *w as f64) as f32;
         }
         Ok(())
     }
@@ -474,15 +452,11 @@ fn in_place_update(gs: &Grads, state: &TrainState, u: &Update) -> Result<()> {
         let v = state.v.get(*name).ok_or_else(|| missing(name))?;
         let e = state.ema.get(*name).ok_or_else(|| missing(name))?;
         let w = var.as_tensor();
-        let moment = |b: f64, square: bool| Moment {
-            b,
-            clip: u.clip,
-            square,
-        };
-        m.inplace_op2(g, &moment(u.b1, false))?;
-        v.inplace_op2(g, &moment(u.b2, true))?;
+        let mean = |b: f64, scale: f64, square: bool| RunningMean { b, scale, square };
+        m.inplace_op2(g, &mean(u.b1, u.clip, false))?;
+        v.inplace_op2(g, &mean(u.b2, u.clip, true))?;
         w.inplace_op3(m, v, &AdamStep(u))?;
-        e.inplace_op2(w, &Ema(u.ema))?;
+        e.inplace_op2(w, &mean(u.ema, 1.0, false))?;
         Ok(())
     })
 }

@@ -14,10 +14,10 @@ use std::sync::{Arc, Mutex};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-use super::float::{dispatch_float, slice, wide, Float};
+use super::float::{dispatch_float, slice, Float};
 use super::gemm::{matmul, Trans};
 use super::profile::timed;
-use super::silu::{sigmoid_into, silu_d1_given, BLOCK};
+use super::silu::{sigmoid_into, silu_d1_given, silu_into, BLOCK};
 
 /// Rows per parallel block: every thread gets work, no block is too small to amortise a GEMM's
 /// packing, and a block's activated input stays in cache.
@@ -35,11 +35,7 @@ fn activate<T: Float>(x: &[T], silu: bool, sig: Option<&[T]>, out: &mut [T]) {
                 *o = *v * *s;
             }
         }
-        (true, None) => wide(|| {
-            for (o, v) in out.iter_mut().zip(x) {
-                *o = *v * v.sigmoid();
-            }
-        }),
+        (true, None) => silu_into(x, out),
     }
 }
 

@@ -25,13 +25,7 @@ impl CustomOp1 for Silu {
                 let mut y = vec![T::zero(); x.len()];
                 y.par_chunks_mut(BLOCK)
                     .zip(x.par_chunks(BLOCK))
-                    .for_each(|(yo, xi)| {
-                        wide(|| {
-                            for (o, v) in yo.iter_mut().zip(xi) {
-                                *o = *v * v.sigmoid();
-                            }
-                        })
-                    });
+                    .for_each(|(yo, xi)| silu_into(xi, yo));
                 y
             });
             Ok((T::into_storage(y), l.shape().clone()))
@@ -56,6 +50,15 @@ pub(super) fn silu_d1_given<T: Float>(x: T, s: T) -> T {
 }
 
 /// `out = sigmoid(x)`, elementwise, in the widest vector unit.
+/// `silu(x) = x sigmoid(x)` into `out`, in the widest vector variant the CPU has.
+pub(super) fn silu_into<T: Float>(x: &[T], out: &mut [T]) {
+    wide(|| {
+        for (o, v) in out.iter_mut().zip(x) {
+            *o = *v * v.sigmoid();
+        }
+    })
+}
+
 pub(super) fn sigmoid_into<T: Float>(x: &[T], out: &mut [T]) {
     wide(|| {
         for (o, v) in out.iter_mut().zip(x) {
