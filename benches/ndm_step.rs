@@ -1,9 +1,14 @@
-//! The cost of NDM's training step against DDPM's with the same denoiser, on the checkerboard
-//! presets (`ddpm`: eps-mse; `ndm`: the continuous NELBO with a learned F), and NDM's step with
-//! `dF/dt` by forward mode (the default) and by central differences (`transform.time_derivative`),
-//! timed in one process on the same data: medians over the timed steps, in ms, and their ratios.
+//! The cost of NDM's training step against DDPM's with the same denoiser, on the presets (`ddpm`:
+//! eps-mse; `ndm`: the continuous NELBO with a learned F), and NDM's step with `dF/dt` by forward
+//! mode (the default) and by central differences (`transform.time_derivative`), timed in one
+//! process on the same data: medians over the timed steps, in ms, and their ratios.
 //!
 //!     cargo bench --bench ndm_step            # NDM_BENCH_ITERS timed steps each (default 20)
+//!
+//! `NDM_BENCH_DATA` picks the data: `points` (default: the checkerboard, the presets' MLPs, batch
+//! 512), `images` (generated 1x28x28 images, MNIST's shape, with the presets' image variants: the
+//! denoiser a U-Net, NDM's F a U-Net of 16 base channels, batch 64), or `both`. The NDM paper's
+//! "about 2.3x DDPM's training time" was measured on images.
 //!
 //! `NDM_BENCH_DEVICE=cuda:0` times the same on a GPU (a CUDA build, see `ndm_api::bench`).
 //!
@@ -12,38 +17,115 @@
 //! the graph walk and the optimizer.
 
 use ndm_api::bench;
+use ndm_api::candle_core::{Device, Tensor};
 use ndm_api::kernels::profile;
 use ndm_api::train::{TrainState, Trainer};
-use ndm_api::{Pipeline, PluginSpec, RegistryFile};
+use ndm_api::{
+    Dataset, ModelSpec, Pipeline, PluginSpec, Preset, RegistryFile, Rng, Split, TrainConfig,
+};
+
+/// Generated images of MNIST's shape: smooth random blobs in `[-1, 1]` (the step's cost does not
+/// depend on what the pixels hold).
+#[derive(Debug)]
+struct Blobs;
+
+impl Dataset for Blobs {
+    fn data_shape(&self) -> Vec<usize> {
+        vec![1, 28, 28]
+    }
+    fn sample(
+        &self,
+        n: usize,
+        _split: Split,
+        rng: &mut Rng,
+        device: &Device,
+    ) -> ndm_api::candle_core::Result<Tensor> {
+        let mut v = Vec::with_capacity(n * 784);
+        for _ in 0..n {
+            let (cx, cy) = (4.0 + 20.0 * rng.uniform(), 4.0 + 20.0 * rng.uniform());
+            let r2 = 9.0 + 40.0 * rng.uniform();
+            for i in 0..28 {
+                for j in 0..28 {
+                    let d2 = (i as f64 - cy).powi(2) + (j as f64 - cx).powi(2);
+                    v.push((2.0 * (-d2 / r2).exp() - 1.0) as f32);
+                }
+            }
+        }
+        Tensor::from_vec(v, (n, 1, 28, 28), device)
+    }
+}
+
+/// A preset's model and training config on images: its `images` variant's parts and fields.
+fn on_images(p: &Preset) -> anyhow::Result<(ModelSpec, TrainConfig)> {
+    let mut model = p.model.clone();
+    let mut train = p.train.clone();
+    if let Some(v) = &p.images {
+        if let Some(t) = &v.transform {
+            model.transform = t.clone();
+        }
+        if let Some(b) = &v.backbone {
+            model.backbone = b.clone();
+        }
+        if let Some(b) = v.train.get("batch_size").and_then(|b| b.as_integer()) {
+            train.batch_size = b as usize;
+        }
+    }
+    Ok((model, train))
+}
 
 fn main() -> anyhow::Result<()> {
-    ndm_api::kernels::retain_freed_memory();
-    ndm_api::kernels::keep_cores_for_rayon();
+    ndm_api::kernels::prepare_process();
     let iters = bench::iters(20);
     let reg = ndm_plugins_all::builtin_registry();
     let file = RegistryFile::parse(include_str!("../registry.toml"), "registry.toml")?;
     let dev = bench::device()?;
-    let ctx = ndm_api::registry::BuildCtx::without_weights(&dev, &reg);
-    let data = reg.build_dataset(&PluginSpec::new("checkerboard"), &ctx)?;
-    let ddpm = file.preset("ddpm")?.clone();
-    let ndm = file.preset("ndm")?.clone();
-    let mut ndm_fd = ndm.model.clone();
+    let which = std::env::var("NDM_BENCH_DATA").unwrap_or_else(|_| "points".into());
+    let (points, images) = match which.trim() {
+        "points" => (true, false),
+        "images" => (false, true),
+        "both" => (true, true),
+        other => anyhow::bail!("NDM_BENCH_DATA={other}: expected points, images or both"),
+    };
+    let ddpm = file.preset("ddpm")?;
+    let ndm = file.preset("ndm")?;
+    if points {
+        let ctx = ndm_api::registry::BuildCtx::without_weights(&dev, &reg);
+        let data = reg.build_dataset(&PluginSpec::new("checkerboard"), &ctx)?;
+        let cases = [
+            (ddpm.model.clone(), ddpm.train.clone()),
+            (ndm.model.clone(), ndm.train.clone()),
+        ];
+        run("checkerboard", data.as_ref(), cases, iters, &reg, &dev)?;
+    }
+    if images {
+        let cases = [on_images(ddpm)?, on_images(ndm)?];
+        run("generated 1x28x28 images", &Blobs, cases, iters, &reg, &dev)?;
+    }
+    Ok(())
+}
+
+/// Times DDPM's step, NDM's with forward mode and NDM's with central differences, on `data`.
+fn run(
+    what: &str,
+    data: &dyn Dataset,
+    [(ddpm, ddpm_train), (ndm, ndm_train)]: [(ModelSpec, TrainConfig); 2],
+    iters: usize,
+    reg: &ndm_api::registry::PluginRegistry,
+    dev: &Device,
+) -> anyhow::Result<()> {
+    let mut ndm_fd = ndm.clone();
     ndm_fd
         .transform
         .set("time_derivative", "\"central-difference\"");
     let cases = [
-        ("ddpm (eps-mse)", ddpm.model.clone(), ddpm.train.clone()),
-        (
-            "ndm, dF/dt forward mode",
-            ndm.model.clone(),
-            ndm.train.clone(),
-        ),
-        ("ndm, dF/dt central difference", ndm_fd, ndm.train.clone()),
+        ("ddpm (eps-mse)", ddpm, ddpm_train.clone()),
+        ("ndm, dF/dt forward mode", ndm, ndm_train.clone()),
+        ("ndm, dF/dt central difference", ndm_fd, ndm_train),
     ];
     println!(
-        "checkerboard, batch {} (the presets' own), {}, {iters} timed steps after 3 warm-up steps, 1 process",
-        ddpm.train.batch_size,
-        bench::describe(&dev)
+        "\n{what}, batch {} (the presets' own), {}, {iters} timed steps after 3 warm-up steps, 1 process",
+        ddpm_train.batch_size,
+        bench::describe(dev)
     );
     println!("| model | params | median ms / step |");
     println!("|---|---|---|");
@@ -51,18 +133,16 @@ fn main() -> anyhow::Result<()> {
     let mut profiles = Vec::new();
     let show_profile = std::env::var_os("NDM_PROFILE").is_some() && dev.is_cpu();
     for (label, spec, cfg) in cases {
-        let pipe = Pipeline::build(&spec, &[2], &reg, &dev, 0)?;
+        let pipe = Pipeline::build(&spec, &data.data_shape(), reg, dev, 0)?;
         let trainer = Trainer::new(&pipe, &cfg)?;
         let mut state = TrainState::new(&pipe, 0)?;
-        let m = bench::median_ms(&dev, iters, || {
-            trainer.step(&mut state, data.as_ref()).map(|_| ())
-        })?;
+        let m = bench::median_ms(dev, iters, || trainer.step(&mut state, data).map(|_| ()))?;
         println!("| {label} | {} | {m:.2} |", pipe.num_params());
         medians.push(m);
         if show_profile {
             let title = format!("{label} (step median {m:.2} ms)");
             profiles.push(profile::per_step_table(&title, iters, || {
-                trainer.step(&mut state, data.as_ref()).map(|_| ())
+                trainer.step(&mut state, data).map(|_| ())
             })?);
         }
     }

@@ -62,7 +62,7 @@ pub trait Backbone: Send + Sync + std::fmt::Debug {
     }
 
     /// The output and its exact derivative in the time `input.t` (each example's own; `z` and the
-    /// class held fixed), by forward mode: `Some` for a network that implements it (the MLP), `None`
+    /// class held fixed), by forward mode: `Some` for a network that implements it (the MLP, the U-Net), `None`
     /// (the default) otherwise. NDM's learned transform takes `dF/dt` from it when it can, a
     /// central difference when not.
     fn forward_with_time_tangent(&self, _input: &NetInput) -> Option<Result<(Tensor, Tensor)>> {

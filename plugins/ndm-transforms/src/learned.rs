@@ -52,7 +52,7 @@ impl Default for LearnedConfig {
 /// term keeps `alpha_1 F(x, 1)` near 0). `g` is the backbone under the prefix `transform.net.`; it
 /// sees `x` as its input latent and `t` as its time (the schedule fields of its input carry `t`-only
 /// stand-ins: the transform does not depend on the noise schedule). `dF/dt = g + t dg/dt`, with
-/// `dg/dt` exact by forward mode through networks that have it (the MLP), else the central
+/// `dg/dt` exact by forward mode through networks that have it (the MLP, the U-Net), else the central
 /// difference of [`Transform`], for which `g` must be smooth in `t` on the scale of its step
 /// (5e-3): the default nets embed time with frequencies up to 10, not DDPM's 1000, which would make
 /// `F` oscillate with a period of 0.006 (and NDM's losses, which weigh `dF/dt`, hard to train).
@@ -123,7 +123,7 @@ impl Transform for Learned {
         x + g.broadcast_mul(&ndm_api::schedule::per_example(t, x.rank())?)?
     }
     /// `dF/dt = g + t dg/dt` with `dg/dt` by forward mode through the network when it has one
-    /// (the MLP), else the central difference of `F`.
+    /// (the MLP, the U-Net), else the central difference of `F`.
     fn forward_and_time_derivative_with(
         &self,
         x: &Tensor,

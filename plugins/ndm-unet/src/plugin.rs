@@ -56,6 +56,13 @@ impl Backbone for UNet {
             Some(rng),
         )
     }
+    fn forward_with_time_tangent(&self, input: &NetInput) -> Option<Result<(Tensor, Tensor)>> {
+        match self.forward_and_time_tangent(input.z, input.t, input.class) {
+            Ok(Some(both)) => Some(Ok(both)),
+            Ok(None) => None,
+            Err(e) => Some(Err(e)),
+        }
+    }
 }
 
 ndm_api::register_plugin!(

@@ -457,3 +457,127 @@ fn default_config_fits_mnist_and_cifar_and_starts_at_zero() {
         assert_eq!(max_abs(&y), 0.0);
     }
 }
+
+/// [`tiny`] with the time embedding of NDM's `F` (frequencies up to 10, not 1000), whose
+/// derivative a central difference resolves.
+fn ndm_f() -> UNetConfig {
+    UNetConfig {
+        time_scale: 10.0,
+        ..tiny()
+    }
+}
+
+/// The forward-mode time derivative of the U-Net (NDM's `dF/dt` through its network) against a
+/// central difference in f64, through both backends, unconditional and class-conditional; the
+/// value it returns is the plain forward pass.
+#[test]
+fn time_tangent_matches_a_central_difference_in_f64() {
+    let dt = 1e-6;
+    for (backend, classes) in [
+        (KernelBackend::Fused, 0),
+        (KernelBackend::Native, 0),
+        (KernelBackend::Fused, 3),
+    ] {
+        let (vm, mut net) = build_cfg(&ndm_f(), backend, DType::F64);
+        if classes > 0 {
+            let vb = seeded_var_builder(&vm, 43, DType::F64, &Device::Cpu);
+            net = net.with_classes(vb, classes).unwrap();
+        }
+        fill_zero_vars(&vm, 3);
+        let mut rng = Rng::new(9);
+        let x = randn(&mut rng, &[3, 2, 8, 8], DType::F64);
+        let t = Tensor::new(&[0.2f64, 0.5, 0.85], &Device::Cpu).unwrap();
+        let class = Tensor::new(&[2u32, 0, 3], &Device::Cpu).unwrap();
+        let class = (classes > 0).then_some(&class);
+        let run = |t: &Tensor| net.forward_classes(&x, t, None, class, None).unwrap();
+        let (y, dy) = net
+            .forward_and_time_tangent(&x, &t, class)
+            .unwrap()
+            .unwrap();
+        assert_close("tangent pass output", &y, &run(&t), 1e-12);
+        let fd =
+            ((run(&(&t + dt).unwrap()) - run(&(&t - dt).unwrap())).unwrap() / (2.0 * dt)).unwrap();
+        let scale = max_abs(&fd);
+        assert!(scale > 1e-2, "the output barely moves with t: {scale}");
+        let err = max_abs_diff(&dy, &fd);
+        assert!(
+            err < 1e-6 * scale,
+            "{backend:?}, {classes} classes: error {err}, scale {scale}"
+        );
+    }
+}
+
+/// Gradients of a loss on the forward-mode tangent (what NDM's objective trains `F` with) with
+/// respect to the input and to weights of every kind of layer, against central differences of
+/// that loss in f64.
+#[test]
+fn time_tangent_gradients_match_central_differences_in_f64() {
+    let (vm, net) = build_cfg(&ndm_f(), KernelBackend::Fused, DType::F64);
+    fill_zero_vars(&vm, 4);
+    let mut rng = Rng::new(10);
+    let x = randn(&mut rng, &[2, 2, 8, 8], DType::F64);
+    let r = randn(&mut rng, &[2, 2, 8, 8], DType::F64);
+    let t = Tensor::new(&[0.3f64, 0.7], &Device::Cpu).unwrap();
+    // The input gradient on the first item (each item's tangent depends on its own input only).
+    let t0 = t.narrow(0, 0, 1).unwrap();
+    check_central_differences(
+        "U-Net time tangent, input",
+        &|ins| {
+            let (_, dy) = net.forward_and_time_tangent(&ins[0], &t0, None)?.unwrap();
+            Ok(dy)
+        },
+        &[x.narrow(0, 0, 1).unwrap()],
+        &r.narrow(0, 0, 1).unwrap(),
+    );
+    let loss = |net: &UNet| -> f64 {
+        let (_, dy) = net.forward_and_time_tangent(&x, &t, None).unwrap().unwrap();
+        (dy * &r)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f64>()
+            .unwrap()
+    };
+    let (_, dy) = net.forward_and_time_tangent(&x, &t, None).unwrap().unwrap();
+    let grads = (dy * &r).unwrap().sum_all().unwrap().backward().unwrap();
+    let vars: HashMap<String, candle_core::Var> = sorted_vars(&vm).into_iter().collect();
+    let mut checked = 0;
+    for (name, var) in &vars {
+        // One element of each kind of weight: time MLP, block projections, GroupNorm, convs,
+        // attention.
+        let kinds = [
+            "time.l1", "temb", "norm1", "conv1", "conv2", "qkv", "proj", "norm_out",
+        ];
+        if !kinds.iter().any(|k| name.contains(k))
+            || !name.starts_with("down0")
+                && !name.starts_with("time")
+                && !name.starts_with("norm_out")
+        {
+            continue;
+        }
+        let g = grads
+            .get(var.as_tensor())
+            .unwrap_or_else(|| panic!("no gradient for {name}"));
+        let flat = var.as_tensor().flatten_all().unwrap();
+        let gflat: Vec<f64> = g.flatten_all().unwrap().to_vec1().unwrap();
+        let i = flat.elem_count() / 2;
+        let orig: Vec<f64> = flat.to_vec1().unwrap();
+        let h = 1e-5;
+        let at = |v: f64| {
+            let mut w = orig.clone();
+            w[i] = v;
+            var.set(&Tensor::from_vec(w, var.dims(), &Device::Cpu).unwrap())
+                .unwrap();
+            loss(&net)
+        };
+        let fd = (at(orig[i] + h) - at(orig[i] - h)) / (2.0 * h);
+        at(orig[i]);
+        assert!(
+            (fd - gflat[i]).abs() < 1e-6 * (1.0 + fd.abs()),
+            "{name}[{i}]: backward {} against difference {fd}",
+            gflat[i]
+        );
+        checked += 1;
+    }
+    assert!(checked >= 8, "only {checked} weights checked");
+}

@@ -89,6 +89,33 @@ impl Conv2d {
     }
 }
 
+impl Conv2d {
+    /// The tangent of the output for the tangent `dx` of the input (forward mode): the same
+    /// convolution without the bias, plus `dshift: [B, Cout]`, the tangent of a per-item shift
+    /// ([`Self::forward_shifted`]); `out` is the output, for its shape. `None` when both are zero.
+    pub fn tangent(
+        &self,
+        out: &Tensor,
+        dx: Option<&Tensor>,
+        dshift: Option<&Tensor>,
+    ) -> Result<Option<Tensor>> {
+        match (dx, dshift) {
+            (None, None) => Ok(None),
+            (Some(dx), shift) => self
+                .backend
+                .conv2d(dx, &self.weight, shift, self.stride, self.padding)
+                .map(Some),
+            (None, Some(shift)) => {
+                // Only the shift moves: the same value at every position of the output.
+                let (b, c) = shift.dims2()?;
+                Ok(Some(
+                    shift.reshape((b, c, 1, 1))?.broadcast_as(out.shape())?,
+                ))
+            }
+        }
+    }
+}
+
 impl Module for Conv2d {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.backend

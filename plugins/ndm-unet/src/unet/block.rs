@@ -71,6 +71,43 @@ impl ResBlock {
         };
         h + skip
     }
+
+    /// [`Self::forward`] without dropout, with the tangent of the output for the tangents `dx` of
+    /// `x` and `dtemb` of `temb_act` (forward mode in the time; `None` is a zero tangent).
+    pub fn forward_with_tangent(
+        &self,
+        x: &Tensor,
+        dx: Option<&Tensor>,
+        temb_act: &Tensor,
+        dtemb: &Tensor,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let t = self.temb.forward(temb_act)?;
+        let dt = dtemb.matmul(&self.temb.weight().t()?)?;
+        let (n1, dn1) = self.norm1.forward_with_tangent(x, dx)?;
+        let h = self.conv1.forward_shifted(&n1, &t)?;
+        let dh = self.conv1.tangent(&h, dn1.as_ref(), Some(&dt))?;
+        let (n2, dn2) = self.norm2.forward_with_tangent(&h, dh.as_ref())?;
+        let h2 = self.conv2.forward(&n2)?;
+        let dh2 = self.conv2.tangent(&h2, dn2.as_ref(), None)?;
+        let (skip, dskip) = match &self.skip {
+            Some(s) => {
+                let y = s.forward(x)?;
+                let dy = s.tangent(&y, dx, None)?;
+                (y, dy)
+            }
+            None => (x.clone(), dx.cloned()),
+        };
+        Ok(((h2 + skip)?, add_tangents(dh2, dskip)?))
+    }
+}
+
+/// The sum of two tangents, `None` standing for zero.
+pub(crate) fn add_tangents(a: Option<Tensor>, b: Option<Tensor>) -> Result<Option<Tensor>> {
+    Ok(match (a, b) {
+        (Some(a), Some(b)) => Some((a + b)?),
+        (a, None) => a,
+        (None, b) => b,
+    })
 }
 
 /// Inverted-dropout mask like `like`: 0 with probability `p`, else `1 / (1 - p)`, drawn from the

@@ -3,7 +3,7 @@
 
 use candle_core::{DType, Module, Result, Tensor};
 use candle_nn::{linear, Linear, VarBuilder};
-use ndm_api::embedding::sinusoidal_embedding;
+use ndm_api::embedding::{sinusoidal_embedding, sinusoidal_embedding_with_dt};
 
 use super::config::{TimeInput, LOG_SNR_MAX, LOG_SNR_SPAN};
 use crate::kernels::KernelBackend;
@@ -70,5 +70,25 @@ impl TimeEmbedding {
         };
         let e = sinusoidal_embedding(&s, self.dim, self.scale)?;
         self.l2.forward(&self.backend.silu(&self.l1.forward(&e)?)?)
+    }
+
+    /// [`Self::forward`] of `t` for [`TimeInput::T`] with its derivative in `t` (forward mode):
+    /// `[B, out]` each. `None` for [`TimeInput::LogSnr`], whose input is not `t`.
+    pub fn forward_with_dt(&self, t: &Tensor, dtype: DType) -> Result<Option<(Tensor, Tensor)>> {
+        if self.input != TimeInput::T {
+            return Ok(None);
+        }
+        let dtype = match dtype {
+            DType::F32 | DType::F64 => dtype,
+            _ => DType::F32,
+        };
+        let (e, de) = sinusoidal_embedding_with_dt(&t.to_dtype(dtype)?, self.dim, self.scale)?;
+        let u = self.l1.forward(&e)?;
+        let du = de.matmul(&self.l1.weight().t()?)?;
+        let a = self.backend.silu(&u)?;
+        let da = self.backend.silu_tangent(&u, &du)?;
+        let y = self.l2.forward(&a)?;
+        let dy = da.matmul(&self.l2.weight().t()?)?;
+        Ok(Some((y, dy)))
     }
 }

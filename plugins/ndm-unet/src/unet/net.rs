@@ -23,6 +23,20 @@ impl Stage {
             None => Ok(h),
         }
     }
+
+    fn forward_with_tangent(
+        &self,
+        x: &Tensor,
+        dx: Option<&Tensor>,
+        temb: &Tensor,
+        dtemb: &Tensor,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        let (h, dh) = self.res.forward_with_tangent(x, dx, temb, dtemb)?;
+        match &self.attn {
+            Some(a) => a.forward_with_tangent(&h, dh.as_ref()),
+            None => Ok((h, dh)),
+        }
+    }
 }
 
 /// DDPM-style U-Net (layout in [`UNetConfig`]); `forward(x, t)` with `x: [B, in, H, W]`,
@@ -244,6 +258,81 @@ impl UNet {
         rng: Option<&mut Rng>,
     ) -> Result<Tensor> {
         self.run(x, t, log_snr, class, rng)
+    }
+
+    /// The deterministic network and its exact derivative in `t` (each item's own; `x` and the
+    /// class held fixed), by forward mode: every layer carries the tangent of its output beside
+    /// it, from the time embedding's derivative on. The tangent is built from differentiable ops,
+    /// so a loss on it trains the network (NDM's `dF/dt = g + t dg/dt` for `F = x + t g(x, t)`).
+    /// `None` when the time embedding is of the log-SNR, which is not `t`.
+    pub fn forward_and_time_tangent(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        class: Option<&Tensor>,
+    ) -> Result<Option<(Tensor, Tensor)>> {
+        let (b, _, h, w) = x.dims4()?;
+        if let Err(e) = self.cfg.check_size(h, w) {
+            candle_core::bail!("UNet: {e}");
+        }
+        let Some((mut emb, demb)) = self.time.forward_with_dt(t, x.dtype())? else {
+            return Ok(None);
+        };
+        match &self.class {
+            Some(c) => emb = (&emb + c.forward(class, b, emb.dtype())?)?,
+            None => ndm_api::embedding::refuse_class(class, "UNet")?,
+        }
+        let temb = self.backend.silu(&emb)?;
+        let dtemb = self.backend.silu_tangent(&emb, &demb)?;
+        // Nothing before the first residual block sees the time: zero tangents (`None`) there.
+        let mut h = self.conv_in.forward(x)?;
+        let mut dh: Option<Tensor> = None;
+        let mut skips = vec![(h.clone(), None)];
+        for (i, level) in self.down.iter().enumerate() {
+            for s in level {
+                (h, dh) = s.forward_with_tangent(&h, dh.as_ref(), &temb, &dtemb)?;
+                skips.push((h.clone(), dh.clone()));
+            }
+            if let Some(ds) = self.downsample.get(i) {
+                let y = ds.forward(&h)?;
+                dh = ds.tangent(&y, dh.as_ref(), None)?;
+                h = y;
+                skips.push((h.clone(), dh.clone()));
+            }
+        }
+        for s in &self.mid {
+            (h, dh) = s.forward_with_tangent(&h, dh.as_ref(), &temb, &dtemb)?;
+        }
+        for (j, level) in self.up.iter().enumerate() {
+            for s in level {
+                let (skip, dskip) = skips.pop().expect("one saved activation per up block");
+                let input = Tensor::cat(&[&h, &skip], 1)?;
+                let dinput = match (dh, dskip) {
+                    (None, None) => None,
+                    (dh, dskip) => {
+                        let dh = dh.map_or_else(|| h.zeros_like(), Ok)?;
+                        let dskip = dskip.map_or_else(|| skip.zeros_like(), Ok)?;
+                        Some(Tensor::cat(&[&dh, &dskip], 1)?)
+                    }
+                };
+                (h, dh) = s.forward_with_tangent(&input, dinput.as_ref(), &temb, &dtemb)?;
+            }
+            if let Some(us) = self.upsample.get(j) {
+                let y = us.forward(&self.backend.upsample_nearest2x(&h)?)?;
+                let du = dh
+                    .map(|d| self.backend.upsample_nearest2x(&d))
+                    .transpose()?;
+                dh = us.tangent(&y, du.as_ref(), None)?;
+                h = y;
+            }
+        }
+        let (n, dn) = self.norm_out.forward_with_tangent(&h, dh.as_ref())?;
+        let y = self.conv_out.forward(&n)?;
+        let dy = match self.conv_out.tangent(&y, dn.as_ref(), None)? {
+            Some(d) => d,
+            None => y.zeros_like()?,
+        };
+        Ok(Some((y, dy)))
     }
 
     fn run(
