@@ -397,3 +397,29 @@ fn conv2d_3x3_winograd_per_item_bias_and_no_bias() {
         &|be, t| be.conv2d(&t[0], &t[1], None, 1, 1),
     );
 }
+
+/// GroupNorm's forward-mode tangent, plain and with the fused SiLU: fused vs candle's ops (value
+/// and the gradients in the input, the tangent, gamma and beta, f32 and f64), then central
+/// differences of the fused op in f64; an odd spatial size and several channels per group.
+#[test]
+fn group_norm_tangent_plain_and_fused_silu() {
+    check_op(
+        "group_norm+silu tangent",
+        &[&[2, 6, 3, 5], &[2, 6, 3, 5], &[6], &[6]],
+        &|be, t| be.group_norm_tangent(&t[0], &t[1], 3, &t[2], &t[3], 1e-5, true),
+    );
+    // Without the SiLU the tangent does not depend on beta: a zero beta, not an input.
+    check_op(
+        "group_norm tangent",
+        &[&[2, 6, 3, 5], &[2, 6, 3, 5], &[6]],
+        &|be, t| {
+            let beta = t[2].zeros_like()?;
+            be.group_norm_tangent(&t[0], &t[1], 3, &t[2], &beta, 1e-5, false)
+        },
+    );
+    check_op(
+        "group_norm+silu tangent b1 rank3",
+        &[&[1, 4, 7], &[1, 4, 7], &[4], &[4]],
+        &|be, t| be.group_norm_tangent(&t[0], &t[1], 2, &t[2], &t[3], 1e-5, true),
+    );
+}

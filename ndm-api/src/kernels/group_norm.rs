@@ -41,13 +41,13 @@ impl GnGeom {
             groups,
         })
     }
-    fn cpg(&self) -> usize {
+    pub(crate) fn cpg(&self) -> usize {
         self.c / self.groups
     }
-    fn run(&self) -> usize {
+    pub(crate) fn run(&self) -> usize {
         (self.cpg() * self.s).max(1)
     }
-    fn numel(&self) -> usize {
+    pub(crate) fn numel(&self) -> usize {
         self.b * self.c * self.s
     }
 }

@@ -11,6 +11,7 @@ mod conv;
 mod float;
 mod gemm;
 mod group_norm;
+mod group_norm_tangent;
 mod linear;
 mod ops;
 pub mod profile;
@@ -20,8 +21,8 @@ mod upsample;
 mod winograd;
 
 pub use ops::{
-    attention, conv2d, group_norm, group_norm_silu, linear, silu, silu_tangent, softmax_last_dim,
-    upsample_nearest2x, KernelBackend,
+    attention, conv2d, group_norm, group_norm_silu, group_norm_tangent, linear, silu, silu_tangent,
+    softmax_last_dim, upsample_nearest2x, KernelBackend,
 };
 
 /// The threads the kernels (and candle's CPU ops) run on: rayon's pool, `RAYON_NUM_THREADS`.

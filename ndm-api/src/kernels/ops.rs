@@ -8,8 +8,9 @@
 use candle_core::{DType, Device, Module, Result, Tensor};
 
 use super::{
-    attention as attn_kernel, conv, group_norm as gn_kernel, linear as linear_kernel,
-    silu as silu_kernel, softmax, upsample,
+    attention as attn_kernel, conv, group_norm as gn_kernel,
+    group_norm_tangent as gn_tangent_kernel, linear as linear_kernel, silu as silu_kernel, softmax,
+    upsample,
 };
 
 /// Which implementation the ops (and the layers built on them) use.
@@ -127,6 +128,65 @@ impl KernelBackend {
         eps: f64,
     ) -> Result<Tensor> {
         self.gn(x, groups, gamma, beta, eps, true)
+    }
+
+    /// The tangent of [`Self::group_norm`] (`silu` false) or [`Self::group_norm_silu`] (`silu`
+    /// true) at `x` for the input tangent `dx` (forward mode), differentiable in `x`, `dx`,
+    /// `gamma` and `beta`: `gamma (dx - mean(dx) - xhat mean(xhat dx)) / s` per item and group
+    /// (`xhat = (x - mu) / s`, `s = sqrt(var + eps)`), times `silu'` at the normalised value
+    /// when `silu`. `Fused` runs one op with its own backward; `Native` composes candle ops.
+    #[allow(clippy::too_many_arguments)]
+    pub fn group_norm_tangent(
+        self,
+        x: &Tensor,
+        dx: &Tensor,
+        groups: usize,
+        gamma: &Tensor,
+        beta: &Tensor,
+        eps: f64,
+        silu: bool,
+    ) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        if dims.len() < 3 || dx.dims() != dims.as_slice() {
+            candle_core::bail!(
+                "group_norm tangent: expected [B, C, ...] input and tangent of one shape, got {dims:?} and {:?}",
+                dx.dims()
+            );
+        }
+        let (b, c) = (dims[0], dims[1]);
+        if groups == 0 || c % groups != 0 {
+            candle_core::bail!("group_norm: {groups} groups do not divide {c} channels evenly");
+        }
+        if self.fused_for(x) && dx.dtype() == x.dtype() && dx.device().is_cpu() {
+            let gb = Tensor::cat(&[gamma, beta], 0)?;
+            let op = gn_tangent_kernel::GroupNormTangent { groups, eps, silu };
+            return x
+                .contiguous()?
+                .apply_op3(&dx.contiguous()?, &gb.contiguous()?, op);
+        }
+        let per = x.elem_count() / (b * groups);
+        let xs = x.reshape((b, groups, per))?;
+        let ds = dx.reshape((b, groups, per))?;
+        let centred = xs.broadcast_sub(&xs.mean_keepdim(2)?)?;
+        let inv = (centred.sqr()?.mean_keepdim(2)? + eps)?.sqrt()?.recip()?;
+        let xhat = centred.broadcast_mul(&inv)?;
+        let dsig = (&xhat * &ds)?.mean_keepdim(2)?;
+        let dn = ds
+            .broadcast_sub(&ds.mean_keepdim(2)?)?
+            .sub(&xhat.broadcast_mul(&dsig)?)?
+            .broadcast_mul(&inv)?;
+        let mut shape = vec![1usize; dims.len()];
+        shape[1] = c;
+        let gamma = gamma.reshape(shape.as_slice())?;
+        let dy = dn.reshape(dims.as_slice())?.broadcast_mul(&gamma)?;
+        if !silu {
+            return Ok(dy);
+        }
+        let pre = xhat
+            .reshape(dims.as_slice())?
+            .broadcast_mul(&gamma)?
+            .broadcast_add(&beta.reshape(shape.as_slice())?)?;
+        self.silu_tangent(&pre, &dy)
     }
 
     /// A dense layer on `x: [n, k]`: `act(x) W^T + b` with `w: [m, k]`, `act` SiLU when
@@ -265,6 +325,19 @@ pub fn group_norm_silu(
     eps: f64,
 ) -> Result<Tensor> {
     KernelBackend::Fused.group_norm_silu(x, groups, gamma, beta, eps)
+}
+
+/// [`KernelBackend::group_norm_tangent`] with the fused backend.
+pub fn group_norm_tangent(
+    x: &Tensor,
+    dx: &Tensor,
+    groups: usize,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+    silu: bool,
+) -> Result<Tensor> {
+    KernelBackend::Fused.group_norm_tangent(x, dx, groups, gamma, beta, eps, silu)
 }
 
 /// [`KernelBackend::linear`] with the fused backend.
