@@ -6,7 +6,7 @@
 //!     cargo bench --bench ndm_step            # NDM_BENCH_ITERS timed steps each (default 20)
 //!
 //! `NDM_BENCH_DATA` picks the data: `points` (default: the checkerboard, the presets' MLPs, batch
-//! 512), `images` (generated 1x28x28 images, MNIST's shape, with the presets' image variants: the
+//! 512), `images` (random 1x28x28 images, MNIST's shape, with the presets' image variants: the
 //! denoiser a U-Net, NDM's F a U-Net of 16 base channels, batch 64), or `both`. The NDM paper's
 //! "about 2.3x DDPM's training time" was measured on images.
 //!
@@ -17,43 +17,10 @@
 //! the graph walk and the optimizer.
 
 use ndm_api::bench;
-use ndm_api::candle_core::{Device, Tensor};
+use ndm_api::candle_core::Device;
 use ndm_api::kernels::profile;
 use ndm_api::train::{TrainState, Trainer};
-use ndm_api::{
-    Dataset, ModelSpec, Pipeline, PluginSpec, Preset, RegistryFile, Rng, Split, TrainConfig,
-};
-
-/// Generated images of MNIST's shape: smooth random blobs in `[-1, 1]` (the step's cost does not
-/// depend on what the pixels hold).
-#[derive(Debug)]
-struct Blobs;
-
-impl Dataset for Blobs {
-    fn data_shape(&self) -> Vec<usize> {
-        vec![1, 28, 28]
-    }
-    fn sample(
-        &self,
-        n: usize,
-        _split: Split,
-        rng: &mut Rng,
-        device: &Device,
-    ) -> ndm_api::candle_core::Result<Tensor> {
-        let mut v = Vec::with_capacity(n * 784);
-        for _ in 0..n {
-            let (cx, cy) = (4.0 + 20.0 * rng.uniform(), 4.0 + 20.0 * rng.uniform());
-            let r2 = 9.0 + 40.0 * rng.uniform();
-            for i in 0..28 {
-                for j in 0..28 {
-                    let d2 = (i as f64 - cy).powi(2) + (j as f64 - cx).powi(2);
-                    v.push((2.0 * (-d2 / r2).exp() - 1.0) as f32);
-                }
-            }
-        }
-        Tensor::from_vec(v, (n, 1, 28, 28), device)
-    }
-}
+use ndm_api::{Dataset, ModelSpec, Pipeline, PluginSpec, Preset, RegistryFile, TrainConfig};
 
 /// A preset's model and training config on images: its `images` variant's parts and fields.
 fn on_images(p: &Preset) -> anyhow::Result<(ModelSpec, TrainConfig)> {
@@ -99,7 +66,8 @@ fn main() -> anyhow::Result<()> {
     }
     if images {
         let cases = [on_images(ddpm)?, on_images(ndm)?];
-        run("generated 1x28x28 images", &Blobs, cases, iters, &reg, &dev)?;
+        let data = bench::RandomImages([1, 28, 28]);
+        run("random 1x28x28 images", &data, cases, iters, &reg, &dev)?;
     }
     Ok(())
 }

@@ -6,33 +6,11 @@
 //!
 //!     cargo run --release --example unet_step -- [STEPS] [BATCH]
 
-use ndm_api::candle_core::{DType, Device, Tensor};
+use ndm_api::candle_core::{DType, Device};
 use ndm_api::candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use ndm_api::train::{TrainState, Trainer};
-use ndm_api::{Dataset, NetInput, Pipeline, Rng, Split, TrainConfig};
+use ndm_api::{Dataset, NetInput, Pipeline, Rng, TrainConfig};
 use std::time::Instant;
-
-/// Random 8-bit images (cell centres), so the example needs no data files.
-#[derive(Debug)]
-struct RandomImages;
-
-impl Dataset for RandomImages {
-    fn data_shape(&self) -> Vec<usize> {
-        vec![1, 28, 28]
-    }
-    fn sample(
-        &self,
-        n: usize,
-        _split: Split,
-        rng: &mut Rng,
-        device: &Device,
-    ) -> ndm_api::candle_core::Result<Tensor> {
-        let v: Vec<f32> = (0..n * 784)
-            .map(|_| (rng.below(256) as f32 + 0.5) / 128.0 - 1.0)
-            .collect();
-        Tensor::from_vec(v, (n, 1, 28, 28), device)
-    }
-}
 
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);
@@ -51,7 +29,7 @@ fn main() -> anyhow::Result<()> {
         model.backbone = b;
     }
     let dev = Device::Cpu;
-    let data = RandomImages;
+    let data = ndm_api::bench::RandomImages([1, 28, 28]);
     let pipe = Pipeline::build(&model, &data.data_shape(), &setup.plugins, &dev, 0)?;
     let cfg = TrainConfig {
         batch_size: batch,

@@ -6,8 +6,8 @@
 //!   --features ndm-api/cuda ...`).
 //! - `NDM_BENCH_ITERS`: timed repetitions.
 
-use crate::Result;
-use candle_core::Device;
+use crate::{Dataset, Result, Rng, Split};
+use candle_core::{Device, Tensor};
 use std::time::Instant;
 
 /// The benchmark's device from `NDM_BENCH_DEVICE` (the CPU when unset).
@@ -54,4 +54,28 @@ pub fn median_ms(dev: &Device, iters: usize, mut f: impl FnMut() -> Result<()>) 
         times.push(timed(dev, &mut f)?.1 * 1e3);
     }
     Ok(crate::stats::median(&mut times))
+}
+
+/// Random 8-bit images of one shape `[C, H, W]` (each pixel a cell centre of `[-1, 1]`), so that a
+/// benchmark on images needs no data files: a step's cost does not depend on what the pixels hold.
+#[derive(Debug, Clone)]
+pub struct RandomImages(pub [usize; 3]);
+
+impl Dataset for RandomImages {
+    fn data_shape(&self) -> Vec<usize> {
+        self.0.to_vec()
+    }
+    fn sample(
+        &self,
+        n: usize,
+        _split: Split,
+        rng: &mut Rng,
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let [c, h, w] = self.0;
+        let v: Vec<f32> = (0..n * c * h * w)
+            .map(|_| (rng.below(256) as f32 + 0.5) / 128.0 - 1.0)
+            .collect();
+        Tensor::from_vec(v, (n, c, h, w), device)
+    }
 }

@@ -212,6 +212,14 @@ fn gn_bwd<T: Float>(
                 }
             }
         });
+    reduce_affine_partials(g, &partial, dgb);
+    out
+}
+
+/// Sums per-run partial `(dgamma, dbeta)` pairs (`[B*G][C/G][2]`) over the batch into
+/// `dgb = [dgamma (C), dbeta (C)]`.
+pub(crate) fn reduce_affine_partials<T: Float>(g: &GnGeom, partial: &[f64], dgb: &mut [T]) {
+    let (c, cpg) = (g.c, g.cpg());
     let (dgamma, dbeta) = dgb.split_at_mut(c);
     for ch in 0..c {
         let (gi, j) = (ch / cpg, ch % cpg);
@@ -224,7 +232,6 @@ fn gn_bwd<T: Float>(
         dgamma[ch] = T::from_acc(a);
         dbeta[ch] = T::from_acc(bsum);
     }
-    out
 }
 
 /// Forward op: `(x, gamma, beta) -> y` (with SiLU applied when `silu`).

@@ -29,7 +29,7 @@ use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::float::{dispatch_float, lane_sum, slice, wide, Float, FLUSH, LANES};
-use super::group_norm::GnGeom;
+use super::group_norm::{reduce_affine_partials, GnGeom};
 use super::profile::timed;
 
 /// `sum f(x_i, y_i)` with [`LANES`] accumulators in `T`, flushed to f64 every [`FLUSH`] elements.
@@ -214,18 +214,7 @@ fn tangent_bwd<T: Float>(
                 }
             });
         });
-    let (dgamma, dbeta) = out[2 * numel..].split_at_mut(c);
-    for ch in 0..c {
-        let (gi, j) = (ch / cpg, ch % cpg);
-        let (mut dg, mut db) = (0f64, 0f64);
-        for bi in 0..g.b {
-            let base = ((bi * g.groups + gi) * cpg + j) * 2;
-            dg += partial[base];
-            db += partial[base + 1];
-        }
-        dgamma[ch] = T::from_acc(dg);
-        dbeta[ch] = T::from_acc(db);
-    }
+    reduce_affine_partials(g, &partial, &mut out[2 * numel..]);
     out
 }
 
