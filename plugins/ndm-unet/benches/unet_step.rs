@@ -252,10 +252,12 @@ fn profile_table(case: &Case, m: &mut Model, data: &Batch, iters: usize) -> Resu
     let (mut kf, mut kb) = (0.0, 0.0);
     for (name, d, n) in profile::snapshot() {
         let ms = d.as_secs_f64() * 1e3 / iters as f64;
-        if name.ends_with("fwd") {
-            kf += ms;
-        } else {
+        // Backward kernels name themselves "bwd" ("conv2d bwd input winograd", SiLU's
+        // derivative "silu bwd, tangent fwd", here a backward); the rest are forward.
+        if name.contains("bwd") {
             kb += ms;
+        } else {
+            kf += ms;
         }
         rows.push((name.to_string(), n as f64 / iters as f64, ms));
     }
