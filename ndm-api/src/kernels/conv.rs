@@ -325,10 +325,26 @@ fn conv_bwd_input<T: Float>(g: &ConvGeom, dy: &[T], w: &[T]) -> Vec<T> {
     dx
 }
 
-/// Returns `[dW (Cout * K), dbias]`: each worker accumulates `col_b * dy_b^T` (= dW^T) for its
+/// Returns `[dW (Cout * K), dbias]`, `dbias` `[Cout]` or `[B, Cout]` when `per_item`: by
+/// Winograd F(2x2, 3x3) ([`winograd::conv3x3_bwd_weight_bias`]) exactly where the forward uses
+/// it ([`winograd::applies`]), otherwise [`conv_bwd_weight_bias_im2col`].
+fn conv_bwd_weight_bias<T: Float>(g: &ConvGeom, x: &[T], dy: &[T], per_item: bool) -> Vec<T> {
+    if winograd::applies(g) {
+        winograd::conv3x3_bwd_weight_bias(g, x, dy, per_item)
+    } else {
+        conv_bwd_weight_bias_im2col(g, x, dy, per_item)
+    }
+}
+
+/// [`conv_bwd_weight_bias`] by im2col + GEMM, for any geometry: each worker accumulates `col_b * dy_b^T` (= dW^T) for its
 /// share of the batch with the GEMM and the bias row sums (f64) while `dy_b` is in cache.
 /// `dbias` is `[Cout]`, or `[B, Cout]` (not reduced over the batch) when `per_item`.
-fn conv_bwd_weight_bias<T: Float>(g: &ConvGeom, x: &[T], dy: &[T], per_item: bool) -> Vec<T> {
+pub(crate) fn conv_bwd_weight_bias_im2col<T: Float>(
+    g: &ConvGeom,
+    x: &[T],
+    dy: &[T],
+    per_item: bool,
+) -> Vec<T> {
     let nb = if per_item { g.b * g.cout } else { g.cout };
     let (k, p, cout) = (g.k(), g.p(), g.cout);
     // A few chunks per thread so work stealing evens out a busy core; each chunk owns a dW.
@@ -526,9 +542,12 @@ impl CustomOp2 for Conv2dBwdWeight {
         dispatch_float!(s1, "conv2d backward", |T| {
             let x = slice::<T>(s1, l1, "conv2d backward")?;
             let dy = slice::<T>(s2, l2, "conv2d backward")?;
-            let dw = timed("conv2d bwd weight+bias", || {
-                conv_bwd_weight_bias(g, x, dy, self.per_item)
-            });
+            let name = if winograd::applies(g) {
+                "conv2d bwd weight+bias winograd"
+            } else {
+                "conv2d bwd weight+bias"
+            };
+            let dw = timed(name, || conv_bwd_weight_bias(g, x, dy, self.per_item));
             Ok((T::into_storage(dw), shape))
         })
     }

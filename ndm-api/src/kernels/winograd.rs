@@ -32,7 +32,7 @@
 use rayon::prelude::*;
 
 use super::conv::ConvGeom;
-use super::float::{wide, Float};
+use super::float::{lane_sum, wide, Float};
 use super::gemm::{matmul, Trans};
 
 /// Tiles aimed for per GEMM: small images are grouped until a group has about this many columns.
@@ -254,10 +254,195 @@ pub(crate) fn conv3x3<T: Float>(g: &ConvGeom, x: &[T], w: &[T], bias: Option<&[T
     y
 }
 
+/// `W = A dY A^T` for every 2x2 output-gradient tile of `imgs` images `dy [imgs, Cout, H, W]`:
+/// `wt[xi][co][t]`, the same tile order as [`input_transform`]'s `V`; the positions of a tile
+/// clipped at an odd edge read zero. Also writes each plane's sum (the bias gradient) into
+/// `sums [imgs * Cout]`.
+///
+/// With `a, b` the top row of the tile and `c, d` the bottom one, `A dY` has rows
+/// `(a, b), (a + c, b + d), (a - c, b - d), (-c, -d)`, and `[p, q] A^T = [p, p + q, p - q, -q]`.
+#[inline(always)]
+fn grad_output_transform<T: Float>(
+    g: &ConvGeom,
+    dy: &[T],
+    imgs: usize,
+    wt: &mut [T],
+    sums: &mut [f64],
+) {
+    let (h, w, cout) = (g.h, g.w, g.cout);
+    let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
+    let (tpi, nt) = (th * tw, imgs * th * tw);
+    let ws = cout * nt;
+    // The tile row's two dY rows split into even and odd columns: [e0 | o0 | e1 | o1].
+    let mut rows = vec![T::zero(); 4 * tw];
+    // Rows i of A dY, columns p (even) and q (odd): [p0 | q0 | p1 | q1 | ... | q3].
+    let mut pq = vec![T::zero(); 8 * tw];
+    for img in 0..imgs {
+        for co in 0..cout {
+            let plane = &dy[(img * cout + co) * h * w..(img * cout + co + 1) * h * w];
+            sums[img * cout + co] = lane_sum(plane, |v| v);
+            for ty in 0..th {
+                for (r, half) in rows.chunks_exact_mut(2 * tw).enumerate() {
+                    let (e, o) = half.split_at_mut(tw);
+                    let oy = 2 * ty + r;
+                    if oy >= h {
+                        e.fill(T::zero());
+                        o.fill(T::zero());
+                        continue;
+                    }
+                    for (k, pair) in plane[oy * w..(oy + 1) * w].chunks(2).enumerate() {
+                        e[k] = pair[0];
+                        o[k] = pair.get(1).copied().unwrap_or_else(T::zero);
+                    }
+                }
+                // A dY: rows (a, b), (a + c, b + d), (a - c, b - d), (-c, -d) from the top
+                // row (a, b) and the bottom row (c, d), even and odd columns kept apart.
+                for (k, dst) in pq.chunks_exact_mut(tw).enumerate() {
+                    let (i, odd) = (k / 2, k % 2);
+                    let top = &rows[odd * tw..(odd + 1) * tw];
+                    let bot = &rows[(2 + odd) * tw..(3 + odd) * tw];
+                    for ((d, &t), &u) in dst.iter_mut().zip(top).zip(bot) {
+                        *d = match i {
+                            0 => t,
+                            1 => t + u,
+                            2 => t - u,
+                            _ => -u,
+                        };
+                    }
+                }
+                // [p, q] A^T = [p, p + q, p - q, -q] along each row i.
+                let t0 = co * nt + img * tpi + ty * tw;
+                for (i, pqi) in pq.chunks_exact(2 * tw).enumerate() {
+                    let (p, q) = pqi.split_at(tw);
+                    let at = |j: usize| (4 * i + j) * ws + t0;
+                    wt[at(0)..at(0) + tw].copy_from_slice(p);
+                    for ((d, &a), &b) in wt[at(1)..at(1) + tw].iter_mut().zip(p).zip(q) {
+                        *d = a + b;
+                    }
+                    for ((d, &a), &b) in wt[at(2)..at(2) + tw].iter_mut().zip(p).zip(q) {
+                        *d = a - b;
+                    }
+                    for (d, &b) in wt[at(3)..at(3) + tw].iter_mut().zip(q) {
+                        *d = -b;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `dg = G^T M G` for every (co, ci) of the 16 accumulated `M_xi [Cout, Cin]`, into
+/// `dw [Cout, Cin, 3, 3]`. `G^T` maps `m0..m3` to `m0 + (m1 + m2) / 2, (m1 - m2) / 2,
+/// (m1 + m2) / 2 + m3`.
+fn weight_grad_transform<T: Float>(cc: usize, m: &[T], dw: &mut [T]) {
+    let half = T::from_acc(0.5);
+    let gt = |m0: T, m1: T, m2: T, m3: T| {
+        let (s, d) = ((m1 + m2) * half, (m1 - m2) * half);
+        [m0 + s, d, s + m3]
+    };
+    for (idx, k) in dw.chunks_exact_mut(9).enumerate().take(cc) {
+        let at = |xi: usize| m[xi * cc + idx];
+        // Along each row i (the kernel's column direction), then down the columns.
+        let r: [[T; 3]; 4] =
+            std::array::from_fn(|i| gt(at(4 * i), at(4 * i + 1), at(4 * i + 2), at(4 * i + 3)));
+        for c in 0..3 {
+            let col = gt(r[0][c], r[1][c], r[2][c], r[3][c]);
+            for (row, v) in col.into_iter().enumerate() {
+                k[3 * row + c] = v;
+            }
+        }
+    }
+}
+
+/// The weight and bias gradients of [`conv3x3`]: `[dW (Cout * Cin * 9), dbias]` flattened, the
+/// layout of `conv::conv_bwd_weight_bias`. `dbias` is `[Cout]`, or `[B, Cout]` (not reduced over
+/// the batch) when `per_item`.
+///
+/// Per group of images, `V` ([`input_transform`]) and `W` ([`grad_output_transform`]) feed 16
+/// GEMMs `M_xi += W_xi V_xi^T [Cout, Cin]` that reduce over the group's tiles; each rayon fold
+/// keeps its own `M`, the partial sums are added, and [`weight_grad_transform`] maps the total
+/// back to 3x3 kernels once.
+pub(crate) fn conv3x3_bwd_weight_bias<T: Float>(
+    g: &ConvGeom,
+    x: &[T],
+    dy: &[T],
+    per_item: bool,
+) -> Vec<T> {
+    debug_assert!(g.kh == 3 && g.kw == 3 && g.stride == 1 && g.pad == 1);
+    let (cin, cout, hw) = (g.cin, g.cout, g.h * g.w);
+    let cc = cout * cin;
+    let nb = if per_item { g.b * cout } else { cout };
+    let mut out = vec![T::zero(); 9 * cc + nb];
+    if g.b == 0 || hw == 0 || cc == 0 {
+        return out;
+    }
+    let tpi = g.h.div_ceil(2) * g.w.div_ceil(2);
+    let threads = rayon::current_num_threads();
+    let ipg = (TARGET_TILES / tpi).clamp(1, g.b.div_ceil(threads).max(1));
+    let par = g.b.div_ceil(ipg) < threads;
+    let mut sums = vec![0f64; g.b * cout];
+    let m = sums
+        .par_chunks_mut(ipg * cout)
+        .zip(x.par_chunks(ipg * cin * hw))
+        .zip(dy.par_chunks(ipg * cout * hw))
+        .fold(
+            || vec![T::zero(); 16 * cc],
+            |mut acc, ((s, xg), dyg)| {
+                let imgs = dyg.len() / (cout * hw);
+                let nt = imgs * tpi;
+                T::with_scratch(16 * (cin + cout) * nt, |buf| {
+                    let (v, wt) = buf.split_at_mut(16 * cin * nt);
+                    wide(|| input_transform(g, xg, imgs, v));
+                    wide(|| grad_output_transform(g, dyg, imgs, wt, s));
+                    for xi in 0..16 {
+                        matmul(
+                            cout,
+                            cin,
+                            nt,
+                            &wt[xi * cout * nt..(xi + 1) * cout * nt],
+                            Trans::N,
+                            &v[xi * cin * nt..(xi + 1) * cin * nt],
+                            Trans::T,
+                            &mut acc[xi * cc..(xi + 1) * cc],
+                            true,
+                            par,
+                        );
+                    }
+                });
+                acc
+            },
+        )
+        .reduce_with(|mut a, b| {
+            for (s, v) in a.iter_mut().zip(b) {
+                *s += v;
+            }
+            a
+        })
+        .unwrap_or_else(|| vec![T::zero(); 16 * cc]);
+    let (dw, db) = out.split_at_mut(9 * cc);
+    weight_grad_transform(cc, &m, dw);
+    if per_item {
+        for (o, s) in db.iter_mut().zip(&sums) {
+            *o = T::from_acc(*s);
+        }
+    } else {
+        let mut tot = vec![0f64; cout];
+        for row in sums.chunks_exact(cout) {
+            for (t, s) in tot.iter_mut().zip(row) {
+                *t += s;
+            }
+        }
+        for (o, t) in db.iter_mut().zip(tot) {
+            *o = T::from_acc(t);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::conv::conv_fwd_im2col;
+    use crate::kernels::conv::{conv_bwd_weight_bias_im2col, conv_fwd_im2col};
 
     /// Deterministic values in [-1, 1) (a 64-bit LCG's top bits).
     fn values(seed: u64, n: usize) -> Vec<f64> {
@@ -346,6 +531,84 @@ mod tests {
             let (e64, e32, e32_im2col) = compare(dims, 1);
             println!(
                 "winograd {dims:?}: max |err| / max |y|: f64 {e64:.2e}, f32 {e32:.2e} \
+                 (im2col f32 {e32_im2col:.2e})"
+            );
+            assert!(e64 < 1e-12, "{dims:?}: f64 {e64:e}");
+            assert!(e32 < 2e-5, "{dims:?}: f32 {e32:e}");
+        }
+    }
+
+    /// The Winograd weight and bias gradients against im2col's on one shape: f64 (relative to
+    /// the largest reference value, weight and bias apart) and f32 (weight only) against the f64
+    /// im2col result, next to im2col's own f32 error.
+    fn compare_weight_grad(dims: [usize; 5], per_item: bool) -> (f64, f64, f64, f64) {
+        let [b, cin, cout, h, w] = dims;
+        let g = ConvGeom::new(&[b, cin, h, w], &[cout, cin, 3, 3], 1, 1).unwrap();
+        let x = values(5 + dims.iter().sum::<usize>() as u64, b * cin * h * w);
+        let dy = values(6 + per_item as u64, b * cout * h * w);
+        let reference = conv_bwd_weight_bias_im2col(&g, &x, &dy, per_item);
+        let wino = conv3x3_bwd_weight_bias(&g, &x, &dy, per_item);
+        let nw = cout * cin * 9;
+        assert_eq!(wino.len(), reference.len());
+        assert_eq!(wino.len(), nw + if per_item { b * cout } else { cout });
+        let e64_w = max_rel(&wino[..nw], &reference[..nw]);
+        let e64_b = max_rel(&wino[nw..], &reference[nw..]);
+        let f = |v: &[f64]| v.iter().map(|&a| a as f32).collect::<Vec<f32>>();
+        let (x32, dy32) = (f(&x), f(&dy));
+        let up = |v: Vec<f32>| v[..nw].iter().map(|&a| f64::from(a)).collect::<Vec<f64>>();
+        let e32 = max_rel(
+            &up(conv3x3_bwd_weight_bias(&g, &x32, &dy32, per_item)),
+            &reference[..nw],
+        );
+        let e32_im2col = max_rel(
+            &up(conv_bwd_weight_bias_im2col(&g, &x32, &dy32, per_item)),
+            &reference[..nw],
+        );
+        (e64_w, e64_b, e32, e32_im2col)
+    }
+
+    /// The weight gradient's tiling edge cases (odd and even H, W; batch 1 and 3, so one image
+    /// per group and several; both bias layouts) equal im2col's to f64 rounding.
+    #[test]
+    fn winograd_weight_grad_matches_im2col() {
+        let shapes = [
+            [1, 8, 9, 7, 6],
+            [3, 8, 9, 7, 6],
+            [1, 9, 8, 8, 8],
+            [3, 9, 8, 8, 8],
+            [3, 8, 8, 5, 3],
+            [2, 8, 10, 1, 1],
+            [2, 8, 8, 1, 4],
+            [5, 16, 8, 9, 11],
+        ];
+        for dims in shapes {
+            for per_item in [false, true] {
+                let (e64_w, e64_b, e32, e32_im2col) = compare_weight_grad(dims, per_item);
+                assert!(
+                    e64_w < 1e-12 && e64_b < 1e-12,
+                    "{dims:?} per-item {per_item}: f64 relative error {e64_w:e} (bias {e64_b:e})"
+                );
+                assert!(
+                    e32 < 1e-5,
+                    "{dims:?} per-item {per_item}: f32 relative error {e32:e} \
+                     (im2col {e32_im2col:e})"
+                );
+            }
+        }
+    }
+
+    /// The weight gradient's f32 error at the U-Net's sizes (batch 8), against the f64 im2col
+    /// result, next to im2col's own f32 error (printed with `--nocapture`).
+    #[test]
+    fn winograd_weight_grad_f32_error_at_unet_sizes() {
+        for dims in [
+            [8, 32, 32, 28, 28],
+            [8, 64, 64, 14, 14],
+            [8, 128, 128, 7, 7],
+        ] {
+            let (e64, _, e32, e32_im2col) = compare_weight_grad(dims, false);
+            println!(
+                "winograd dW {dims:?}: max |err| / max |dW|: f64 {e64:.2e}, f32 {e32:.2e} \
                  (im2col f32 {e32_im2col:.2e})"
             );
             assert!(e64 < 1e-12, "{dims:?}: f64 {e64:e}");
