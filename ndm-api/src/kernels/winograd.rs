@@ -254,13 +254,93 @@ pub(crate) fn conv3x3<T: Float>(g: &ConvGeom, x: &[T], w: &[T], bias: Option<&[T
     y
 }
 
+/// `V = B^T d B` like [`input_transform`], but in the weight gradient's tile order: each image
+/// row of tiles is `te = ceil(W / 2) + 1` long, the last tile (`tx = te - 1`) a spare whose
+/// `V` is finite but meaningless (its `W` from [`grad_output_transform`] is zero). Tile
+/// `t = img * th * te + ty * te + tx` of `v[xi][ci][t]`.
+///
+/// The spare column makes every pass one unit-stride loop over the whole plane: the padded plane
+/// is split by row and column parity into four `[th + 1, te]` arrays `X_rc` (`X_rc[k][x]` =
+/// padded `(2k + r, 2x + c)`), so tile element `d_kl` is `X_{k % 2, l % 2}` at
+/// `s + (k / 2) te + l / 2` for `s = ty te + tx`.
+#[inline(always)]
+fn input_transform_wide_rows<T: Float>(g: &ConvGeom, x: &[T], imgs: usize, v: &mut [T]) {
+    let (h, w, cin) = (g.h, g.w, g.cin);
+    let (th, te) = (h.div_ceil(2), w.div_ceil(2) + 1);
+    let (tpi, nt) = (th * te, imgs * th * te);
+    let cs = cin * nt;
+    // X_00, X_01, X_10, X_11, each (th + 1) te plus one element read by the spare tile.
+    let xl = (th + 1) * te + 1;
+    // Positions outside the image are never written, so they stay zero for every plane.
+    let mut xs = vec![T::zero(); 4 * xl];
+    // B^T d for both column parities: C_i^c[s], s < tpi + 1 (the spare tile reads s + 1).
+    let cl = tpi + 1;
+    let mut cb = vec![T::zero(); 8 * cl];
+    for img in 0..imgs {
+        for ci in 0..cin {
+            let plane = &x[(img * cin + ci) * h * w..(img * cin + ci + 1) * h * w];
+            for (iy, src) in plane.chunks_exact(w).enumerate() {
+                // Padded row iy + 1, column ix + 1: odd ix -> even column (ix + 1) / 2,
+                // even ix -> odd column ix / 2.
+                let (r, k) = ((iy + 1) % 2, (iy + 1) / 2);
+                let (e, o) = xs[2 * r * xl..(2 * r + 2) * xl].split_at_mut(xl);
+                let (e, o) = (&mut e[k * te..(k + 1) * te], &mut o[k * te..(k + 1) * te]);
+                for (j, pair) in src.chunks(2).enumerate() {
+                    o[j] = pair[0];
+                    if let Some(&b) = pair.get(1) {
+                        e[j + 1] = b;
+                    }
+                }
+            }
+            // Rows d0..d3 of the tiles: X_0c[s], X_1c[s], X_0c[s + te], X_1c[s + te];
+            // B^T d: d0 - d2, d1 + d2, d2 - d1, d1 - d3.
+            for c in 0..2 {
+                let x0 = &xs[c * xl..(c + 1) * xl];
+                let x1 = &xs[(2 + c) * xl..(3 + c) * xl];
+                let (d0, d2) = (&x0[..cl], &x0[te..te + cl]);
+                let (d1, d3) = (&x1[..cl], &x1[te..te + cl]);
+                let (c0, rest) = cb[4 * c * cl..4 * (c + 1) * cl].split_at_mut(cl);
+                let (c1, rest) = rest.split_at_mut(cl);
+                let (c2, c3) = rest.split_at_mut(cl);
+                for k in 0..cl {
+                    c0[k] = d0[k] - d2[k];
+                    c1[k] = d1[k] + d2[k];
+                    c2[k] = d2[k] - d1[k];
+                    c3[k] = d1[k] - d3[k];
+                }
+            }
+            // (B^T d) B along each row i: columns E[s], O[s], E[s + 1], O[s + 1].
+            let t0 = ci * nt + img * tpi;
+            for i in 0..4 {
+                let (ev, od) = (&cb[i * cl..(i + 1) * cl], &cb[(4 + i) * cl..(5 + i) * cl]);
+                let (e0, e1, o0, o1) = (&ev[..tpi], &ev[1..], &od[..tpi], &od[1..]);
+                let at = |j: usize| (4 * i + j) * cs + t0;
+                for (t, d) in v[at(0)..at(0) + tpi].iter_mut().enumerate() {
+                    *d = e0[t] - e1[t];
+                }
+                for (t, d) in v[at(1)..at(1) + tpi].iter_mut().enumerate() {
+                    *d = o0[t] + e1[t];
+                }
+                for (t, d) in v[at(2)..at(2) + tpi].iter_mut().enumerate() {
+                    *d = e1[t] - o0[t];
+                }
+                for (t, d) in v[at(3)..at(3) + tpi].iter_mut().enumerate() {
+                    *d = o0[t] - o1[t];
+                }
+            }
+        }
+    }
+}
+
 /// `W = A dY A^T` for every 2x2 output-gradient tile of `imgs` images `dy [imgs, Cout, H, W]`:
-/// `wt[xi][co][t]`, the same tile order as [`input_transform`]'s `V`; the positions of a tile
-/// clipped at an odd edge read zero. Also writes each plane's sum (the bias gradient) into
-/// `sums [imgs * Cout]`.
+/// `wt[xi][co][t]` in [`input_transform_wide_rows`]'s tile order, zero for the spare tile of
+/// each row and for the positions of a tile clipped at an odd edge. Also writes each plane's sum
+/// (the bias gradient) into `sums [imgs * Cout]`.
 ///
 /// With `a, b` the top row of the tile and `c, d` the bottom one, `A dY` has rows
 /// `(a, b), (a + c, b + d), (a - c, b - d), (-c, -d)`, and `[p, q] A^T = [p, p + q, p - q, -q]`.
+/// The plane is first split by row and column parity into `a, b, c, d [th, te]`, so both passes
+/// are unit-stride loops over the whole plane.
 #[inline(always)]
 fn grad_output_transform<T: Float>(
     g: &ConvGeom,
@@ -270,62 +350,71 @@ fn grad_output_transform<T: Float>(
     sums: &mut [f64],
 ) {
     let (h, w, cout) = (g.h, g.w, g.cout);
-    let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
-    let (tpi, nt) = (th * tw, imgs * th * tw);
+    let (th, te) = (h.div_ceil(2), w.div_ceil(2) + 1);
+    let (tpi, nt) = (th * te, imgs * th * te);
     let ws = cout * nt;
-    // The tile row's two dY rows split into even and odd columns: [e0 | o0 | e1 | o1].
-    let mut rows = vec![T::zero(); 4 * tw];
-    // Rows i of A dY, columns p (even) and q (odd): [p0 | q0 | p1 | q1 | ... | q3].
-    let mut pq = vec![T::zero(); 8 * tw];
+    // [a | b | c | d]; the spare column and the clipped positions are never written.
+    let mut abcd = vec![T::zero(); 4 * tpi];
     for img in 0..imgs {
         for co in 0..cout {
             let plane = &dy[(img * cout + co) * h * w..(img * cout + co + 1) * h * w];
             sums[img * cout + co] = lane_sum(plane, |v| v);
-            for ty in 0..th {
-                for (r, half) in rows.chunks_exact_mut(2 * tw).enumerate() {
-                    let (e, o) = half.split_at_mut(tw);
-                    let oy = 2 * ty + r;
-                    if oy >= h {
-                        e.fill(T::zero());
-                        o.fill(T::zero());
-                        continue;
-                    }
-                    for (k, pair) in plane[oy * w..(oy + 1) * w].chunks(2).enumerate() {
-                        e[k] = pair[0];
-                        o[k] = pair.get(1).copied().unwrap_or_else(T::zero);
+            for (oy, src) in plane.chunks_exact(w).enumerate() {
+                let (r, ty) = (oy % 2, oy / 2);
+                let (e, o) = abcd[2 * r * tpi..(2 * r + 2) * tpi].split_at_mut(tpi);
+                let (e, o) = (&mut e[ty * te..ty * te + te], &mut o[ty * te..ty * te + te]);
+                for (k, pair) in src.chunks(2).enumerate() {
+                    e[k] = pair[0];
+                    if let Some(&b) = pair.get(1) {
+                        o[k] = b;
                     }
                 }
-                // A dY: rows (a, b), (a + c, b + d), (a - c, b - d), (-c, -d) from the top
-                // row (a, b) and the bottom row (c, d), even and odd columns kept apart.
-                for (k, dst) in pq.chunks_exact_mut(tw).enumerate() {
-                    let (i, odd) = (k / 2, k % 2);
-                    let top = &rows[odd * tw..(odd + 1) * tw];
-                    let bot = &rows[(2 + odd) * tw..(3 + odd) * tw];
-                    for ((d, &t), &u) in dst.iter_mut().zip(top).zip(bot) {
-                        *d = match i {
-                            0 => t,
-                            1 => t + u,
-                            2 => t - u,
-                            _ => -u,
-                        };
-                    }
+            }
+            let (ab, cd) = abcd.split_at(2 * tpi);
+            let (a, b) = ab.split_at(tpi);
+            let (c, d) = cd.split_at(tpi);
+            let t0 = co * nt + img * tpi;
+            let at = |xi: usize| xi * ws + t0;
+            // Row i of A dY is (p_i, q_i); [p, q] A^T = [p, p + q, p - q, -q].
+            for (n, d0) in wt[at(0)..at(0) + tpi].iter_mut().enumerate() {
+                *d0 = a[n];
+            }
+            for (n, d1) in wt[at(1)..at(1) + tpi].iter_mut().enumerate() {
+                *d1 = a[n] + b[n];
+            }
+            for (n, d2) in wt[at(2)..at(2) + tpi].iter_mut().enumerate() {
+                *d2 = a[n] - b[n];
+            }
+            for (n, d3) in wt[at(3)..at(3) + tpi].iter_mut().enumerate() {
+                *d3 = -b[n];
+            }
+            for (i, sign) in [(1, T::one()), (2, -T::one())] {
+                // p = a + sign c, q = b + sign d.
+                let base = 4 * i;
+                for (n, o) in wt[at(base)..at(base) + tpi].iter_mut().enumerate() {
+                    *o = a[n] + sign * c[n];
                 }
-                // [p, q] A^T = [p, p + q, p - q, -q] along each row i.
-                let t0 = co * nt + img * tpi + ty * tw;
-                for (i, pqi) in pq.chunks_exact(2 * tw).enumerate() {
-                    let (p, q) = pqi.split_at(tw);
-                    let at = |j: usize| (4 * i + j) * ws + t0;
-                    wt[at(0)..at(0) + tw].copy_from_slice(p);
-                    for ((d, &a), &b) in wt[at(1)..at(1) + tw].iter_mut().zip(p).zip(q) {
-                        *d = a + b;
-                    }
-                    for ((d, &a), &b) in wt[at(2)..at(2) + tw].iter_mut().zip(p).zip(q) {
-                        *d = a - b;
-                    }
-                    for (d, &b) in wt[at(3)..at(3) + tw].iter_mut().zip(q) {
-                        *d = -b;
-                    }
+                for (n, o) in wt[at(base + 1)..at(base + 1) + tpi].iter_mut().enumerate() {
+                    *o = (a[n] + sign * c[n]) + (b[n] + sign * d[n]);
                 }
+                for (n, o) in wt[at(base + 2)..at(base + 2) + tpi].iter_mut().enumerate() {
+                    *o = (a[n] + sign * c[n]) - (b[n] + sign * d[n]);
+                }
+                for (n, o) in wt[at(base + 3)..at(base + 3) + tpi].iter_mut().enumerate() {
+                    *o = -(b[n] + sign * d[n]);
+                }
+            }
+            for (n, d0) in wt[at(12)..at(12) + tpi].iter_mut().enumerate() {
+                *d0 = -c[n];
+            }
+            for (n, d1) in wt[at(13)..at(13) + tpi].iter_mut().enumerate() {
+                *d1 = -c[n] - d[n];
+            }
+            for (n, d2) in wt[at(14)..at(14) + tpi].iter_mut().enumerate() {
+                *d2 = d[n] - c[n];
+            }
+            for (n, d3) in wt[at(15)..at(15) + tpi].iter_mut().enumerate() {
+                *d3 = d[n];
             }
         }
     }
@@ -376,7 +465,8 @@ pub(crate) fn conv3x3_bwd_weight_bias<T: Float>(
     if g.b == 0 || hw == 0 || cc == 0 {
         return out;
     }
-    let tpi = g.h.div_ceil(2) * g.w.div_ceil(2);
+    // Tiles per image, with the spare one per tile row.
+    let tpi = g.h.div_ceil(2) * (g.w.div_ceil(2) + 1);
     let threads = rayon::current_num_threads();
     let ipg = (TARGET_TILES / tpi).clamp(1, g.b.div_ceil(threads).max(1));
     let par = g.b.div_ceil(ipg) < threads;
@@ -392,7 +482,7 @@ pub(crate) fn conv3x3_bwd_weight_bias<T: Float>(
                 let nt = imgs * tpi;
                 T::with_scratch(16 * (cin + cout) * nt, |buf| {
                     let (v, wt) = buf.split_at_mut(16 * cin * nt);
-                    wide(|| input_transform(g, xg, imgs, v));
+                    wide(|| input_transform_wide_rows(g, xg, imgs, v));
                     wide(|| grad_output_transform(g, dyg, imgs, wt, s));
                     for xi in 0..16 {
                         matmul(
