@@ -423,3 +423,21 @@ fn group_norm_tangent_plain_and_fused_silu() {
         &|be, t| be.group_norm_tangent(&t[0], &t[1], 2, &t[2], &t[3], 1e-5, true),
     );
 }
+
+/// The Winograd weight and bias gradients (3x3, stride 1, padding 1, at least 8 channels) through
+/// the op: odd (7x6) and even (8x8) images, batch 1 and 3, bias `[Cout]` and `[B, Cout]`, against
+/// candle's conv2d and central differences.
+#[test]
+fn conv2d_3x3_winograd_weight_gradient() {
+    let conv = |be: KernelBackend, t: &[Tensor]| be.conv2d(&t[0], &t[1], Some(&t[2]), 1, 1);
+    check_op(
+        "winograd dW 7x6 b3 per-item bias",
+        &[&[3, 8, 7, 6], &[9, 8, 3, 3], &[3, 9]],
+        &conv,
+    );
+    check_op(
+        "winograd dW 8x8 b1",
+        &[&[1, 9, 8, 8], &[8, 9, 3, 3], &[8]],
+        &conv,
+    );
+}

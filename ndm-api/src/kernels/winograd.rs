@@ -28,6 +28,23 @@
 //! each 2x2 output tile (clipped at odd edges) with the bias. Groups of images run in parallel with
 //! rayon, `V` and `M` in the per-thread scratch. 16 products per 4 outputs instead of 36: 2.25x
 //! fewer multiply-adds in the GEMMs than im2col.
+//!
+//! The weight gradient ([`conv3x3_bwd_weight_bias`]) is the transpose of the same algorithm.
+//! `Y` is linear in the kernel `g`, so for a loss with output gradient `dY` (zero at the clipped
+//! positions of an odd edge), summed over the tiles of one (co, ci) pair,
+//!
+//! ```text
+//! dg = G^T [ sum_tiles (A dY A^T) * (B^T d B) ] G
+//! ```
+//!
+//! with `d` the forward's 4x4 input tile. Layout: per group of images, the input tiles into
+//! `V_xi [Cin, T]` and the 2x2 output-gradient tiles into `W_xi = (A dY A^T)_xi [Cout, T]`; 16
+//! GEMMs accumulate `M_xi += W_xi V_xi^T [Cout, Cin]`, reducing over the tiles. Each rayon fold
+//! keeps its own `M`; the partial sums are added and `G^T M G` maps each (co, ci) back to its 3x3
+//! kernel once. Here a tile row has one spare tile (`T = ceil(H/2) (ceil(W/2) + 1)` per image, the
+//! spare's `W` zero), so both transforms are unit-stride loops over whole planes instead of
+//! loops over one tile row. The bias gradient (each `dY` plane's sum, in f64) comes out of the
+//! same pass over `dY`.
 
 use rayon::prelude::*;
 
@@ -282,7 +299,7 @@ fn input_transform_wide_rows<T: Float>(g: &ConvGeom, x: &[T], imgs: usize, v: &m
             for (iy, src) in plane.chunks_exact(w).enumerate() {
                 // Padded row iy + 1, column ix + 1: odd ix -> even column (ix + 1) / 2,
                 // even ix -> odd column ix / 2.
-                let (r, k) = ((iy + 1) % 2, (iy + 1) / 2);
+                let (r, k) = ((iy + 1) % 2, iy.div_ceil(2));
                 let (e, o) = xs[2 * r * xl..(2 * r + 2) * xl].split_at_mut(xl);
                 let (e, o) = (&mut e[k * te..(k + 1) * te], &mut o[k * te..(k + 1) * te]);
                 for (j, pair) in src.chunks(2).enumerate() {
