@@ -27,7 +27,10 @@
 //! past the image); 16 GEMMs give `M_xi = U_xi V_xi [Cout, T]`, and the inverse transform writes
 //! each 2x2 output tile (clipped at odd edges) with the bias. Groups of images run in parallel with
 //! rayon, `V` and `M` in the per-thread scratch. 16 products per 4 outputs instead of 36: 2.25x
-//! fewer multiply-adds in the GEMMs than im2col.
+//! fewer multiply-adds in the GEMMs than im2col. When a tile row is at least
+//! `WIDE_ROWS_MIN_TILES` tiles long, each tile row gets one spare tile (`ceil(H/2)
+//! (ceil(W/2) + 1)` tiles per image, the spare's output dropped), so both transforms run as
+//! unit-stride loops over whole planes instead of short loops over one tile row.
 //!
 //! The weight gradient ([`conv3x3_bwd_weight_bias`]) is the transpose of the same algorithm.
 //! `Y` is linear in the kernel `g`, so for a loss with output gradient `dY` (zero at the clipped
@@ -54,6 +57,11 @@ use super::gemm::{matmul, Trans};
 
 /// Tiles aimed for per GEMM: small images are grouped until a group has about this many columns.
 const TARGET_TILES: usize = 256;
+
+/// Shortest tile row (`ceil(W / 2)` tiles) that the forward pads with a spare tile for the
+/// whole-plane transforms ([`input_transform_wide_rows`]); shorter rows would pay more in extra
+/// GEMM columns than the transforms save.
+const WIDE_ROWS_MIN_TILES: usize = 8;
 
 /// Fewest input and output channels for Winograd: with fewer, the transforms cost more than the
 /// GEMM work they save (a 1-channel input conv took 2.5 ms against im2col's 1.4 ms).
@@ -220,6 +228,82 @@ fn output_transform<T: Float>(
     }
 }
 
+/// [`output_transform`] for `M` in [`input_transform_wide_rows`]'s tile order (a spare tile
+/// ending each tile row, skipped here): `A^T M A` as unit-stride loops over the whole plane,
+/// first along the rows (`s_i = m_i0 + m_i1 + m_i2`, `d_i = m_i1 - m_i2 - m_i3`), then down the
+/// columns, and only the final copy into the image row by row.
+#[inline(always)]
+fn output_transform_wide_rows<T: Float>(
+    g: &ConvGeom,
+    m: &[T],
+    imgs: usize,
+    bias: &dyn Fn(usize, usize) -> T,
+    y: &mut [T],
+) {
+    let (h, w, cout) = (g.h, g.w, g.cout);
+    let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
+    let te = tw + 1;
+    let (tpi, nt) = (th * te, imgs * th * te);
+    let ms = cout * nt;
+    // s_0..s_3, d_0..d_3, then the tiles' outputs (even, odd) column of the top and bottom row.
+    let mut sd = vec![T::zero(); 8 * tpi];
+    let mut out = vec![T::zero(); 4 * tpi];
+    for img in 0..imgs {
+        for co in 0..cout {
+            let b = bias(img, co);
+            let t0 = co * nt + img * tpi;
+            let mx = |xi: usize| &m[xi * ms + t0..xi * ms + t0 + tpi];
+            let (sv, dv) = sd.split_at_mut(4 * tpi);
+            for (i, (si, di)) in sv
+                .chunks_exact_mut(tpi)
+                .zip(dv.chunks_exact_mut(tpi))
+                .enumerate()
+            {
+                let (m0, m1, m2, m3) = (mx(4 * i), mx(4 * i + 1), mx(4 * i + 2), mx(4 * i + 3));
+                for k in 0..tpi {
+                    si[k] = m0[k] + m1[k] + m2[k];
+                    di[k] = m1[k] - m2[k] - m3[k];
+                }
+            }
+            let (sv, dv) = sd.split_at(4 * tpi);
+            let (s0, s1, s2, s3) = (
+                &sv[..tpi],
+                &sv[tpi..2 * tpi],
+                &sv[2 * tpi..3 * tpi],
+                &sv[3 * tpi..],
+            );
+            let (d0, d1, d2, d3) = (
+                &dv[..tpi],
+                &dv[tpi..2 * tpi],
+                &dv[2 * tpi..3 * tpi],
+                &dv[3 * tpi..],
+            );
+            let (top, bottom) = out.split_at_mut(2 * tpi);
+            let (y00, y01) = top.split_at_mut(tpi);
+            let (y10, y11) = bottom.split_at_mut(tpi);
+            for k in 0..tpi {
+                y00[k] = s0[k] + s1[k] + s2[k] + b;
+                y01[k] = d0[k] + d1[k] + d2[k] + b;
+                y10[k] = s1[k] - s2[k] - s3[k] + b;
+                y11[k] = d1[k] - d2[k] - d3[k] + b;
+            }
+            let plane = &mut y[(img * cout + co) * h * w..(img * cout + co + 1) * h * w];
+            for (oy, row) in plane.chunks_exact_mut(w).enumerate() {
+                let (r, ty) = (oy % 2, oy / 2);
+                let ev = &out[2 * r * tpi + ty * te..2 * r * tpi + ty * te + tw];
+                let od = &out[(2 * r + 1) * tpi + ty * te..(2 * r + 1) * tpi + ty * te + tw];
+                // An odd width's last tile keeps only its even column.
+                for (k, pair) in row.chunks_mut(2).enumerate() {
+                    pair[0] = ev[k];
+                    if let Some(q) = pair.get_mut(1) {
+                        *q = od[k];
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// `y = conv2d(x, w) + bias` for a 3x3, stride-1, padding-1 geometry ([`applies`]).
 /// `bias`: `[Cout]`, or `[B, Cout]` when its length is `B * Cout`.
 pub(crate) fn conv3x3<T: Float>(g: &ConvGeom, x: &[T], w: &[T], bias: Option<&[T]>) -> Vec<T> {
@@ -230,7 +314,10 @@ pub(crate) fn conv3x3<T: Float>(g: &ConvGeom, x: &[T], w: &[T], bias: Option<&[T
         return y;
     }
     let u = weight_transform(g, w);
-    let tpi = g.h.div_ceil(2) * g.w.div_ceil(2);
+    // Long tile rows get a spare tile each ([`input_transform_wide_rows`]): unit-stride
+    // transforms over whole planes, for 1 / tw more GEMM columns.
+    let wide_rows = g.w.div_ceil(2) >= WIDE_ROWS_MIN_TILES;
+    let tpi = g.h.div_ceil(2) * (g.w.div_ceil(2) + usize::from(wide_rows));
     let threads = rayon::current_num_threads();
     // Images per group: about TARGET_TILES tiles, but at least one group per thread.
     let ipg = (TARGET_TILES / tpi).clamp(1, g.b.div_ceil(threads).max(1));
@@ -245,7 +332,11 @@ pub(crate) fn conv3x3<T: Float>(g: &ConvGeom, x: &[T], w: &[T], bias: Option<&[T
             let nt = imgs * tpi;
             T::with_scratch(16 * (cin + cout) * nt, |buf| {
                 let (v, m) = buf.split_at_mut(16 * cin * nt);
-                wide(|| input_transform(g, xg, imgs, v));
+                if wide_rows {
+                    wide(|| input_transform_wide_rows(g, xg, imgs, v));
+                } else {
+                    wide(|| input_transform(g, xg, imgs, v));
+                }
                 for xi in 0..16 {
                     matmul(
                         cout,
@@ -265,7 +356,11 @@ pub(crate) fn conv3x3<T: Float>(g: &ConvGeom, x: &[T], w: &[T], bias: Option<&[T
                     Some(b) if per_item => b[(gi * ipg + img) * cout + co],
                     Some(b) => b[co],
                 };
-                wide(|| output_transform(g, m, imgs, &bias_of, yg));
+                if wide_rows {
+                    wide(|| output_transform_wide_rows(g, m, imgs, &bias_of, yg));
+                } else {
+                    wide(|| output_transform(g, m, imgs, &bias_of, yg));
+                }
             });
         });
     y
@@ -609,6 +704,9 @@ mod tests {
             [7, 5, 6, 4, 4],
             [2, 16, 8, 9, 11],
             [1, 8, 16, 14, 14],
+            // Tile rows of 8 and more: the forward's spare-tile layout, odd and even widths.
+            [3, 8, 9, 5, 17],
+            [2, 9, 8, 6, 16],
         ];
         for dims in shapes {
             for bias in 0..3 {
