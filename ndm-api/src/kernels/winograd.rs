@@ -52,7 +52,7 @@
 use rayon::prelude::*;
 
 use super::conv::ConvGeom;
-use super::float::{lane_sum, wide, Float};
+use super::float::{lane_sum, Float};
 use super::gemm::{matmul, Trans};
 
 /// Tiles aimed for per GEMM: small images are grouped until a group has about this many columns.
@@ -71,6 +71,75 @@ const MIN_CHANNELS: usize = 8;
 /// padding-1 geometry; the channel counts only decide whether it is faster).
 pub(crate) fn applies(g: &ConvGeom) -> bool {
     g.kh == 3 && g.kw == 3 && g.stride == 1 && g.pad == 1 && g.cin.min(g.cout) >= MIN_CHANNELS
+}
+
+/// `$wide` runs the `#[inline(always)]` transform `$name` compiled for AVX2 with FMA when the CPU
+/// has them (chosen at run time), else for the build's baseline. Unlike `float::wide`, which
+/// takes a closure that LLVM declines to inline when it holds a whole transform (the transforms
+/// then ran as 4-lane SSE code), the transform is inlined into a `target_feature` function here.
+macro_rules! wide_variant {
+    ($wide:ident, $avx2:ident, $name:ident, ($($arg:ident: $ty:ty),* $(,)?)) => {
+        #[inline(always)]
+        fn $wide<T: Float>($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                // SAFETY: the CPU was just found to have AVX2 and FMA, the features it enables.
+                return unsafe { $avx2($($arg),*) };
+            }
+            $name($($arg),*)
+        }
+
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn $avx2<T: Float>($($arg: $ty),*) {
+            $name($($arg),*)
+        }
+    };
+}
+
+wide_variant!(input_transform_wide, input_transform_avx2, input_transform,
+    (g: &ConvGeom, x: &[T], imgs: usize, v: &mut [T]));
+wide_variant!(input_transform_wide_rows_wide, input_transform_wide_rows_avx2,
+    input_transform_wide_rows, (g: &ConvGeom, x: &[T], imgs: usize, v: &mut [T]));
+wide_variant!(output_transform_wide, output_transform_avx2, output_transform,
+    (g: &ConvGeom, m: &[T], imgs: usize, bias: &dyn Fn(usize, usize) -> T, y: &mut [T]));
+wide_variant!(output_transform_wide_rows_wide, output_transform_wide_rows_avx2,
+    output_transform_wide_rows,
+    (g: &ConvGeom, m: &[T], imgs: usize, bias: &dyn Fn(usize, usize) -> T, y: &mut [T]));
+wide_variant!(grad_output_transform_wide, grad_output_transform_avx2, grad_output_transform,
+    (g: &ConvGeom, dy: &[T], imgs: usize, wt: &mut [T], sums: &mut [f64]));
+
+/// Splits a row by column parity: `src[2k]` into `even[k]`, `src[2k + 1]` into `odd[k]` (an odd
+/// length's last element into `even`). Whole pairs first, as one branch-free loop that
+/// vectorises, then the odd tail.
+#[inline(always)]
+fn deinterleave<T: Copy>(src: &[T], even: &mut [T], odd: &mut [T]) {
+    let (pairs, tail) = src.split_at(src.len() & !1);
+    let n = pairs.len() / 2;
+    for ((p, e), o) in pairs.chunks_exact(2).zip(&mut even[..n]).zip(&mut odd[..n]) {
+        *e = p[0];
+        *o = p[1];
+    }
+    if let Some(&last) = tail.first() {
+        even[n] = last;
+    }
+}
+
+/// The inverse of [`deinterleave`] into `dst`: `dst[2k] = even[k]`, `dst[2k + 1] = odd[k]`.
+#[inline(always)]
+fn interleave<T: Copy>(even: &[T], odd: &[T], dst: &mut [T]) {
+    let w = dst.len();
+    let (pairs, tail) = dst.split_at_mut(w & !1);
+    let n = pairs.len() / 2;
+    for ((p, &e), &o) in pairs.chunks_exact_mut(2).zip(&even[..n]).zip(&odd[..n]) {
+        p[0] = e;
+        p[1] = o;
+    }
+    if let Some(last) = tail.first_mut() {
+        *last = even[n];
+    }
 }
 
 /// `U = G g G^T` for every (co, ci): `u[xi][co][ci]`, 16 matrices of `[Cout, Cin]`.
@@ -125,12 +194,7 @@ fn input_transform<T: Float>(g: &ConvGeom, x: &[T], imgs: usize, v: &mut [T]) {
             for (iy, src) in plane.chunks_exact(w).enumerate() {
                 let (e, o) = pad[(iy + 1) * rw..(iy + 2) * rw].split_at_mut(te);
                 // Input column ix is padded column ix + 1: odd ix -> E[(ix + 1) / 2], even -> O[ix / 2].
-                for (k, pair) in src.chunks(2).enumerate() {
-                    o[k] = pair[0];
-                    if let Some(&b) = pair.get(1) {
-                        e[k + 1] = b;
-                    }
-                }
+                deinterleave(src, o, &mut e[1..]);
             }
             for ty in 0..th {
                 let p = &pad[2 * ty * rw..(2 * ty + 4) * rw];
@@ -216,12 +280,7 @@ fn output_transform<T: Float>(
                     }
                     let row = &mut plane[(oy + r) * w..(oy + r + 1) * w];
                     // An odd width's last tile keeps only its even column.
-                    for (k, pair) in row.chunks_mut(2).enumerate() {
-                        pair[0] = ev[k];
-                        if let Some(q) = pair.get_mut(1) {
-                            *q = od[k];
-                        }
-                    }
+                    interleave(ev, od, row);
                 }
             }
         }
@@ -293,12 +352,7 @@ fn output_transform_wide_rows<T: Float>(
                 let ev = &out[2 * r * tpi + ty * te..2 * r * tpi + ty * te + tw];
                 let od = &out[(2 * r + 1) * tpi + ty * te..(2 * r + 1) * tpi + ty * te + tw];
                 // An odd width's last tile keeps only its even column.
-                for (k, pair) in row.chunks_mut(2).enumerate() {
-                    pair[0] = ev[k];
-                    if let Some(q) = pair.get_mut(1) {
-                        *q = od[k];
-                    }
-                }
+                interleave(ev, od, row);
             }
         }
     }
@@ -333,9 +387,9 @@ pub(crate) fn conv3x3<T: Float>(g: &ConvGeom, x: &[T], w: &[T], bias: Option<&[T
             T::with_scratch(16 * (cin + cout) * nt, |buf| {
                 let (v, m) = buf.split_at_mut(16 * cin * nt);
                 if wide_rows {
-                    wide(|| input_transform_wide_rows(g, xg, imgs, v));
+                    input_transform_wide_rows_wide(g, xg, imgs, v);
                 } else {
-                    wide(|| input_transform(g, xg, imgs, v));
+                    input_transform_wide(g, xg, imgs, v);
                 }
                 for xi in 0..16 {
                     matmul(
@@ -357,9 +411,9 @@ pub(crate) fn conv3x3<T: Float>(g: &ConvGeom, x: &[T], w: &[T], bias: Option<&[T
                     Some(b) => b[co],
                 };
                 if wide_rows {
-                    wide(|| output_transform_wide_rows(g, m, imgs, &bias_of, yg));
+                    output_transform_wide_rows_wide(g, m, imgs, &bias_of, yg);
                 } else {
-                    wide(|| output_transform(g, m, imgs, &bias_of, yg));
+                    output_transform_wide(g, m, imgs, &bias_of, yg);
                 }
             });
         });
@@ -397,12 +451,7 @@ fn input_transform_wide_rows<T: Float>(g: &ConvGeom, x: &[T], imgs: usize, v: &m
                 let (r, k) = ((iy + 1) % 2, iy.div_ceil(2));
                 let (e, o) = xs[2 * r * xl..(2 * r + 2) * xl].split_at_mut(xl);
                 let (e, o) = (&mut e[k * te..(k + 1) * te], &mut o[k * te..(k + 1) * te]);
-                for (j, pair) in src.chunks(2).enumerate() {
-                    o[j] = pair[0];
-                    if let Some(&b) = pair.get(1) {
-                        e[j + 1] = b;
-                    }
-                }
+                deinterleave(src, o, &mut e[1..]);
             }
             // Rows d0..d3 of the tiles: X_0c[s], X_1c[s], X_0c[s + te], X_1c[s + te];
             // B^T d: d0 - d2, d1 + d2, d2 - d1, d1 - d3.
@@ -475,12 +524,7 @@ fn grad_output_transform<T: Float>(
                 let (r, ty) = (oy % 2, oy / 2);
                 let (e, o) = abcd[2 * r * tpi..(2 * r + 2) * tpi].split_at_mut(tpi);
                 let (e, o) = (&mut e[ty * te..ty * te + te], &mut o[ty * te..ty * te + te]);
-                for (k, pair) in src.chunks(2).enumerate() {
-                    e[k] = pair[0];
-                    if let Some(&b) = pair.get(1) {
-                        o[k] = b;
-                    }
-                }
+                deinterleave(src, e, o);
             }
             let (ab, cd) = abcd.split_at(2 * tpi);
             let (a, b) = ab.split_at(tpi);
@@ -594,8 +638,8 @@ pub(crate) fn conv3x3_bwd_weight_bias<T: Float>(
                 let nt = imgs * tpi;
                 T::with_scratch(16 * (cin + cout) * nt, |buf| {
                     let (v, wt) = buf.split_at_mut(16 * cin * nt);
-                    wide(|| input_transform_wide_rows(g, xg, imgs, v));
-                    wide(|| grad_output_transform(g, dyg, imgs, wt, s));
+                    input_transform_wide_rows_wide(g, xg, imgs, v);
+                    grad_output_transform_wide(g, dyg, imgs, wt, s);
                     for xi in 0..16 {
                         matmul(
                             cout,
