@@ -60,8 +60,11 @@ const TARGET_TILES: usize = 256;
 
 /// Shortest tile row (`ceil(W / 2)` tiles) that the forward pads with a spare tile for the
 /// whole-plane transforms ([`input_transform_wide_rows`]); shorter rows would pay more in extra
-/// GEMM columns than the transforms save.
-const WIDE_ROWS_MIN_TILES: usize = 8;
+/// GEMM columns than the transforms save. With the transforms in AVX2, 4 tiles already gain
+/// (64 images of 64 channels, 2 threads, forward / forward+backward: 14x14 4.2-4.7 against
+/// 5.7-6.0 ms and 13.8-16.1 against 17.5-19.0 ms; 7x7 2.1 against 2.4 ms, 6.6-6.8 against
+/// 7.2-7.4 ms).
+const WIDE_ROWS_MIN_TILES: usize = 4;
 
 /// Fewest input and output channels for Winograd: with fewer, the transforms cost more than the
 /// GEMM work they save (a 1-channel input conv took 2.5 ms against im2col's 1.4 ms).
