@@ -114,6 +114,27 @@ wide_variant!(output_transform_wide_rows_wide, output_transform_wide_rows_avx2,
 wide_variant!(grad_output_transform_wide, grad_output_transform_avx2, grad_output_transform,
     (g: &ConvGeom, dy: &[T], imgs: usize, wt: &mut [T], sums: &mut [f64]));
 
+/// `(B^T d) B` along one row of tiles: with `[e0, e1, o0, o1]` the row's even and odd columns
+/// seen from each tile (`E[t], E[t + 1], O[t], O[t + 1]`), writes `E[t] - E[t + 1]`,
+/// `O[t] + E[t + 1]`, `E[t + 1] - O[t]` and `O[t] - O[t + 1]` for the tiles `t` of the row into
+/// `v[at(j)..]`, `j = 0..4`.
+#[inline(always)]
+fn bt_along_row<T: Float>([e0, e1, o0, o1]: [&[T]; 4], v: &mut [T], at: impl Fn(usize) -> usize) {
+    let n = e0.len();
+    for (t, d) in v[at(0)..at(0) + n].iter_mut().enumerate() {
+        *d = e0[t] - e1[t];
+    }
+    for (t, d) in v[at(1)..at(1) + n].iter_mut().enumerate() {
+        *d = o0[t] + e1[t];
+    }
+    for (t, d) in v[at(2)..at(2) + n].iter_mut().enumerate() {
+        *d = e1[t] - o0[t];
+    }
+    for (t, d) in v[at(3)..at(3) + n].iter_mut().enumerate() {
+        *d = o0[t] - o1[t];
+    }
+}
+
 /// Splits a row by column parity: `src[2k]` into `even[k]`, `src[2k + 1]` into `odd[k]` (an odd
 /// length's last element into `even`). Whole pairs first, as one branch-free loop that
 /// vectorises, then the odd tail.
@@ -219,20 +240,8 @@ fn input_transform<T: Float>(g: &ConvGeom, x: &[T], imgs: usize, v: &mut [T]) {
                 let t0 = ci * nt + img * tpi + ty * tw;
                 for (i, row) in [&*c0, &*c1, &*c2, &*c3].into_iter().enumerate() {
                     let (e, o) = row.split_at(te);
-                    let (e0, e1, o0, o1) = (&e[..tw], &e[1..te], &o[..tw], &o[1..te]);
-                    let at = |j: usize| (4 * i + j) * cs + t0;
-                    for (tx, d) in v[at(0)..at(0) + tw].iter_mut().enumerate() {
-                        *d = e0[tx] - e1[tx];
-                    }
-                    for (tx, d) in v[at(1)..at(1) + tw].iter_mut().enumerate() {
-                        *d = o0[tx] + e1[tx];
-                    }
-                    for (tx, d) in v[at(2)..at(2) + tw].iter_mut().enumerate() {
-                        *d = e1[tx] - o0[tx];
-                    }
-                    for (tx, d) in v[at(3)..at(3) + tw].iter_mut().enumerate() {
-                        *d = o0[tx] - o1[tx];
-                    }
+                    let cols = [&e[..tw], &e[1..te], &o[..tw], &o[1..te]];
+                    bt_along_row(cols, v, |j| (4 * i + j) * cs + t0);
                 }
             }
         }
@@ -477,20 +486,8 @@ fn input_transform_wide_rows<T: Float>(g: &ConvGeom, x: &[T], imgs: usize, v: &m
             let t0 = ci * nt + img * tpi;
             for i in 0..4 {
                 let (ev, od) = (&cb[i * cl..(i + 1) * cl], &cb[(4 + i) * cl..(5 + i) * cl]);
-                let (e0, e1, o0, o1) = (&ev[..tpi], &ev[1..], &od[..tpi], &od[1..]);
-                let at = |j: usize| (4 * i + j) * cs + t0;
-                for (t, d) in v[at(0)..at(0) + tpi].iter_mut().enumerate() {
-                    *d = e0[t] - e1[t];
-                }
-                for (t, d) in v[at(1)..at(1) + tpi].iter_mut().enumerate() {
-                    *d = o0[t] + e1[t];
-                }
-                for (t, d) in v[at(2)..at(2) + tpi].iter_mut().enumerate() {
-                    *d = e1[t] - o0[t];
-                }
-                for (t, d) in v[at(3)..at(3) + tpi].iter_mut().enumerate() {
-                    *d = o0[t] - o1[t];
-                }
+                let cols = [&ev[..tpi], &ev[1..], &od[..tpi], &od[1..]];
+                bt_along_row(cols, v, |j| (4 * i + j) * cs + t0);
             }
         }
     }
