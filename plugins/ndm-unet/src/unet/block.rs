@@ -54,39 +54,36 @@ impl ResBlock {
     /// (when above 0) zeroes each activation before the second conv with probability `dropout`
     /// and scales the rest by `1 / (1 - dropout)`; without, the block is deterministic.
     pub fn forward(&self, x: &Tensor, temb_act: &Tensor, rng: Option<&mut Rng>) -> Result<Tensor> {
-        // conv1(norm1(x)) + temb projection, the projection fused into conv1's bias.
-        let t = self.temb.forward(temb_act)?;
-        let h = self.conv1.forward_shifted(&self.norm1.forward(x)?, &t)?;
-        let mut h = self.norm2.forward(&h)?;
-        if let Some(rng) = rng {
-            if self.dropout > 0.0 {
-                let mask = dropout_mask(rng, h.dims(), self.dropout, &h)?;
-                h = (h * mask)?;
-            }
-        }
-        let h = self.conv2.forward(&h)?;
-        let skip = match &self.skip {
-            Some(s) => s.forward(x)?,
-            None => x.clone(),
-        };
-        h + skip
+        Ok(self.forward_with_tangent(x, None, temb_act, None, rng)?.0)
     }
 
-    /// [`Self::forward`] without dropout, with the tangent of the output for the tangents `dx` of
-    /// `x` and `dtemb` of `temb_act` (forward mode in the time; `None` is a zero tangent).
+    /// [`Self::forward`] with the tangent of the output for the tangents `dx` of `x` and `dtemb`
+    /// of `temb_act` (forward mode in the time; `None` is a zero tangent, and with both zero no
+    /// tangent is computed). Dropout's mask, when drawn, applies to the tangent too.
     pub fn forward_with_tangent(
         &self,
         x: &Tensor,
         dx: Option<&Tensor>,
         temb_act: &Tensor,
-        dtemb: &Tensor,
+        dtemb: Option<&Tensor>,
+        rng: Option<&mut Rng>,
     ) -> Result<(Tensor, Option<Tensor>)> {
+        // conv1(norm1(x)) + temb projection, the projection fused into conv1's bias.
         let t = self.temb.forward(temb_act)?;
-        let dt = dtemb.matmul(&self.temb.weight().t()?)?;
+        let dt = dtemb
+            .map(|d| d.matmul(&self.temb.weight().t()?))
+            .transpose()?;
         let (n1, dn1) = self.norm1.forward_with_tangent(x, dx)?;
         let h = self.conv1.forward_shifted(&n1, &t)?;
-        let dh = self.conv1.tangent(&h, dn1.as_ref(), Some(&dt))?;
-        let (n2, dn2) = self.norm2.forward_with_tangent(&h, dh.as_ref())?;
+        let dh = self.conv1.tangent(&h, dn1.as_ref(), dt.as_ref())?;
+        let (mut n2, mut dn2) = self.norm2.forward_with_tangent(&h, dh.as_ref())?;
+        if let Some(rng) = rng {
+            if self.dropout > 0.0 {
+                let mask = dropout_mask(rng, n2.dims(), self.dropout, &n2)?;
+                n2 = (n2 * &mask)?;
+                dn2 = dn2.map(|d| d * &mask).transpose()?;
+            }
+        }
         let h2 = self.conv2.forward(&n2)?;
         let dh2 = self.conv2.tangent(&h2, dn2.as_ref(), None)?;
         let (skip, dskip) = match &self.skip {

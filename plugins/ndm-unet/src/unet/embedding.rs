@@ -49,10 +49,7 @@ impl TimeEmbedding {
     /// `t: [B]` (and for [`TimeInput::LogSnr`] `log_snr: [B]`, required) -> `[B, out]` in
     /// `dtype`.
     pub fn forward(&self, t: &Tensor, log_snr: Option<&Tensor>, dtype: DType) -> Result<Tensor> {
-        let dtype = match dtype {
-            DType::F32 | DType::F64 => dtype,
-            _ => DType::F32,
-        };
+        let dtype = float_dtype(dtype);
         let s = match self.input {
             TimeInput::T => t.to_dtype(dtype)?,
             TimeInput::LogSnr => {
@@ -78,10 +75,7 @@ impl TimeEmbedding {
         if self.input != TimeInput::T {
             return Ok(None);
         }
-        let dtype = match dtype {
-            DType::F32 | DType::F64 => dtype,
-            _ => DType::F32,
-        };
+        let dtype = float_dtype(dtype);
         let (e, de) = sinusoidal_embedding_with_dt(&t.to_dtype(dtype)?, self.dim, self.scale)?;
         let u = self.l1.forward(&e)?;
         let du = de.matmul(&self.l1.weight().t()?)?;
@@ -90,5 +84,13 @@ impl TimeEmbedding {
         let y = self.l2.forward(&a)?;
         let dy = da.matmul(&self.l2.weight().t()?)?;
         Ok(Some((y, dy)))
+    }
+}
+
+/// The dtype the embedding is computed in: the network's for f32 and f64, else f32.
+fn float_dtype(dtype: DType) -> DType {
+    match dtype {
+        DType::F32 | DType::F64 => dtype,
+        _ => DType::F32,
     }
 }

@@ -16,22 +16,17 @@ struct Stage {
 }
 
 impl Stage {
-    fn forward(&self, x: &Tensor, temb: &Tensor, rng: Option<&mut Rng>) -> Result<Tensor> {
-        let h = self.res.forward(x, temb, rng)?;
-        match &self.attn {
-            Some(a) => a.forward(&h),
-            None => Ok(h),
-        }
-    }
-
+    /// The stage's output, and its tangent given those of its input and of the time embedding
+    /// (`None`: zero; both zero, no tangent is computed).
     fn forward_with_tangent(
         &self,
         x: &Tensor,
         dx: Option<&Tensor>,
         temb: &Tensor,
-        dtemb: &Tensor,
+        dtemb: Option<&Tensor>,
+        rng: Option<&mut Rng>,
     ) -> Result<(Tensor, Option<Tensor>)> {
-        let (h, dh) = self.res.forward_with_tangent(x, dx, temb, dtemb)?;
+        let (h, dh) = self.res.forward_with_tangent(x, dx, temb, dtemb, rng)?;
         match &self.attn {
             Some(a) => a.forward_with_tangent(&h, dh.as_ref()),
             None => Ok((h, dh)),
@@ -275,22 +270,66 @@ impl UNet {
         if let Err(e) = self.cfg.check_size(h, w) {
             candle_core::bail!("UNet: {e}");
         }
-        let Some((mut emb, demb)) = self.time.forward_with_dt(t, x.dtype())? else {
+        let Some((emb, demb)) = self.time.forward_with_dt(t, x.dtype())? else {
             return Ok(None);
         };
-        match &self.class {
-            Some(c) => emb = (&emb + c.forward(class, b, emb.dtype())?)?,
-            None => ndm_api::embedding::refuse_class(class, "UNet")?,
-        }
+        let emb = self.with_class(emb, class, b)?;
         let temb = self.backend.silu(&emb)?;
         let dtemb = self.backend.silu_tangent(&emb, &demb)?;
-        // Nothing before the first residual block sees the time: zero tangents (`None`) there.
+        let (y, dy) = self.walk(x, &temb, Some(&dtemb), None)?;
+        let dy = match dy {
+            Some(d) => d,
+            None => y.zeros_like()?,
+        };
+        Ok(Some((y, dy)))
+    }
+
+    fn run(
+        &self,
+        x: &Tensor,
+        t: &Tensor,
+        log_snr: Option<&Tensor>,
+        class: Option<&Tensor>,
+        rng: Option<&mut Rng>,
+    ) -> Result<Tensor> {
+        let (b, _, h, w) = x.dims4()?;
+        if let Err(e) = self.cfg.check_size(h, w) {
+            candle_core::bail!("UNet: {e}");
+        }
+        let emb = self.time.forward(t, log_snr, x.dtype())?;
+        let temb = self.backend.silu(&self.with_class(emb, class, b)?)?;
+        Ok(self.walk(x, &temb, None, rng)?.0)
+    }
+
+    /// The time embedding plus a conditional network's class embedding; a network without
+    /// classes refuses `Some` class.
+    fn with_class(&self, emb: Tensor, class: Option<&Tensor>, b: usize) -> Result<Tensor> {
+        match &self.class {
+            Some(c) => &emb + c.forward(class, b, emb.dtype())?,
+            None => {
+                ndm_api::embedding::refuse_class(class, "UNet")?;
+                Ok(emb)
+            }
+        }
+    }
+
+    /// The network from the input and the activated time embedding `temb`, with the output's
+    /// tangent when `dtemb`, the embedding's tangent, is given (forward mode; nothing before the
+    /// first residual block sees the time, so tangents start there), and dropout with `rng`.
+    fn walk(
+        &self,
+        x: &Tensor,
+        temb: &Tensor,
+        dtemb: Option<&Tensor>,
+        mut rng: Option<&mut Rng>,
+    ) -> Result<(Tensor, Option<Tensor>)> {
         let mut h = self.conv_in.forward(x)?;
         let mut dh: Option<Tensor> = None;
         let mut skips = vec![(h.clone(), None)];
         for (i, level) in self.down.iter().enumerate() {
             for s in level {
-                (h, dh) = s.forward_with_tangent(&h, dh.as_ref(), &temb, &dtemb)?;
+                (h, dh) =
+                    s.forward_with_tangent(&h, dh.as_ref(), temb, dtemb, rng.as_deref_mut())?;
                 skips.push((h.clone(), dh.clone()));
             }
             if let Some(ds) = self.downsample.get(i) {
@@ -301,7 +340,7 @@ impl UNet {
             }
         }
         for s in &self.mid {
-            (h, dh) = s.forward_with_tangent(&h, dh.as_ref(), &temb, &dtemb)?;
+            (h, dh) = s.forward_with_tangent(&h, dh.as_ref(), temb, dtemb, rng.as_deref_mut())?;
         }
         for (j, level) in self.up.iter().enumerate() {
             for s in level {
@@ -315,7 +354,13 @@ impl UNet {
                         Some(Tensor::cat(&[&dh, &dskip], 1)?)
                     }
                 };
-                (h, dh) = s.forward_with_tangent(&input, dinput.as_ref(), &temb, &dtemb)?;
+                (h, dh) = s.forward_with_tangent(
+                    &input,
+                    dinput.as_ref(),
+                    temb,
+                    dtemb,
+                    rng.as_deref_mut(),
+                )?;
             }
             if let Some(us) = self.upsample.get(j) {
                 let y = us.forward(&self.backend.upsample_nearest2x(&h)?)?;
@@ -328,55 +373,7 @@ impl UNet {
         }
         let (n, dn) = self.norm_out.forward_with_tangent(&h, dh.as_ref())?;
         let y = self.conv_out.forward(&n)?;
-        let dy = match self.conv_out.tangent(&y, dn.as_ref(), None)? {
-            Some(d) => d,
-            None => y.zeros_like()?,
-        };
-        Ok(Some((y, dy)))
-    }
-
-    fn run(
-        &self,
-        x: &Tensor,
-        t: &Tensor,
-        log_snr: Option<&Tensor>,
-        class: Option<&Tensor>,
-        mut rng: Option<&mut Rng>,
-    ) -> Result<Tensor> {
-        let (b, _, h, w) = x.dims4()?;
-        if let Err(e) = self.cfg.check_size(h, w) {
-            candle_core::bail!("UNet: {e}");
-        }
-        let mut emb = self.time.forward(t, log_snr, x.dtype())?;
-        match &self.class {
-            Some(c) => emb = (&emb + c.forward(class, b, emb.dtype())?)?,
-            None => ndm_api::embedding::refuse_class(class, "UNet")?,
-        }
-        let temb = self.backend.silu(&emb)?;
-        let mut h = self.conv_in.forward(x)?;
-        let mut skips = vec![h.clone()];
-        for (i, level) in self.down.iter().enumerate() {
-            for s in level {
-                h = s.forward(&h, &temb, rng.as_deref_mut())?;
-                skips.push(h.clone());
-            }
-            if let Some(ds) = self.downsample.get(i) {
-                h = ds.forward(&h)?;
-                skips.push(h.clone());
-            }
-        }
-        for s in &self.mid {
-            h = s.forward(&h, &temb, rng.as_deref_mut())?;
-        }
-        for (j, level) in self.up.iter().enumerate() {
-            for s in level {
-                let skip = skips.pop().expect("one saved activation per up block");
-                h = s.forward(&Tensor::cat(&[&h, &skip], 1)?, &temb, rng.as_deref_mut())?;
-            }
-            if let Some(us) = self.upsample.get(j) {
-                h = us.forward(&self.backend.upsample_nearest2x(&h)?)?;
-            }
-        }
-        self.conv_out.forward(&self.norm_out.forward(&h)?)
+        let dy = self.conv_out.tangent(&y, dn.as_ref(), None)?;
+        Ok((y, dy))
     }
 }
