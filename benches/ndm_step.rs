@@ -20,24 +20,25 @@ use ndm_api::bench;
 use ndm_api::candle_core::Device;
 use ndm_api::kernels::profile;
 use ndm_api::train::{TrainState, Trainer};
-use ndm_api::{Dataset, ModelSpec, Pipeline, PluginSpec, Preset, RegistryFile, TrainConfig};
+use ndm_api::{
+    Dataset, ModelSpec, Pipeline, PluginSpec, Preset, RegistryFile, RunSpec, TrainConfig,
+};
 
-/// A preset's model and training config on images: its `images` variant's parts and fields.
+/// A preset's model and training config on images: its `images` variant applied.
 fn on_images(p: &Preset) -> anyhow::Result<(ModelSpec, TrainConfig)> {
-    let mut model = p.model.clone();
-    let mut train = p.train.clone();
-    if let Some(v) = &p.images {
-        if let Some(t) = &v.transform {
-            model.transform = t.clone();
-        }
-        if let Some(b) = &v.backbone {
-            model.backbone = b.clone();
-        }
-        if let Some(b) = v.train.get("batch_size").and_then(|b| b.as_integer()) {
-            train.batch_size = b as usize;
-        }
+    let mut spec = RunSpec {
+        preset: None,
+        ndm_version: ndm_api::VERSION.into(),
+        data_shape: vec![1, 28, 28],
+        dataset: PluginSpec::new("random images"),
+        model: p.model.clone(),
+        sampler: p.sampler.clone(),
+        train: p.train.clone(),
+    };
+    if let Some(v) = p.images.clone() {
+        spec.apply_image_variant(v)?;
     }
-    Ok((model, train))
+    Ok((spec.model, spec.train))
 }
 
 fn main() -> anyhow::Result<()> {

@@ -5,13 +5,13 @@
 use crate::checkpoint::RunDir;
 use crate::registry::{BuildCtx, Family, PluginRegistry};
 use crate::registry_file::RegistryFile;
-use crate::spec::{PluginSpec, RunSpec};
+use crate::spec::{ImageVariant, PluginSpec, RunSpec};
 use crate::{Dataset, Pipeline, Result};
 use candle_core::Device;
 
 impl RunSpec {
     /// The spec of preset `name` on `dataset`. The dataset is built to learn its shape: on image
-    /// data (`[C, H, W]`) the preset's [`ImageVariant`](crate::spec::ImageVariant) applies. Plugin
+    /// data (`[C, H, W]`) the preset's [`ImageVariant`] applies ([`RunSpec::apply_image_variant`]). Plugin
     /// names are not checked yet: apply overrides, then [`RunSpec::resolve`].
     pub fn from_preset(
         file: &RegistryFile,
@@ -32,30 +32,37 @@ impl RunSpec {
         };
         spec.data_shape = spec.build_dataset(plugins, device)?.data_shape();
         if let (3, Some(v)) = (spec.data_shape.len(), preset.images) {
-            let parts = [
-                (Family::Transform, v.transform),
-                (Family::Schedule, v.schedule),
-                (Family::Param, v.param),
-                (Family::Backbone, v.backbone),
-                (Family::Prior, v.prior),
-                (Family::Objective, v.objective),
-            ];
-            for (family, part) in parts {
-                if let Some(p) = part {
-                    *spec.part_mut(family) = p;
-                }
-            }
-            if let Some(d) = v.decoder {
-                spec.model.decoder = d;
-            }
-            for (field, value) in v.train {
-                spec.set(&format!("train.{field}={value}"))?;
-            }
-            if let Some(s) = v.sampler {
-                spec.sampler = s;
-            }
+            spec.apply_image_variant(v)?;
         }
         Ok(spec)
+    }
+
+    /// Applies a preset's image variant: the parts it replaces, its decoder, its training
+    /// fields and its sampler ([`RunSpec::from_preset`] does this on image data).
+    pub fn apply_image_variant(&mut self, v: ImageVariant) -> Result<()> {
+        let parts = [
+            (Family::Transform, v.transform),
+            (Family::Schedule, v.schedule),
+            (Family::Param, v.param),
+            (Family::Backbone, v.backbone),
+            (Family::Prior, v.prior),
+            (Family::Objective, v.objective),
+        ];
+        for (family, part) in parts {
+            if let Some(p) = part {
+                *self.part_mut(family) = p;
+            }
+        }
+        if let Some(d) = v.decoder {
+            self.model.decoder = d;
+        }
+        for (field, value) in v.train {
+            self.set(&format!("train.{field}={value}"))?;
+        }
+        if let Some(s) = v.sampler {
+            self.sampler = s;
+        }
+        Ok(())
     }
 
     /// Checks every part against the registry, fills in every default, the data shape and (for a
