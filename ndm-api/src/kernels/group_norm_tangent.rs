@@ -66,7 +66,22 @@ fn run_stats<T: Float>(x: &[T], dx: &[T], eps: f64) -> [T; 4] {
     [m, T::from_acc(r), T::from_acc(a), T::from_acc(b)]
 }
 
-fn tangent_fwd<T: Float>(g: &GnGeom, x: &[T], dx: &[T], gb: &[T], eps: f64, silu: bool) -> Vec<T> {
+/// `silu'(y)` and `silu''(y)`.
+#[inline(always)]
+fn silu_derivatives<T: Float>(y: T) -> (T, T) {
+    let (one, sg) = (T::one(), y.sigmoid());
+    let s1 = sg * (one + y * (one - sg));
+    let s2 = sg * (one - sg) * (one + one + y * (one - sg - sg));
+    (s1, s2)
+}
+
+fn tangent_fwd<T: Float, const SILU: bool>(
+    g: &GnGeom,
+    x: &[T],
+    dx: &[T],
+    gb: &[T],
+    eps: f64,
+) -> Vec<T> {
     let (run, s, cpg) = (g.run(), g.s, g.cpg());
     let (gamma, beta) = gb.split_at(g.c);
     let mut out = vec![T::zero(); g.numel()];
@@ -75,43 +90,40 @@ fn tangent_fwd<T: Float>(g: &GnGeom, x: &[T], dx: &[T], gb: &[T], eps: f64, silu
         .zip(dx.par_chunks(run))
         .enumerate()
         .for_each(|(i, ((or, xr), dr))| {
-            let [mu, r, a, b] = run_stats(xr, dr, eps);
-            let c0 = (i % g.groups) * cpg;
-            for j in 0..cpg {
-                let (ga, be) = (gamma[c0 + j], beta[c0 + j]);
-                let gr = ga * r;
-                let span = j * s..(j + 1) * s;
-                let (o, xi, di) = (&mut or[span.clone()], &xr[span.clone()], &dr[span]);
-                wide(|| {
+            // One AVX2 region per run: the statistics' reductions and the map vectorise alike.
+            wide(|| {
+                let [mu, r, a, b] = run_stats(xr, dr, eps);
+                let c0 = (i % g.groups) * cpg;
+                for j in 0..cpg {
+                    let (ga, be) = (gamma[c0 + j], beta[c0 + j]);
+                    let gr = ga * r;
+                    let span = j * s..(j + 1) * s;
+                    let (o, xi, di) = (&mut or[span.clone()], &xr[span.clone()], &dr[span]);
                     for ((o, v), d) in o.iter_mut().zip(xi).zip(di) {
                         let xh = (*v - mu) * r;
                         let u = gr * (*d - a - xh * b);
-                        *o = if silu {
-                            let y = ga * xh + be;
-                            let sg = y.sigmoid();
-                            sg * (T::one() + y * (T::one() - sg)) * u
+                        *o = if SILU {
+                            silu_derivatives(ga * xh + be).0 * u
                         } else {
                             u
                         };
                     }
-                });
-            }
+                }
+            })
         });
     out
 }
 
 /// Returns `[dx (numel), d dx (numel), dgamma (C), dbeta (C)]`.
-fn tangent_bwd<T: Float>(
+fn tangent_bwd<T: Float, const SILU: bool>(
     g: &GnGeom,
     x: &[T],
     dx: &[T],
     gb: &[T],
     grad: &[T],
     eps: f64,
-    silu: bool,
 ) -> Vec<T> {
-    let (run, s, cpg, c, numel) = (g.run(), g.s, g.cpg(), g.c, g.numel());
-    let (gamma, beta) = gb.split_at(c);
+    let (run, cpg, c, numel) = (g.run(), g.cpg(), g.c, g.numel());
     let mut out = vec![T::zero(); 2 * numel + 2 * c];
     let (gx, rest) = out.split_at_mut(numel);
     let (gdx, _) = rest.split_at_mut(numel);
@@ -125,97 +137,104 @@ fn tangent_bwd<T: Float>(
         .zip(partial.par_chunks_mut(cpg * 2))
         .enumerate()
         .for_each(|(i, (((((gxr, gdr), xr), dr), grr), pr))| {
-            let [mu, r, a, b] = run_stats(xr, dr, eps);
-            let n = run as f64;
-            let c0 = (i % g.groups) * cpg;
-            // xhat, dn, Gu and Gy of the run; gdx holds Gu until pass 2 overwrites it.
-            let mut xh = vec![T::zero(); run];
-            let mut dn = vec![T::zero(); run];
-            let mut gy = vec![T::zero(); run];
-            let (mut m1, mut m2, mut m3) = (0f64, 0f64, 0f64);
-            // Pass 1: the elementwise terms, the means of Gdn, Gdn xhat, Gdn dn, and the affine
-            // gradients.
-            for ch in 0..cpg {
-                let (ga, be) = (gamma[c0 + ch], beta[c0 + ch]);
-                let sp = ch * s..(ch + 1) * s;
-                let (xo, no, gyo, guo) = (
-                    &mut xh[sp.clone()],
-                    &mut dn[sp.clone()],
-                    &mut gy[sp.clone()],
-                    &mut gdr[sp.clone()],
-                );
-                let (xi, di, gi) = (&xr[sp.clone()], &dr[sp.clone()], &grr[sp]);
-                wide(|| {
-                    for (((((xo, no), gyo), guo), v), (d, gr)) in xo
-                        .iter_mut()
-                        .zip(no.iter_mut())
-                        .zip(gyo.iter_mut())
-                        .zip(guo.iter_mut())
-                        .zip(xi)
-                        .zip(di.iter().zip(gi))
-                    {
-                        let h = (*v - mu) * r;
-                        let dnv = r * (*d - a - h * b);
-                        *xo = h;
-                        *no = dnv;
-                        if silu {
-                            let y = ga * h + be;
-                            let sg = y.sigmoid();
-                            let one = T::one();
-                            let s1 = sg * (one + y * (one - sg));
-                            let s2 = sg * (one - sg) * (one + one + y * (one - sg - sg));
-                            *guo = *gr * s1;
-                            *gyo = *gr * ga * dnv * s2;
-                        } else {
-                            *guo = *gr;
-                            *gyo = T::zero();
-                        }
-                    }
-                });
-                let gaf = ga.to_acc();
-                let sum_gu = lane_sum(guo, |v| v);
-                let gu_xh = lane_sum2(guo, xo, |u, h| u * h);
-                let gu_dn = lane_sum2(guo, no, |u, d| u * d);
-                let gy_xh = lane_sum2(gyo, xo, |u, h| u * h);
-                m1 += gaf * sum_gu;
-                m2 += gaf * gu_xh;
-                m3 += gaf * gu_dn;
-                pr[2 * ch] = gu_dn + gy_xh;
-                pr[2 * ch + 1] = lane_sum(gyo, |v| v);
-            }
-            let (m1, m2, m3) = (
-                T::from_acc(m1 / n),
-                T::from_acc(m2 / n),
-                T::from_acc(m3 / n),
-            );
-            // Pass 2: d dx over Gu, and Gxhat into gx.
-            for ch in 0..cpg {
-                let ga = gamma[c0 + ch];
-                let sp = ch * s..(ch + 1) * s;
-                let (go, xo) = (&mut gxr[sp.clone()], &mut gdr[sp.clone()]);
-                let (hs, gys, ds) = (&xh[sp.clone()], &gy[sp.clone()], &dr[sp]);
-                wide(|| {
-                    for ((((go, xo), h), gyv), d) in
-                        go.iter_mut().zip(xo.iter_mut()).zip(hs).zip(gys).zip(ds)
-                    {
-                        let gdn = ga * *xo;
-                        *xo = r * (gdn - m1 - *h * m2);
-                        *go = ga * *gyv - r * (b * gdn + *d * m2);
-                    }
-                });
-            }
-            let k1 = T::from_acc(lane_sum(gxr, |v| v) / n);
-            let k2 = T::from_acc(lane_sum2(gxr, &xh, |u, h| u * h) / n);
-            // Pass 3: d x from Gxhat.
-            let m = m3 + k2;
-            wide(|| {
-                for (o, h) in gxr.iter_mut().zip(&xh) {
-                    *o = r * (*o - k1 - *h * m);
-                }
-            });
+            // xhat, dn and Gy of the run in this thread's scratch; gdx holds Gu until pass 2
+            // overwrites it.
+            T::with_scratch(3 * run, |buf| {
+                wide(|| bwd_run::<T, SILU>(g, i, (xr, dr, grr), (gxr, gdr, pr), buf, gb, eps))
+            })
         });
     reduce_affine_partials(g, &partial, &mut out[2 * numel..]);
     out
+}
+
+/// The backward of one run `i`: inputs `(x, dx, grad)`, outputs `(d x, d dx, affine partials)`,
+/// `buf` scratch of three runs.
+#[inline(always)]
+fn bwd_run<T: Float, const SILU: bool>(
+    g: &GnGeom,
+    i: usize,
+    (xr, dr, grr): (&[T], &[T], &[T]),
+    (gxr, gdr, pr): (&mut [T], &mut [T], &mut [f64]),
+    buf: &mut [T],
+    gb: &[T],
+    eps: f64,
+) {
+    let (run, s, cpg) = (g.run(), g.s, g.cpg());
+    let (gamma, beta) = gb.split_at(g.c);
+    let [mu, r, a, b] = run_stats(xr, dr, eps);
+    let n = run as f64;
+    let c0 = (i % g.groups) * cpg;
+    let (xh, rest) = buf.split_at_mut(run);
+    let (dn, gy) = rest.split_at_mut(run);
+    let (mut m1, mut m2, mut m3) = (0f64, 0f64, 0f64);
+    // Pass 1: the elementwise terms, the means of Gdn, Gdn xhat, Gdn dn, and the affine
+    // gradients.
+    for ch in 0..cpg {
+        let (ga, be) = (gamma[c0 + ch], beta[c0 + ch]);
+        let sp = ch * s..(ch + 1) * s;
+        let (xo, no, gyo, guo) = (
+            &mut xh[sp.clone()],
+            &mut dn[sp.clone()],
+            &mut gy[sp.clone()],
+            &mut gdr[sp.clone()],
+        );
+        let (xi, di, gi) = (&xr[sp.clone()], &dr[sp.clone()], &grr[sp]);
+        for (((((xo, no), gyo), guo), v), (d, gr)) in xo
+            .iter_mut()
+            .zip(no.iter_mut())
+            .zip(gyo.iter_mut())
+            .zip(guo.iter_mut())
+            .zip(xi)
+            .zip(di.iter().zip(gi))
+        {
+            let h = (*v - mu) * r;
+            let dnv = r * (*d - a - h * b);
+            *xo = h;
+            *no = dnv;
+            if SILU {
+                let (s1, s2) = silu_derivatives(ga * h + be);
+                *guo = *gr * s1;
+                *gyo = *gr * ga * dnv * s2;
+            } else {
+                *guo = *gr;
+                *gyo = T::zero();
+            }
+        }
+        let gaf = ga.to_acc();
+        let sum_gu = lane_sum(guo, |v| v);
+        let gu_xh = lane_sum2(guo, xo, |u, h| u * h);
+        let gu_dn = lane_sum2(guo, no, |u, d| u * d);
+        let gy_xh = lane_sum2(gyo, xo, |u, h| u * h);
+        m1 += gaf * sum_gu;
+        m2 += gaf * gu_xh;
+        m3 += gaf * gu_dn;
+        pr[2 * ch] = gu_dn + gy_xh;
+        pr[2 * ch + 1] = lane_sum(gyo, |v| v);
+    }
+    let (m1, m2, m3) = (
+        T::from_acc(m1 / n),
+        T::from_acc(m2 / n),
+        T::from_acc(m3 / n),
+    );
+    // Pass 2: d dx over Gu, and Gxhat into gx.
+    for ch in 0..cpg {
+        let ga = gamma[c0 + ch];
+        let sp = ch * s..(ch + 1) * s;
+        let (go, xo) = (&mut gxr[sp.clone()], &mut gdr[sp.clone()]);
+        let (hs, gys, ds) = (&xh[sp.clone()], &gy[sp.clone()], &dr[sp]);
+        for ((((go, xo), h), gyv), d) in go.iter_mut().zip(xo.iter_mut()).zip(hs).zip(gys).zip(ds) {
+            let gdn = ga * *xo;
+            *xo = r * (gdn - m1 - *h * m2);
+            *go = ga * *gyv - r * (b * gdn + *d * m2);
+        }
+    }
+    let k1 = T::from_acc(lane_sum(gxr, |v| v) / n);
+    let k2 = T::from_acc(lane_sum2(gxr, xh, |u, h| u * h) / n);
+    // Pass 3: d x from Gxhat.
+    let m = m3 + k2;
+    for (o, h) in gxr.iter_mut().zip(xh.iter()) {
+        *o = r * (*o - k1 - *h * m);
+    }
 }
 
 /// Forward op: `(x, dx, [gamma; beta]) -> tangent of the output`.
@@ -266,7 +285,11 @@ impl CustomOp3 for GroupNormTangent {
             let dx = slice::<T>(s2, l2, "group_norm tangent")?;
             let gb = slice::<T>(s3, l3, "group_norm tangent")?;
             let out = timed("group_norm tangent fwd", || {
-                tangent_fwd(&g, x, dx, gb, self.eps, self.silu)
+                if self.silu {
+                    tangent_fwd::<T, true>(&g, x, dx, gb, self.eps)
+                } else {
+                    tangent_fwd::<T, false>(&g, x, dx, gb, self.eps)
+                }
             });
             Ok((T::into_storage(out), l1.shape().clone()))
         })
@@ -318,7 +341,11 @@ impl CustomOp3 for GroupNormTangentBwd {
             let packed = slice::<T>(s3, l3, "group_norm tangent backward")?;
             let (dx, grad) = packed.split_at(n);
             let out = timed("group_norm tangent bwd", || {
-                tangent_bwd(g, x, dx, gb, grad, self.op.eps, self.op.silu)
+                if self.op.silu {
+                    tangent_bwd::<T, true>(g, x, dx, gb, grad, self.op.eps)
+                } else {
+                    tangent_bwd::<T, false>(g, x, dx, gb, grad, self.op.eps)
+                }
             });
             let len = out.len();
             Ok((T::into_storage(out), Shape::from(len)))
