@@ -238,16 +238,18 @@ impl Mlp {
 }
 
 impl Backbone for Mlp {
-    /// A large batch outside training on the CPU (a sampler's 10,000 points) runs in passes of
-    /// `Mlp::pass_rows` rows, each through the whole network, so that each layer's activations
-    /// stay in cache; the rows are independent, so the output is the same.
+    /// A large batch outside training on the CPU (a sampler's 10,000 points) runs in equal passes
+    /// of at most `Mlp::pass_rows` rows, each through the whole network, so that each layer's
+    /// activations stay in cache; the rows are independent, so the output is the same.
     fn forward(&self, input: &NetInput) -> Result<Tensor> {
         let n = input.z.dim(0)?;
         let rows = self.pass_rows();
-        if n < 2 * rows || !input.z.device().is_cpu() || kernels::backward_expected() {
+        let passes = n.div_ceil(rows);
+        if passes < 2 || !input.z.device().is_cpu() || kernels::backward_expected() {
             return Ok(self.forward_and_tangent(input, false)?.0);
         }
-        let mut outs = Vec::with_capacity(n.div_ceil(rows));
+        let rows = n.div_ceil(passes);
+        let mut outs = Vec::with_capacity(passes);
         for start in (0..n).step_by(rows) {
             let len = rows.min(n - start);
             let cut = |t: &Tensor| t.narrow(0, start, len);
@@ -433,7 +435,7 @@ mod tests {
         }
     }
 
-    /// A large batch outside training runs in passes of `pass_rows` rows; its output is that of
+    /// A large batch outside training runs in equal passes of at most `pass_rows` rows; its output is that of
     /// one pass over the whole batch (inside `expect_backward`, which never cuts), per-example
     /// times and classes included.
     #[test]
