@@ -86,10 +86,26 @@ fn run(
     ndm_fd
         .transform
         .set("time_derivative", "\"central-difference\"");
+    let shared = |f: &str| {
+        let mut spec = ndm.clone();
+        spec.objective.set("boundary_fraction", f);
+        spec
+    };
+    let (ndm_quarter, ndm_eighth) = (shared("0.25"), shared("0.125"));
     let cases = [
         ("ddpm (eps-mse)", ddpm, ddpm_train.clone()),
-        ("ndm, dF/dt forward mode", ndm, ndm_train.clone()),
-        ("ndm, dF/dt central difference", ndm_fd, ndm_train),
+        ("ndm, dF/dt forward mode", ndm.clone(), ndm_train.clone()),
+        ("ndm, dF/dt central difference", ndm_fd, ndm_train.clone()),
+        (
+            "ndm, L_prior and L_rec on 1/4 of the batch",
+            ndm_quarter.clone(),
+            ndm_train.clone(),
+        ),
+        (
+            "ndm, L_prior and L_rec on 1/8 of the batch",
+            ndm_eighth.clone(),
+            ndm_train.clone(),
+        ),
     ];
     println!(
         "\n{what}, batch {} (the presets' own), {}, {iters} timed steps after 3 warm-up steps, 1 process",
@@ -119,10 +135,80 @@ fn run(
         println!("\n{table}");
     }
     println!(
-        "\nNDM / DDPM step: {:.2}x with forward mode, {:.2}x with central differences (forward mode {:.2}x faster)",
+        "\nNDM / DDPM step: {:.2}x with forward mode, {:.2}x with central differences (forward mode {:.2}x faster); \
+         with L_prior and L_rec on 1/4 of the batch {:.2}x, on 1/8 {:.2}x",
         medians[1] / medians[0],
         medians[2] / medians[0],
-        medians[2] / medians[1]
+        medians[2] / medians[1],
+        medians[3] / medians[0],
+        medians[4] / medians[0],
     );
+    let draws: usize = match std::env::var("NDM_BENCH_GRAD_DRAWS") {
+        Ok(v) => v.trim().parse()?,
+        Err(_) if dev.is_cpu() && ndm_train.batch_size >= 256 => 32,
+        Err(_) => 0,
+    };
+    if draws >= 2 {
+        println!(
+            "\ngradient noise of NDM's loss at its initial weights, {draws} batches of {}: \
+             trace of the gradient's covariance / squared norm of its mean",
+            ndm_train.batch_size
+        );
+        println!("| L_prior and L_rec on | noise |");
+        println!("|---|---|");
+        for (label, spec) in [
+            ("every example", ndm),
+            ("1/4 of the batch", ndm_quarter),
+            ("1/8 of the batch", ndm_eighth),
+        ] {
+            let pipe = Pipeline::build(&spec, &data.data_shape(), reg, dev, 0)?;
+            let noise = gradient_noise(&pipe, data, ndm_train.batch_size, draws)?;
+            println!("| {label} | {noise:.4} |");
+        }
+    }
     Ok(())
+}
+
+/// `tr Cov(g) / |E g|^2` of the loss's gradient `g` over `draws` fresh batches (and noise) at the
+/// pipeline's initial weights: the same batches for every pipeline built from the same seed.
+fn gradient_noise(
+    pipe: &Pipeline,
+    data: &dyn Dataset,
+    batch: usize,
+    draws: usize,
+) -> anyhow::Result<f64> {
+    let vars = pipe.vars();
+    let mut grads: Vec<Vec<f64>> = Vec::with_capacity(draws);
+    for d in 0..draws {
+        let mut rng = ndm_api::Rng::new(1000 + d as u64);
+        let x = data.sample(batch, ndm_api::Split::Train, &mut rng, &pipe.device)?;
+        let out = pipe.objective.loss(pipe, &x, &mut rng)?;
+        let store = out.loss.backward()?;
+        let mut flat = Vec::new();
+        for (_, v) in &vars {
+            if let Some(g) = store.get(v.as_tensor()) {
+                flat.extend(
+                    g.flatten_all()?
+                        .to_dtype(ndm_api::candle_core::DType::F64)?
+                        .to_vec1::<f64>()?,
+                );
+            }
+        }
+        grads.push(flat);
+    }
+    let n = grads[0].len();
+    let mean: Vec<f64> = (0..n)
+        .map(|i| grads.iter().map(|g| g[i]).sum::<f64>() / draws as f64)
+        .collect();
+    let spread: f64 = grads
+        .iter()
+        .map(|g| {
+            g.iter()
+                .zip(&mean)
+                .map(|(a, m)| (a - m).powi(2))
+                .sum::<f64>()
+        })
+        .sum::<f64>()
+        / (draws - 1) as f64;
+    Ok(spread / mean.iter().map(|m| m * m).sum::<f64>())
 }

@@ -5,7 +5,8 @@ mod common;
 use common::*;
 use ndm_api::candle_core::{Result, Tensor};
 use ndm_api::elbo::{
-    continuous_diff, continuous_diff_integrand, discrete_kl, ImportanceTable, TimeSampling,
+    continuous_diff, continuous_diff_integrand, continuous_nelbo, discrete_kl, BoundaryTerms,
+    ImportanceTable, TimeSampling,
 };
 use ndm_api::sample::sample;
 use ndm_api::transform::FD_STEP;
@@ -262,6 +263,87 @@ fn eps_mse_refuses_a_learned_transform() {
         e.contains("eps-mse") && e.contains("collapsing to 0"),
         "{e}"
     );
+}
+
+/// `boundary_fraction` below 1: `L_prior` and `L_rec` on `ceil(share B)` random examples of the
+/// batch, weighted by `B / m`, zero elsewhere; over many draws their batch means agree with
+/// evaluating every example, and a conditional model evaluates the drawn rows with their classes.
+#[test]
+fn boundary_terms_on_a_share_of_the_batch_are_unbiased() {
+    let reg = registry();
+    let data = reg
+        .build_dataset(&PluginSpec::new("checkerboard"), &plain_ctx(&reg))
+        .unwrap();
+    let x = data
+        .sample(8, Split::Train, &mut Rng::new(3), device())
+        .unwrap();
+    let pipe = build(&preset("ndm"), &[2]);
+    let nonzero = |t: &Tensor| to_vec(t).iter().filter(|v| **v != 0.0).count();
+    let draws = 400;
+    // Per draw: the batch means of L_prior and L_rec, evaluating every example and a quarter.
+    let mut means = [[vec![], vec![]], [vec![], vec![]]];
+    let (mut every_rng, mut share_rng) = (Rng::new(5), Rng::new(6));
+    for _ in 0..draws {
+        for (k, (boundary, rng)) in [
+            (BoundaryTerms::Every, &mut every_rng),
+            (BoundaryTerms::Share(0.25), &mut share_rng),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let terms =
+                continuous_nelbo(&pipe, &x, TimeSampling::Uniform, None, 1, boundary, rng).unwrap();
+            let rows = if k == 0 { 8 } else { 2 };
+            assert_eq!(nonzero(&terms.l_prior), rows);
+            assert_eq!(nonzero(&terms.l_rec), rows);
+            assert_eq!(nonzero(&terms.l_diff), 8);
+            for (j, t) in [&terms.l_prior, &terms.l_rec].into_iter().enumerate() {
+                means[k][j].push(to_vec(t).iter().sum::<f64>() / 8.0);
+            }
+        }
+    }
+    let stats = |v: &[f64]| {
+        let m = v.iter().sum::<f64>() / v.len() as f64;
+        let var = v.iter().map(|a| (a - m).powi(2)).sum::<f64>() / (v.len() - 1) as f64;
+        (m, var / v.len() as f64)
+    };
+    for (j, name) in ["l_prior", "l_rec"].into_iter().enumerate() {
+        let ((me, ve), (ms, vs)) = (stats(&means[0][j]), stats(&means[1][j]));
+        eprintln!(
+            "{name}: every {me:.5} ± {:.5}, a quarter {ms:.5} ± {:.5}",
+            ve.sqrt(),
+            vs.sqrt()
+        );
+        assert!(
+            (me - ms).abs() < 4.0 * (ve + vs).sqrt(),
+            "{name}: {me} vs {ms}"
+        );
+    }
+
+    // A conditional model: the drawn rows' classes go with them (a network call on 2 of the 8
+    // conditioned examples fails otherwise).
+    let mut spec = preset("ndm-cond");
+    spec.objective.set("boundary_fraction", "0.25");
+    spec.classes = 2;
+    let pipe = build(&spec, &[2]);
+    let class = Tensor::from_vec((0..8u32).map(|i| i % 2).collect(), 8, device()).unwrap();
+    let _cond = pipe.conditioned(Some(class));
+    let out = pipe.objective.loss(&pipe, &x, &mut Rng::new(7)).unwrap();
+    assert!(out.loss.to_scalar::<f32>().unwrap().is_finite());
+}
+
+#[test]
+fn boundary_fraction_outside_zero_to_one_is_refused() {
+    let reg = registry();
+    for bad in ["0.0", "1.5", "-0.25", "nan"] {
+        let mut spec = preset("ndm");
+        spec.objective.set("boundary_fraction", bad);
+        let err = Pipeline::build(&spec, &[2], &reg, device(), 0)
+            .err()
+            .unwrap_or_else(|| panic!("boundary_fraction = {bad} was accepted"))
+            .to_string();
+        assert!(err.contains("boundary_fraction must be in (0, 1]"), "{err}");
+    }
 }
 
 #[test]

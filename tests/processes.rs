@@ -596,7 +596,7 @@ fn with_the_exact_denoiser_the_continuous_nelbo_is_tight_under_ve_sub_vp_and_flo
     // The continuous bound with the exact denoiser exceeds the true NLL only by the prior's and
     // the decoder's mismatch, both tiny here: it checks the new schedules' coefficients, VE's
     // scaled prior and flow matching's alpha_1 = 0 end inside the NELBO.
-    use ndm_api::elbo::{continuous_nelbo, ImportanceTable, TimeSampling};
+    use ndm_api::elbo::{continuous_nelbo, BoundaryTerms, ImportanceTable, TimeSampling};
     let mut ve = PluginSpec::new("ve");
     ve.set("sigma_max", "50.0");
     let mut wide = PluginSpec::new("gaussian");
@@ -620,6 +620,7 @@ fn with_the_exact_denoiser_the_continuous_nelbo_is_tight_under_ve_sub_vp_and_flo
             TimeSampling::Importance,
             Some(&table),
             256,
+            BoundaryTerms::Every,
             &mut rng,
         )
         .unwrap();

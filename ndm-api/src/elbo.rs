@@ -523,22 +523,74 @@ pub fn continuous_diff(
     }
 }
 
-/// The continuous-time NELBO: `L_prior + L_diff + L_rec` with `k` stratified times per example.
+/// Which examples of a batch evaluate the boundary terms `L_prior` and `L_rec`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum BoundaryTerms {
+    /// Every example: the NELBO of each example, exactly as written.
+    Every,
+    /// `m = ceil(share B)` examples drawn without replacement (`0 < share < 1`): their terms
+    /// times `B / m`, zero for the others. Each example's expected term is its own, so the batch
+    /// mean stays unbiased; it costs `L_rec`'s denoiser pass and `L_prior`'s pass through `F` on
+    /// `m` examples instead of `B`, for more variance in those two terms.
+    Share(f64),
+}
+
+/// The continuous-time NELBO: `L_prior + L_diff + L_rec` with `k` stratified times per example,
+/// the boundary terms on the examples `boundary` says.
 pub fn continuous_nelbo(
     pipe: &Pipeline,
     x: &Tensor,
     rule: TimeSampling,
     table: Option<&ImportanceTable>,
     k: usize,
+    boundary: BoundaryTerms,
     rng: &mut Rng,
 ) -> Result<NelboTerms> {
     let (latent, l_enc) = encode(pipe, x, rng)?;
     let x = &latent;
+    let b = x.dim(0)?;
+    let rows = match boundary {
+        BoundaryTerms::Share(share) if share > 0.0 && share < 1.0 => {
+            let m = ((share * b as f64).ceil() as usize).clamp(1, b);
+            (m < b).then(|| draw_rows(b, m, rng))
+        }
+        _ => None,
+    };
+    let Some(rows) = rows else {
+        return Ok(NelboTerms {
+            l_prior: prior_term(pipe, x, rng)?,
+            l_diff: continuous_diff(pipe, x, rule, table, k, rng)?,
+            l_rec: with_encoder_terms(rec_term(pipe, x, rng)?, l_enc)?,
+        });
+    };
+    let m = rows.len();
+    let idx = Tensor::from_vec(rows, m, x.device())?;
+    let (l_prior, l_rec) = {
+        let xs = x.index_select(&idx, 0)?;
+        let _rows = pipe.condition_rows(&idx)?;
+        (prior_term(pipe, &xs, rng)?, rec_term(pipe, &xs, rng)?)
+    };
+    let spread = |sub: Tensor| -> Result<Tensor> {
+        let sub = (sub * (b as f64 / m as f64))?;
+        Tensor::zeros(b, sub.dtype(), sub.device())?.index_add(&idx, &sub, 0)
+    };
     Ok(NelboTerms {
-        l_prior: prior_term(pipe, x, rng)?,
+        l_prior: spread(l_prior)?,
         l_diff: continuous_diff(pipe, x, rule, table, k, rng)?,
-        l_rec: with_encoder_terms(rec_term(pipe, x, rng)?, l_enc)?,
+        l_rec: with_encoder_terms(spread(l_rec)?, l_enc)?,
     })
+}
+
+/// `m` distinct indices of `0..n` drawn uniformly (a partial Fisher-Yates shuffle), ascending.
+fn draw_rows(n: usize, m: usize, rng: &mut Rng) -> Vec<u32> {
+    let mut all: Vec<u32> = (0..n as u32).collect();
+    for i in 0..m {
+        let j = i + rng.below(n - i);
+        all.swap(i, j);
+    }
+    let mut rows = all[..m].to_vec();
+    rows.sort_unstable();
+    rows
 }
 
 #[cfg(test)]

@@ -7,7 +7,9 @@
 //! example; the density's NLL of `y` plus `D log(levels / 2)` bounds `-log P(x)` of the discrete
 //! data from above, so bits/dim = nats / (D ln 2) + log2(levels / 2) (+7 for 256 levels).
 
-use crate::elbo::{continuous_nelbo, discrete_nelbo, DiffEstimate, ImportanceTable, TimeSampling};
+use crate::elbo::{
+    continuous_nelbo, discrete_nelbo, BoundaryTerms, DiffEstimate, ImportanceTable, TimeSampling,
+};
 use crate::likelihood::{ode_nll, NllOptions, Trace};
 use crate::pipeline::Pipeline;
 use crate::rng::Rng;
@@ -224,6 +226,7 @@ pub fn evaluate_nelbo(
                 TimeSampling::Importance,
                 table.as_ref(),
                 CONTINUOUS_EVAL_TIMES,
+                BoundaryTerms::Every,
                 rng,
             )?,
         };

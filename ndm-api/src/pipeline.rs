@@ -308,6 +308,19 @@ impl Pipeline {
         }
     }
 
+    /// Conditions every network call on the rows `idx` (`u32` `[m]`) of the current condition's
+    /// classes, for terms evaluated on those rows of the batch, until the guard is dropped. A
+    /// no-op for an unconditional model or outside a condition.
+    pub fn condition_rows(&self, idx: &Tensor) -> candle_core::Result<Condition<'_>> {
+        let cur = self
+            .condition
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let rows = cur.map(|c| c.index_select(idx, 0)).transpose()?;
+        Ok(self.conditioned(rows))
+    }
+
     /// The classes of the current condition for a network call on `batch` examples.
     fn class_for(&self, batch: usize) -> candle_core::Result<Option<Tensor>> {
         let cur = self.condition.lock().unwrap_or_else(|e| e.into_inner());
