@@ -1,7 +1,9 @@
 //! The cost of NDM's training step against DDPM's with the same denoiser, on the presets (`ddpm`:
 //! eps-mse; `ndm`: the continuous NELBO with a learned F), and NDM's step with `dF/dt` by forward
-//! mode (the default) and by central differences (`transform.time_derivative`), timed in one
-//! process on the same data: medians over the timed steps, in ms, and their ratios.
+//! mode (the default) and by central differences (`transform.time_derivative`), and with
+//! `L_prior` and `L_rec` on a quarter and an eighth of the batch (the objective's
+//! `boundary_fraction`), timed in one process on the same data: medians over the timed steps, in
+//! ms, and their ratios.
 //!
 //!     cargo bench --bench ndm_step            # NDM_BENCH_ITERS timed steps each (default 20)
 //!
@@ -11,6 +13,11 @@
 //! "about 2.3x DDPM's training time" was measured on images.
 //!
 //! `NDM_BENCH_DEVICE=cuda:0` times the same on a GPU (a CUDA build, see `ndm_api::bench`).
+//!
+//! Then the gradient noise of the three NDM estimators (every example, a quarter, an eighth), at
+//! one set of weights trained `NDM_BENCH_GRAD_WARMUP` steps (default 300) with the exact loss:
+//! `tr Cov(g) / |E g|^2` over `NDM_BENCH_GRAD_DRAWS` batches (default 128 on the CPU at batches of
+//! 256 or more, else 0: skipped).
 //!
 //! With `NDM_PROFILE=1` each case's fused kernels are timed too (`ndm_api::kernels::profile`):
 //! per step, the calls and milliseconds of every kernel; the rest of the step is candle's own ops,
@@ -145,12 +152,24 @@ fn run(
     );
     let draws: usize = match std::env::var("NDM_BENCH_GRAD_DRAWS") {
         Ok(v) => v.trim().parse()?,
-        Err(_) if dev.is_cpu() && ndm_train.batch_size >= 256 => 32,
+        Err(_) if dev.is_cpu() && ndm_train.batch_size >= 256 => 128,
         Err(_) => 0,
     };
     if draws >= 2 {
+        let warmup: usize = match std::env::var("NDM_BENCH_GRAD_WARMUP") {
+            Ok(v) => v.trim().parse()?,
+            Err(_) => 300,
+        };
+        // One set of weights for the three estimators: NDM trained `warmup` steps with the
+        // exact loss, copied into the other two pipelines.
+        let trained = Pipeline::build(&ndm, &data.data_shape(), reg, dev, 0)?;
+        let trainer = Trainer::new(&trained, &ndm_train)?;
+        let mut state = TrainState::new(&trained, 0)?;
+        for _ in 0..warmup {
+            trainer.step(&mut state, data)?;
+        }
         println!(
-            "\ngradient noise of NDM's loss at its initial weights, {draws} batches of {}: \
+            "\ngradient noise of NDM's loss after {warmup} training steps, {draws} batches of {}: \
              trace of the gradient's covariance / squared norm of its mean",
             ndm_train.batch_size
         );
@@ -162,6 +181,10 @@ fn run(
             ("1/8 of the batch", ndm_eighth),
         ] {
             let pipe = Pipeline::build(&spec, &data.data_shape(), reg, dev, 0)?;
+            for ((name, to), (from_name, from)) in pipe.vars().iter().zip(trained.vars().iter()) {
+                anyhow::ensure!(name == from_name, "weights differ: {name} vs {from_name}");
+                to.set(from.as_tensor())?;
+            }
             let noise = gradient_noise(&pipe, data, ndm_train.batch_size, draws)?;
             println!("| {label} | {noise:.4} |");
         }
@@ -170,7 +193,7 @@ fn run(
 }
 
 /// `tr Cov(g) / |E g|^2` of the loss's gradient `g` over `draws` fresh batches (and noise) at the
-/// pipeline's initial weights: the same batches for every pipeline built from the same seed.
+/// pipeline's weights: the same batches for every pipeline.
 fn gradient_noise(
     pipe: &Pipeline,
     data: &dyn Dataset,
