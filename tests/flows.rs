@@ -126,10 +126,7 @@ fn a_t_m_off_the_grid_and_levels_that_do_not_divide_the_side_are_refused_naming_
 
 #[test]
 fn the_flow_prior_initialises_from_data_and_trains_through_eps_mse() {
-    let reg = registry();
-    let data = reg
-        .build_dataset(&PluginSpec::new("checkerboard"), &plain_ctx(&reg))
-        .unwrap();
+    let data = dataset("checkerboard");
     let pipe = build(&dinof("0.6"), &[2]);
     let cfg = TrainConfig {
         batch_size: 256,

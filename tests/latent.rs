@@ -72,10 +72,7 @@ fn the_encoder_terms_are_the_decoder_nll_minus_the_closed_form_entropy() {
 
 #[test]
 fn the_vae_warms_up_alone_then_everything_trains_jointly() {
-    let reg = registry();
-    let set = reg
-        .build_dataset(&PluginSpec::new("checkerboard"), &plain_ctx(&reg))
-        .unwrap();
+    let set = dataset("checkerboard");
     let pipe = build(&lsgm(), &[2]);
     let cfg = TrainConfig {
         batch_size: 64,

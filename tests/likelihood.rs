@@ -10,11 +10,7 @@ use ndm_api::sample::sample;
 use ndm_api::{Dataset, PluginSpec, ReverseProcess, Rng, Spacing, Split, TimeGrid};
 
 fn gaussian_data() -> Box<dyn Dataset> {
-    let reg = registry();
-    let data = reg
-        .build_dataset(&PluginSpec::new("gaussian"), &plain_ctx(&reg))
-        .unwrap();
-    data
+    dataset("gaussian")
 }
 
 #[test]

@@ -200,10 +200,7 @@ fn identity_reverse_drift_is_the_vp_reverse_sde() {
 #[test]
 fn importance_sampled_and_uniform_estimators_agree() {
     let pipe = oracle_continuous();
-    let reg = registry();
-    let data = reg
-        .build_dataset(&PluginSpec::new("gaussian"), &plain_ctx(&reg))
-        .unwrap();
+    let data = dataset("gaussian");
     let x = data
         .sample(1, Split::Test, &mut Rng::new(2), device())
         .unwrap();
@@ -235,9 +232,7 @@ fn importance_sampled_and_uniform_estimators_agree() {
 fn pc_sampler_with_the_oracle_reproduces_the_data_moments() {
     let pipe = oracle_continuous();
     let reg = registry();
-    let data = reg
-        .build_dataset(&PluginSpec::new("gaussian"), &plain_ctx(&reg))
-        .unwrap();
+    let data = dataset("gaussian");
     let solver = reg
         .build_solver(&PluginSpec::new("pc"), &plain_ctx(&reg))
         .unwrap();
@@ -270,10 +265,7 @@ fn eps_mse_refuses_a_learned_transform() {
 /// evaluating every example, and a conditional model evaluates the drawn rows with their classes.
 #[test]
 fn boundary_terms_on_a_share_of_the_batch_are_unbiased() {
-    let reg = registry();
-    let data = reg
-        .build_dataset(&PluginSpec::new("checkerboard"), &plain_ctx(&reg))
-        .unwrap();
+    let data = dataset("checkerboard");
     let x = data
         .sample(8, Split::Train, &mut Rng::new(3), device())
         .unwrap();
@@ -348,10 +340,7 @@ fn boundary_fraction_outside_zero_to_one_is_refused() {
 
 #[test]
 fn nelbo_gradients_reach_both_the_denoiser_and_the_transform() {
-    let reg = registry();
-    let data = reg
-        .build_dataset(&PluginSpec::new("checkerboard"), &plain_ctx(&reg))
-        .unwrap();
+    let data = dataset("checkerboard");
     for name in ["ndm", "ndm-discrete-10"] {
         let pipe = build(&preset(name), &[2]);
         let x = data

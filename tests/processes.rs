@@ -30,11 +30,7 @@ fn schedule(kind: &str, params: &[(&str, &str)]) -> Box<dyn NoiseSchedule> {
 }
 
 fn gaussian_data() -> Box<dyn Dataset> {
-    let reg = registry();
-    let data = reg
-        .build_dataset(&PluginSpec::new("gaussian"), &plain_ctx(&reg))
-        .unwrap();
-    data
+    dataset("gaussian")
 }
 
 /// The largest absolute entry of an f32 tensor.

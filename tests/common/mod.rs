@@ -59,6 +59,15 @@ pub fn to_vec(t: &Tensor) -> Vec<f64> {
         .unwrap()
 }
 
+/// The built-in dataset `name` with its default params.
+pub fn dataset(name: &str) -> Box<dyn ndm_api::Dataset> {
+    let reg = registry();
+    let set = reg
+        .build_dataset(&PluginSpec::new(name), &plain_ctx(&reg))
+        .unwrap();
+    set
+}
+
 /// A build context without weights (datasets, solvers).
 pub fn plain_ctx(reg: &PluginRegistry) -> ndm_api::registry::BuildCtx<'_> {
     ndm_api::registry::BuildCtx::without_weights(device(), reg)
