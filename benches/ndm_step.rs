@@ -27,25 +27,12 @@ use ndm_api::bench;
 use ndm_api::candle_core::Device;
 use ndm_api::kernels::profile;
 use ndm_api::train::{TrainState, Trainer};
-use ndm_api::{
-    Dataset, ModelSpec, Pipeline, PluginSpec, Preset, RegistryFile, RunSpec, TrainConfig,
-};
+use ndm_api::{Dataset, ModelSpec, Pipeline, PluginSpec, Preset, RegistryFile, TrainConfig};
 
 /// A preset's model and training config on images: its `images` variant applied.
 fn on_images(p: &Preset) -> anyhow::Result<(ModelSpec, TrainConfig)> {
-    let mut spec = RunSpec {
-        preset: None,
-        ndm_version: ndm_api::VERSION.into(),
-        data_shape: vec![1, 28, 28],
-        dataset: PluginSpec::new("random images"),
-        model: p.model.clone(),
-        sampler: p.sampler.clone(),
-        train: p.train.clone(),
-    };
-    if let Some(v) = p.images.clone() {
-        spec.apply_image_variant(v)?;
-    }
-    Ok((spec.model, spec.train))
+    let p = p.on_images()?;
+    Ok((p.model, p.train))
 }
 
 fn main() -> anyhow::Result<()> {

@@ -93,16 +93,7 @@ impl RunSpec {
                 assignment,
                 "model fields are `steps`, `decoder`, `conditional` and `classes`",
             )),
-            "train" => {
-                let mut table = toml::Table::try_from(&self.train)
-                    .map_err(|e| bad(assignment, crate::error::one_line(&e)))?;
-                let mut tmp = PluginSpec::new("");
-                tmp.set(field, value);
-                table.extend(tmp.params);
-                self.train = TrainConfig::deserialize_table(table)
-                    .map_err(|e| bad(assignment, format!("train: {e}")))?;
-                Ok(())
-            }
+            "train" => self.train.set(field, value).map_err(|e| bad(assignment, e)),
             _ => Err(bad(
                 assignment,
                 format!("unknown part `{part}`; known: {}", settable_parts()),
@@ -112,6 +103,17 @@ impl RunSpec {
 }
 
 impl TrainConfig {
+    /// Sets one field from its TOML text (`lr`, `2e-3`), checked as the whole config is; the
+    /// error is one line.
+    pub fn set(&mut self, field: &str, value: &str) -> std::result::Result<(), String> {
+        let mut table = toml::Table::try_from(&*self).map_err(|e| crate::error::one_line(&e))?;
+        let mut tmp = PluginSpec::new("");
+        tmp.set(field, value);
+        table.extend(tmp.params);
+        *self = TrainConfig::deserialize_table(table).map_err(|e| format!("train: {e}"))?;
+        Ok(())
+    }
+
     fn deserialize_table(table: toml::Table) -> std::result::Result<TrainConfig, String> {
         toml::Value::Table(table)
             .try_into()

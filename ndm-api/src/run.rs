@@ -5,14 +5,14 @@
 use crate::checkpoint::RunDir;
 use crate::registry::{BuildCtx, Family, PluginRegistry};
 use crate::registry_file::RegistryFile;
-use crate::spec::{ImageVariant, PluginSpec, RunSpec};
+use crate::spec::{PluginSpec, Preset, RunSpec};
 use crate::{Dataset, Pipeline, Result};
 use candle_core::Device;
 
 impl RunSpec {
     /// The spec of preset `name` on `dataset`. The dataset is built to learn its shape: on image
-    /// data (`[C, H, W]`) the preset's [`ImageVariant`] applies ([`RunSpec::apply_image_variant`]). Plugin
-    /// names are not checked yet: apply overrides, then [`RunSpec::resolve`].
+    /// data (`[C, H, W]`) the preset's image variant applies ([`Preset::on_images`]). Plugin names
+    /// are not checked yet: apply overrides, then [`RunSpec::resolve`].
     pub fn from_preset(
         file: &RegistryFile,
         name: &str,
@@ -20,51 +20,64 @@ impl RunSpec {
         plugins: &PluginRegistry,
         device: &Device,
     ) -> Result<RunSpec> {
-        let preset = file.preset(name)?.clone();
+        let preset = file.preset(name)?;
         let mut spec = RunSpec {
             preset: Some(name.to_string()),
             ndm_version: crate::VERSION.into(),
             data_shape: vec![],
             dataset: dataset.resolve(Family::Dataset, plugins)?,
-            model: preset.model,
-            sampler: preset.sampler,
-            train: preset.train,
+            model: preset.model.clone(),
+            sampler: preset.sampler.clone(),
+            train: preset.train.clone(),
         };
         spec.data_shape = spec.build_dataset(plugins, device)?.data_shape();
-        if let (3, Some(v)) = (spec.data_shape.len(), preset.images) {
-            spec.apply_image_variant(v)?;
+        if spec.data_shape.len() == 3 {
+            let p = preset.on_images()?;
+            (spec.model, spec.sampler, spec.train) = (p.model, p.sampler, p.train);
         }
         Ok(spec)
     }
+}
 
-    /// Applies a preset's image variant: the parts it replaces, its decoder, its training
-    /// fields and its sampler ([`RunSpec::from_preset`] does this on image data).
-    pub fn apply_image_variant(&mut self, v: ImageVariant) -> Result<()> {
+impl Preset {
+    /// The preset as it runs on image data (`[C, H, W]`): its
+    /// [`ImageVariant`](crate::spec::ImageVariant)'s parts, decoder, training fields and sampler
+    /// applied (itself when it has none).
+    pub fn on_images(&self) -> Result<Preset> {
+        let mut p = self.clone();
+        let Some(v) = p.images.take() else {
+            return Ok(p);
+        };
+        let m = &mut p.model;
         let parts = [
-            (Family::Transform, v.transform),
-            (Family::Schedule, v.schedule),
-            (Family::Param, v.param),
-            (Family::Backbone, v.backbone),
-            (Family::Prior, v.prior),
-            (Family::Objective, v.objective),
+            (&mut m.transform, v.transform),
+            (&mut m.schedule, v.schedule),
+            (&mut m.param, v.param),
+            (&mut m.backbone, v.backbone),
+            (&mut m.prior, v.prior),
+            (&mut m.objective, v.objective),
         ];
-        for (family, part) in parts {
-            if let Some(p) = part {
-                *self.part_mut(family) = p;
+        for (slot, part) in parts {
+            if let Some(part) = part {
+                *slot = part;
             }
         }
         if let Some(d) = v.decoder {
-            self.model.decoder = d;
+            m.decoder = d;
         }
         for (field, value) in v.train {
-            self.set(&format!("train.{field}={value}"))?;
+            p.train.set(&field, &value.to_string()).map_err(|e| {
+                crate::NdmError::InvalidArgument(format!("`train.{field}={value}`: {e}"))
+            })?;
         }
         if let Some(s) = v.sampler {
-            self.sampler = s;
+            p.sampler = s;
         }
-        Ok(())
+        Ok(p)
     }
+}
 
+impl RunSpec {
     /// Checks every part against the registry, fills in every default, the data shape and (for a
     /// conditional model) the dataset's number of classes, and validates the training config:
     /// what `spec.toml` records.

@@ -135,6 +135,24 @@ fn bt_along_row<T: Float>([e0, e1, o0, o1]: [&[T]; 4], v: &mut [T], at: impl Fn(
     }
 }
 
+/// `B^T d` down the columns of four equal rows `d0..d3`: `d0 - d2, d1 + d2, d2 - d1, d1 - d3`
+/// into the four consecutive rows of `c` (`c.len() = 4 d0.len()`), each one unit-stride loop.
+#[inline(always)]
+fn bt_down<T: Float>([d0, d1, d2, d3]: [&[T]; 4], c: &mut [T]) {
+    let n = d0.len();
+    // Equal lengths, stated once, so the loop has no bounds checks and vectorises.
+    let (d1, d2, d3) = (&d1[..n], &d2[..n], &d3[..n]);
+    let (c0, rest) = c[..4 * n].split_at_mut(n);
+    let (c1, rest) = rest.split_at_mut(n);
+    let (c2, c3) = rest.split_at_mut(n);
+    for k in 0..n {
+        c0[k] = d0[k] - d2[k];
+        c1[k] = d1[k] + d2[k];
+        c2[k] = d2[k] - d1[k];
+        c3[k] = d1[k] - d3[k];
+    }
+}
+
 /// Splits a row by column parity: `src[2k]` into `even[k]`, `src[2k + 1]` into `odd[k]` (an odd
 /// length's last element into `even`). Whole pairs first, as one branch-free loop that
 /// vectorises, then the odd tail.
@@ -225,20 +243,14 @@ fn input_transform<T: Float>(g: &ConvGeom, x: &[T], imgs: usize, v: &mut [T]) {
                 let (p0, rest) = p.split_at(rw);
                 let (p1, rest) = rest.split_at(rw);
                 let (p2, p3) = rest.split_at(rw);
-                // B^T d: row combinations d0 - d2, d1 + d2, d2 - d1, d1 - d3.
-                let (c0, rest) = c.split_at_mut(rw);
-                let (c1, rest) = rest.split_at_mut(rw);
-                let (c2, c3) = rest.split_at_mut(rw);
-                for k in 0..rw {
-                    c0[k] = p0[k] - p2[k];
-                    c1[k] = p1[k] + p2[k];
-                    c2[k] = p2[k] - p1[k];
-                    c3[k] = p1[k] - p3[k];
-                }
+                bt_down([p0, p1, p2, p3], &mut c);
+                let (c0, rest) = c.split_at(rw);
+                let (c1, rest) = rest.split_at(rw);
+                let (c2, c3) = rest.split_at(rw);
                 // (B^T d) B: the same combinations along each row; tile tx reads padded columns
                 // 2tx .. 2tx + 3 = E[tx], O[tx], E[tx + 1], O[tx + 1].
                 let t0 = ci * nt + img * tpi + ty * tw;
-                for (i, row) in [&*c0, &*c1, &*c2, &*c3].into_iter().enumerate() {
+                for (i, row) in [c0, c1, c2, c3].into_iter().enumerate() {
                     let (e, o) = row.split_at(te);
                     let cols = [&e[..tw], &e[1..te], &o[..tw], &o[1..te]];
                     bt_along_row(cols, v, |j| (4 * i + j) * cs + t0);
@@ -465,22 +477,13 @@ fn input_transform_wide_rows<T: Float>(g: &ConvGeom, x: &[T], imgs: usize, v: &m
                 let (e, o) = (&mut e[k * te..(k + 1) * te], &mut o[k * te..(k + 1) * te]);
                 deinterleave(src, o, &mut e[1..]);
             }
-            // Rows d0..d3 of the tiles: X_0c[s], X_1c[s], X_0c[s + te], X_1c[s + te];
-            // B^T d: d0 - d2, d1 + d2, d2 - d1, d1 - d3.
+            // Rows d0..d3 of the tiles: X_0c[s], X_1c[s], X_0c[s + te], X_1c[s + te].
             for c in 0..2 {
                 let x0 = &xs[c * xl..(c + 1) * xl];
                 let x1 = &xs[(2 + c) * xl..(3 + c) * xl];
                 let (d0, d2) = (&x0[..cl], &x0[te..te + cl]);
                 let (d1, d3) = (&x1[..cl], &x1[te..te + cl]);
-                let (c0, rest) = cb[4 * c * cl..4 * (c + 1) * cl].split_at_mut(cl);
-                let (c1, rest) = rest.split_at_mut(cl);
-                let (c2, c3) = rest.split_at_mut(cl);
-                for k in 0..cl {
-                    c0[k] = d0[k] - d2[k];
-                    c1[k] = d1[k] + d2[k];
-                    c2[k] = d2[k] - d1[k];
-                    c3[k] = d1[k] - d3[k];
-                }
+                bt_down([d0, d1, d2, d3], &mut cb[4 * c * cl..4 * (c + 1) * cl]);
             }
             // (B^T d) B along each row i: columns E[s], O[s], E[s + 1], O[s + 1].
             let t0 = ci * nt + img * tpi;

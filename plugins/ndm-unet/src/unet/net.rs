@@ -266,10 +266,7 @@ impl UNet {
         t: &Tensor,
         class: Option<&Tensor>,
     ) -> Result<Option<(Tensor, Tensor)>> {
-        let (b, _, h, w) = x.dims4()?;
-        if let Err(e) = self.cfg.check_size(h, w) {
-            candle_core::bail!("UNet: {e}");
-        }
+        let b = self.checked_batch(x)?;
         let Some((emb, demb)) = self.time.forward_with_dt(t, x.dtype())? else {
             return Ok(None);
         };
@@ -284,6 +281,15 @@ impl UNet {
         Ok(Some((y, dy)))
     }
 
+    /// The batch size of an input `[B, C, H, W]` whose spatial size the network accepts.
+    fn checked_batch(&self, x: &Tensor) -> Result<usize> {
+        let (b, _, h, w) = x.dims4()?;
+        if let Err(e) = self.cfg.check_size(h, w) {
+            candle_core::bail!("UNet: {e}");
+        }
+        Ok(b)
+    }
+
     fn run(
         &self,
         x: &Tensor,
@@ -292,10 +298,7 @@ impl UNet {
         class: Option<&Tensor>,
         rng: Option<&mut Rng>,
     ) -> Result<Tensor> {
-        let (b, _, h, w) = x.dims4()?;
-        if let Err(e) = self.cfg.check_size(h, w) {
-            candle_core::bail!("UNet: {e}");
-        }
+        let b = self.checked_batch(x)?;
         let emb = self.time.forward(t, log_snr, x.dtype())?;
         let temb = self.backend.silu(&self.with_class(emb, class, b)?)?;
         Ok(self.walk(x, &temb, None, rng)?.0)
