@@ -220,13 +220,13 @@ impl UNet {
     /// The deterministic network (no dropout) with the time embedding of `t`; errors for a
     /// config whose `time_embedding` is `"log-snr"` (use [`Self::forward_cond`]).
     pub fn forward(&self, x: &Tensor, t: &Tensor) -> Result<Tensor> {
-        self.run(x, t, None, None, None)
+        self.forward_classes(x, t, None, None, None)
     }
 
     /// The deterministic network (no dropout) given `t` and the log-SNR at `t` (`[B]`; used
     /// when `time_embedding` is `"log-snr"`).
     pub fn forward_cond(&self, x: &Tensor, t: &Tensor, log_snr: Option<&Tensor>) -> Result<Tensor> {
-        self.run(x, t, log_snr, None, None)
+        self.forward_classes(x, t, log_snr, None, None)
     }
 
     /// The network in training mode: as [`Self::forward_cond`], with dropout (when the config's
@@ -238,7 +238,7 @@ impl UNet {
         log_snr: Option<&Tensor>,
         rng: &mut Rng,
     ) -> Result<Tensor> {
-        self.run(x, t, log_snr, None, Some(rng))
+        self.forward_classes(x, t, log_snr, None, Some(rng))
     }
 
     /// The network with classes (`u32` `[B]`, see [`ndm_api::NetInput::class`]; `None` is "no
@@ -252,7 +252,10 @@ impl UNet {
         class: Option<&Tensor>,
         rng: Option<&mut Rng>,
     ) -> Result<Tensor> {
-        self.run(x, t, log_snr, class, rng)
+        let b = self.checked_batch(x)?;
+        let emb = self.time.forward(t, log_snr, x.dtype())?;
+        let temb = self.backend.silu(&self.with_class(emb, class, b)?)?;
+        Ok(self.walk(x, &temb, None, rng)?.0)
     }
 
     /// The deterministic network and its exact derivative in `t` (each item's own; `x` and the
@@ -288,20 +291,6 @@ impl UNet {
             candle_core::bail!("UNet: {e}");
         }
         Ok(b)
-    }
-
-    fn run(
-        &self,
-        x: &Tensor,
-        t: &Tensor,
-        log_snr: Option<&Tensor>,
-        class: Option<&Tensor>,
-        rng: Option<&mut Rng>,
-    ) -> Result<Tensor> {
-        let b = self.checked_batch(x)?;
-        let emb = self.time.forward(t, log_snr, x.dtype())?;
-        let temb = self.backend.silu(&self.with_class(emb, class, b)?)?;
-        Ok(self.walk(x, &temb, None, rng)?.0)
     }
 
     /// The time embedding plus a conditional network's class embedding; a network without
