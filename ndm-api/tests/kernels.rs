@@ -263,6 +263,53 @@ fn attention_core_fused_native_and_central_differences() {
     );
 }
 
+/// The attention core's forward-mode derivative (NDM's dF/dt through a U-Net's attention): fused
+/// against the composed candle ops (value and the gradients of both inputs, f32 and f64), central
+/// differences of the fused op in f64, and the tangent itself against central differences of
+/// the attention along the tangent.
+#[test]
+fn attention_tangent_fused_native_and_central_differences() {
+    let heads =
+        |h: usize| move |be: KernelBackend, t: &[Tensor]| be.attention_tangent(&t[0], &t[1], h);
+    check_op(
+        "attention tangent 2 heads",
+        &[&[2, 12, 5], &[2, 12, 5]],
+        &heads(2),
+    );
+    check_op(
+        "attention tangent 1 head",
+        &[&[1, 9, 7], &[1, 9, 7]],
+        &heads(1),
+    );
+    check_op(
+        "attention tangent one position",
+        &[&[2, 6, 1], &[2, 6, 1]],
+        &heads(2),
+    );
+    let mut rng = Rng::new(25);
+    let x = randn(&mut rng, &[2, 12, 5], DType::F64);
+    let dx = randn(&mut rng, &[2, 12, 5], DType::F64);
+    let tangent = Fused.attention_tangent(&x, &dx, 2).unwrap();
+    let h = 1e-5;
+    let at = |sign: f64| {
+        Fused
+            .attention(&(&x + (&dx * (sign * h)).unwrap()).unwrap(), 2)
+            .unwrap()
+    };
+    let fd = ((at(1.0) - at(-1.0)).unwrap() / (2.0 * h)).unwrap();
+    assert_close(
+        "attention tangent vs central differences",
+        &tangent,
+        &fd,
+        1e-7,
+    );
+    let e = Fused
+        .attention_tangent(&x, &randn(&mut rng, &[2, 12, 4], DType::F64), 2)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("does not match qkv"), "{e}");
+}
+
 #[test]
 fn attention_core_refuses_bad_channel_counts() {
     let mut rng = Rng::new(24);

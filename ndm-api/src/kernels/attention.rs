@@ -12,8 +12,26 @@
 //!
 //! Items run in parallel, the heads of an item in turn, each with single-threaded GEMMs; the
 //! `N x N` weights live in per-thread scratch and are not kept between forward and backward.
+//!
+//! [`AttentionTangent`] is the forward-mode derivative of the same map (NDM's `dF/dt` through a
+//! U-Net with attention): for a tangent `dqkv` of the input, packed the same way, with
+//! `S = s q^T k`,
+//!
+//! ```text
+//! dS = s (dq^T k + q^T dk)    r = rowsum(P * dS)    dP = P * (dS - r)    dout = dv P^T + v dP^T
+//! ```
+//!
+//! Its backward, for a gradient `H` of `dout` (`A = H^T v`, `c = rowsum(A * P)`):
+//!
+//! ```text
+//! d dv = H P        dv = H dP
+//! B = P * (A - c)                                    (the gradient of dS)
+//! E = H^T dv + A * (dS - r) - c dS                   (of P)
+//! G = s P * (E - rowsum(E * P))                      (of q^T k)
+//! dq = k G^T + s dk B^T    dk = q G + s dq B    d dq = s k B^T    d dk = s q B
+//! ```
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 use super::float::{dispatch_float, lane_sum, slice, wide, Float};
@@ -171,6 +189,233 @@ impl CustomOp2 for AttentionBwd {
                 dx
             });
             Ok((T::into_storage(dx), l1.shape().clone()))
+        })
+    }
+}
+
+/// `rowsum(a * b)` of each of the `n` rows of two `[n, n]` matrices, in f64.
+fn row_dots<T: Float>(a: &[T], b: &[T], n: usize, out: &mut [f64]) {
+    for ((o, ra), rb) in out.iter_mut().zip(a.chunks_exact(n)).zip(b.chunks_exact(n)) {
+        *o = ra
+            .iter()
+            .zip(rb)
+            .map(|(x, y)| x.to_acc() * y.to_acc())
+            .sum();
+    }
+}
+
+/// One head's tangent pieces: `P` (from `q, k`), `dS` and `dP` into `p, ds, dp` (`[N, N]` each),
+/// `r = rowsum(P * dS)` into `r`. `q, k, dq, dk` are `[d, N]`.
+#[allow(clippy::too_many_arguments)]
+fn tangent_weights<T: Float>(
+    [q, k, dq, dk]: [&[T]; 4],
+    d: usize,
+    n: usize,
+    scale: T,
+    p: &mut [T],
+    ds: &mut [T],
+    dp: &mut [T],
+    r: &mut [f64],
+) {
+    weights(q, k, d, n, scale, p);
+    matmul(n, n, d, dq, Trans::T, k, Trans::N, ds, false, false);
+    matmul(n, n, d, q, Trans::T, dk, Trans::N, ds, true, false);
+    for v in ds.iter_mut() {
+        *v *= scale;
+    }
+    row_dots(p, ds, n, r);
+    for (i, (dr, (pr, sr))) in dp
+        .chunks_exact_mut(n)
+        .zip(p.chunks_exact(n).zip(ds.chunks_exact(n)))
+        .enumerate()
+    {
+        let ri = T::from_acc(r[i]);
+        for (o, (pv, sv)) in dr.iter_mut().zip(pr.iter().zip(sr)) {
+            *o = *pv * (*sv - ri);
+        }
+    }
+}
+
+/// Checks that a second `[B, 3C, N]` operand (`what`) matches `qkv`'s dims.
+fn same_dims(l: &Layout, other: &Layout, op: &str, what: &str) -> Result<()> {
+    if other.dims() != l.dims() {
+        candle_core::bail!(
+            "{op}: {what} {:?} does not match qkv {:?}",
+            other.dims(),
+            l.dims()
+        );
+    }
+    Ok(())
+}
+
+/// The tangent of the attention core: `(qkv, dqkv: [B, 3C, N]) -> dout: [B, C, N]`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AttentionTangent {
+    pub heads: usize,
+}
+
+impl CustomOp2 for AttentionTangent {
+    fn name(&self) -> &'static str {
+        "ndm-attention-tangent"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let op = "attention tangent";
+        let (b, c, n, d) = dims(l1, self.heads, op)?;
+        same_dims(l1, l2, op, "tangent")?;
+        let heads = self.heads;
+        dispatch_float!(s1, op, |T| {
+            let x = slice::<T>(s1, l1, op)?;
+            let dx = slice::<T>(s2, l2, op)?;
+            let scale = T::from_acc(1.0 / (d as f64).sqrt());
+            let y = timed("attention tangent fwd", || {
+                let mut y = vec![T::zero(); b * c * n];
+                y.par_chunks_mut(c * n)
+                    .zip(x.par_chunks(3 * c * n).zip(dx.par_chunks(3 * c * n)))
+                    .for_each(|(yb, (xb, dxb))| {
+                        let mut r = vec![0.0; n];
+                        T::with_scratch(3 * n * n, |buf| {
+                            let (p, rest) = buf.split_at_mut(n * n);
+                            let (ds, dp) = rest.split_at_mut(n * n);
+                            for h in 0..heads {
+                                let off = |part: usize| (part * c + h * d) * n;
+                                let blk = |part: usize| &xb[off(part)..][..d * n];
+                                let dblk = |part: usize| &dxb[off(part)..][..d * n];
+                                let qk = [blk(0), blk(1), dblk(0), dblk(1)];
+                                tangent_weights(qk, d, n, scale, p, ds, dp, &mut r);
+                                // dout = dv P^T + v dP^T.
+                                let out = &mut yb[h * d * n..][..d * n];
+                                matmul(d, n, n, dblk(2), Trans::N, p, Trans::T, out, false, false);
+                                matmul(d, n, n, blk(2), Trans::N, dp, Trans::T, out, true, false);
+                            }
+                        })
+                    });
+                y
+            });
+            Ok((T::into_storage(y), Shape::from((b, c, n))))
+        })
+    }
+    fn bwd(
+        &self,
+        qkv: &Tensor,
+        dqkv: &Tensor,
+        _out: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let op = AttentionTangentBwd { heads: self.heads };
+        let g = qkv.apply_op3_no_bwd(dqkv, &grad.contiguous()?, &op)?;
+        let c3 = qkv.dim(1)?;
+        Ok((Some(g.narrow(1, 0, c3)?), Some(g.narrow(1, c3, c3)?)))
+    }
+}
+
+/// `(qkv, dqkv, H) -> [B, 6C, N]`: per item the gradient of `qkv` then that of `dqkv`, each
+/// packed like `qkv`.
+#[derive(Debug, Clone, Copy)]
+struct AttentionTangentBwd {
+    heads: usize,
+}
+
+impl CustomOp3 for AttentionTangentBwd {
+    fn name(&self) -> &'static str {
+        "ndm-attention-tangent-bwd"
+    }
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let op = "attention tangent backward";
+        let (b, c, n, d) = dims(l1, self.heads, op)?;
+        same_dims(l1, l2, op, "tangent")?;
+        if l3.dims() != [b, c, n] {
+            candle_core::bail!(
+                "{op}: gradient {:?} does not match the output [{b}, {c}, {n}]",
+                l3.dims()
+            );
+        }
+        let heads = self.heads;
+        dispatch_float!(s1, op, |T| {
+            let x = slice::<T>(s1, l1, op)?;
+            let dx = slice::<T>(s2, l2, op)?;
+            let gy = slice::<T>(s3, l3, op)?;
+            let scale = T::from_acc(1.0 / (d as f64).sqrt());
+            let g = timed("attention tangent bwd", || {
+                let mut g = vec![T::zero(); b * 6 * c * n];
+                g.par_chunks_mut(6 * c * n)
+                    .zip(x.par_chunks(3 * c * n))
+                    .zip(dx.par_chunks(3 * c * n).zip(gy.par_chunks(c * n)))
+                    .for_each(|((gb, xb), (dxb, hb))| {
+                        let (mut r, mut cr, mut er) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
+                        let (gx, gdx) = gb.split_at_mut(3 * c * n);
+                        T::with_scratch(6 * n * n, |buf| {
+                            let (p, rest) = buf.split_at_mut(n * n);
+                            let (ds, rest) = rest.split_at_mut(n * n);
+                            let (dp, rest) = rest.split_at_mut(n * n);
+                            let (a, rest) = rest.split_at_mut(n * n);
+                            let (e, bm) = rest.split_at_mut(n * n);
+                            for h in 0..heads {
+                                let off = |part: usize| (part * c + h * d) * n;
+                                let blk = |part: usize| &xb[off(part)..][..d * n];
+                                let dblk = |part: usize| &dxb[off(part)..][..d * n];
+                                let (q, k, v) = (blk(0), blk(1), blk(2));
+                                let (dq, dk, dv) = (dblk(0), dblk(1), dblk(2));
+                                let hg = &hb[h * d * n..][..d * n];
+                                tangent_weights([q, k, dq, dk], d, n, scale, p, ds, dp, &mut r);
+                                // d dv = H P, dv = H dP.
+                                let gdv = &mut gdx[off(2)..][..d * n];
+                                matmul(d, n, n, hg, Trans::N, p, Trans::N, gdv, false, false);
+                                let gv = &mut gx[off(2)..][..d * n];
+                                matmul(d, n, n, hg, Trans::N, dp, Trans::N, gv, false, false);
+                                // A = H^T v, c = rowsum(A P), E = H^T dv.
+                                matmul(n, n, d, hg, Trans::T, v, Trans::N, a, false, false);
+                                row_dots(a, p, n, &mut cr);
+                                matmul(n, n, d, hg, Trans::T, dv, Trans::N, e, false, false);
+                                for i in 0..n {
+                                    let (ci, ri) = (T::from_acc(cr[i]), T::from_acc(r[i]));
+                                    let row = i * n..(i + 1) * n;
+                                    for j in row {
+                                        // B (already scaled by s for the products below) and E.
+                                        bm[j] = p[j] * (a[j] - ci) * scale;
+                                        e[j] += a[j] * (ds[j] - ri) - ci * ds[j];
+                                    }
+                                }
+                                // G = s P (E - rowsum(E P)), over E.
+                                row_dots(e, p, n, &mut er);
+                                for i in 0..n {
+                                    let ei = T::from_acc(er[i]);
+                                    for j in i * n..(i + 1) * n {
+                                        e[j] = p[j] * (e[j] - ei) * scale;
+                                    }
+                                }
+                                let gm = &*e;
+                                // dq = k G^T + dk B^T, dk = q G + dq B (B holds s B).
+                                let gq = &mut gx[off(0)..][..d * n];
+                                matmul(d, n, n, k, Trans::N, gm, Trans::T, gq, false, false);
+                                matmul(d, n, n, dk, Trans::N, bm, Trans::T, gq, true, false);
+                                let gk = &mut gx[off(1)..][..d * n];
+                                matmul(d, n, n, q, Trans::N, gm, Trans::N, gk, false, false);
+                                matmul(d, n, n, dq, Trans::N, bm, Trans::N, gk, true, false);
+                                // d dq = k B^T, d dk = q B.
+                                let gdq = &mut gdx[off(0)..][..d * n];
+                                matmul(d, n, n, k, Trans::N, bm, Trans::T, gdq, false, false);
+                                let gdk = &mut gdx[off(1)..][..d * n];
+                                matmul(d, n, n, q, Trans::N, bm, Trans::N, gdk, false, false);
+                            }
+                        })
+                    });
+                g
+            });
+            Ok((T::into_storage(g), Shape::from((b, 6 * c, n))))
         })
     }
 }

@@ -2,7 +2,7 @@
 //!
 //! The public, device-dispatching functions (`linear`, `conv2d`, `group_norm`, `group_norm_silu`, `group_norm_tangent`, `silu`, `silu_tangent`,
 //! `softmax_last_dim`, `attention`, `upsample_nearest2x`) and the [`KernelBackend`] switch (fused CPU kernels
-//! or candle's ops) live here; [`profile`] is opt-in per-kernel timing. Kernels run on f32/f64 CPU tensors, parallel over
+//! or candle's ops, with [`KernelBackend::attention_tangent`] as a method only) live here; [`profile`] is opt-in per-kernel timing. Kernels run on f32/f64 CPU tensors, parallel over
 //! batch items and channel groups with rayon, with GEMMs through the `gemm` crate and long sums
 //! accumulated in f64.
 

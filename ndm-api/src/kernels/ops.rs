@@ -258,30 +258,50 @@ impl KernelBackend {
     /// one op (forward and backward); `Native` composes candle ops with
     /// [`Self::softmax_last_dim`]'s composed softmax.
     pub fn attention(self, qkv: &Tensor, heads: usize) -> Result<Tensor> {
-        let (b, c3, n) = qkv.dims3()?;
-        if c3 == 0 || c3 % 3 != 0 || heads == 0 || (c3 / 3) % heads != 0 {
-            candle_core::bail!(
-                "attention: {c3} channels are not 3 x C with C divisible by {heads} heads"
-            );
-        }
+        let (b, c, n, d) = attention_dims(qkv, heads, "attention")?;
         if self.fused_for(qkv) {
             return qkv
                 .contiguous()?
                 .apply_op1(attn_kernel::Attention { heads });
         }
-        let c = c3 / 3;
-        let d = c / heads;
-        let qkv = qkv.reshape((b, 3, heads, d, n))?;
-        let part = |i: usize| -> Result<Tensor> {
-            qkv.narrow(1, i, 1)?
-                .contiguous()?
-                .reshape((b * heads, d, n))
-        };
-        let q = (part(0)? * (1.0 / (d as f64).sqrt()))?
+        let [q, k, v] = attention_parts(qkv, heads)?;
+        let q = (q * (1.0 / (d as f64).sqrt()))?
             .transpose(1, 2)?
             .contiguous()?;
-        let a = self.softmax_last_dim(&q.matmul(&part(1)?)?)?;
-        part(2)?.matmul(&a.transpose(1, 2)?)?.reshape((b, c, n))
+        let a = self.softmax_last_dim(&q.matmul(&k)?)?;
+        v.matmul(&a.transpose(1, 2)?)?.reshape((b, c, n))
+    }
+
+    /// The forward-mode derivative of [`Self::attention`] at `qkv` along `dqkv` (same shape):
+    /// `[B, C, N]`, differentiable in both. `Fused` runs it as one op (forward and backward);
+    /// `Native` composes candle ops (`dS = s (dq^T k + q^T dk)`, `dP = P * (dS - rowsum(P dS))`,
+    /// `dv P^T + v dP^T`).
+    pub fn attention_tangent(self, qkv: &Tensor, dqkv: &Tensor, heads: usize) -> Result<Tensor> {
+        let (b, c, n, d) = attention_dims(qkv, heads, "attention tangent")?;
+        if dqkv.dims() != qkv.dims() {
+            candle_core::bail!(
+                "attention tangent: tangent {:?} does not match qkv {:?}",
+                dqkv.dims(),
+                qkv.dims()
+            );
+        }
+        if self.fused_for(qkv) {
+            return qkv.contiguous()?.apply_op2(
+                &dqkv.to_dtype(qkv.dtype())?.contiguous()?,
+                attn_kernel::AttentionTangent { heads },
+            );
+        }
+        let [q, k, v] = attention_parts(qkv, heads)?;
+        let [dq, dk, dv] = attention_parts(dqkv, heads)?;
+        let s = 1.0 / (d as f64).sqrt();
+        let qt = q.transpose(1, 2)?.contiguous()?;
+        let p = self.softmax_last_dim(&(qt.matmul(&k)? * s)?)?;
+        let ds = ((dq.transpose(1, 2)?.contiguous()?.matmul(&k)? + qt.matmul(&dk)?)? * s)?;
+        let pds = (&p * &ds)?;
+        let dp = (&pds - p.broadcast_mul(&pds.sum_keepdim(2)?)?)?;
+        let pt = p.transpose(1, 2)?.contiguous()?;
+        let dpt = dp.transpose(1, 2)?.contiguous()?;
+        (dv.matmul(&pt)? + v.matmul(&dpt)?)?.reshape((b, c, n))
     }
 
     /// Nearest-neighbour 2x upsampling of `[B, C, H, W]`.
@@ -358,6 +378,28 @@ pub fn silu_tangent(x: &Tensor, dx: &Tensor) -> Result<Tensor> {
 /// [`KernelBackend::softmax_last_dim`] with the fused backend.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
     KernelBackend::Fused.softmax_last_dim(x)
+}
+
+/// `(B, C, N, C / heads)` of an attention input `qkv: [B, 3C, N]`, or a one-line error.
+fn attention_dims(qkv: &Tensor, heads: usize, op: &str) -> Result<(usize, usize, usize, usize)> {
+    let (b, c3, n) = qkv.dims3()?;
+    if c3 == 0 || c3 % 3 != 0 || heads == 0 || (c3 / 3) % heads != 0 {
+        candle_core::bail!("{op}: {c3} channels are not 3 x C with C divisible by {heads} heads");
+    }
+    Ok((b, c3 / 3, n, c3 / 3 / heads))
+}
+
+/// The queries, keys and values of `qkv: [B, 3C, N]`, each `[B * heads, C / heads, N]`.
+fn attention_parts(qkv: &Tensor, heads: usize) -> Result<[Tensor; 3]> {
+    let (b, c3, n) = qkv.dims3()?;
+    let d = c3 / 3 / heads;
+    let qkv = qkv.reshape((b, 3, heads, d, n))?;
+    let part = |i: usize| -> Result<Tensor> {
+        qkv.narrow(1, i, 1)?
+            .contiguous()?
+            .reshape((b * heads, d, n))
+    };
+    Ok([part(0)?, part(1)?, part(2)?])
 }
 
 /// [`KernelBackend::attention`] with the fused backend.

@@ -51,8 +51,8 @@ impl AttentionBlock {
 
     /// The output and, given the tangent `dx` of `x` (forward mode), its tangent. Per head, with
     /// `S = s q^T k`, `P = softmax_rows(S)` and `out = v P^T`: `dS = s (dq^T k + q^T dk)`,
-    /// `dP = P * (dS - rowsum(P * dS))`, `dout = dv P^T + v dP^T`, from differentiable ops (the
-    /// weights `P` are recomputed; the output is [`Module::forward`]'s).
+    /// `dP = P * (dS - rowsum(P * dS))`, `dout = dv P^T + v dP^T`: the backend's
+    /// [`KernelBackend::attention_tangent`] (one fused op on the CPU, which recomputes `P`).
     pub fn forward_with_tangent(
         &self,
         x: &Tensor,
@@ -63,33 +63,18 @@ impl AttentionBlock {
         };
         let (b, c, h, w) = x.dims4()?;
         let (n, heads) = (h * w, self.heads);
-        let d = c / heads;
         let (normed, dnormed) = self.norm.forward_with_tangent(x, Some(dx))?;
         let qkv = self.qkv.forward(&normed)?;
         let dqkv = self
             .qkv
             .tangent(&qkv, dnormed.as_ref(), None)?
             .expect("a nonzero input tangent gives a tangent");
-        let qkv = qkv.reshape((b, 3 * c, n))?;
+        let (qkv, dqkv) = (qkv.reshape((b, 3 * c, n))?, dqkv.reshape((b, 3 * c, n))?);
         let out = self.backend.attention(&qkv, heads)?.reshape((b, c, h, w))?;
-        let split = |t: &Tensor| -> Result<[Tensor; 3]> {
-            let t = t.reshape((b, 3, heads, d, n))?;
-            let part = |i: usize| -> Result<Tensor> {
-                t.narrow(1, i, 1)?.contiguous()?.reshape((b * heads, d, n))
-            };
-            Ok([part(0)?, part(1)?, part(2)?])
-        };
-        let [q, k, v] = split(&qkv)?;
-        let [dq, dk, dv] = split(&dqkv)?;
-        let s = 1.0 / (d as f64).sqrt();
-        let qt = q.transpose(1, 2)?.contiguous()?;
-        let p = self.backend.softmax_last_dim(&(qt.matmul(&k)? * s)?)?;
-        let ds = ((dq.transpose(1, 2)?.contiguous()?.matmul(&k)? + qt.matmul(&dk)?)? * s)?;
-        let pds = (&p * &ds)?;
-        let dp = (&pds - p.broadcast_mul(&pds.sum_keepdim(2)?)?)?;
-        let pt = p.transpose(1, 2)?.contiguous()?;
-        let dpt = dp.transpose(1, 2)?.contiguous()?;
-        let dout = (dv.matmul(&pt)? + v.matmul(&dpt)?)?.reshape((b, c, h, w))?;
+        let dout = self
+            .backend
+            .attention_tangent(&qkv, &dqkv, heads)?
+            .reshape((b, c, h, w))?;
         let proj = self.proj.forward(&out)?;
         let dproj = self
             .proj
