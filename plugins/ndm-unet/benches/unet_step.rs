@@ -7,6 +7,9 @@
 //! `NDM_BENCH_CONFIGS` (`mnist`, `cifar` or both, default both), `NDM_BENCH_UNET` (the network's
 //! config as TOML, e.g. `blocks_per_level = 2`; default the `backbone.unet` defaults),
 //! `NDM_BENCH_BATCH` (the batch of both shapes; default 64 for 28x28x1 and 32 for 32x32x3),
+//! `NDM_BENCH_TANGENT` (set: time the step of NDM's F instead, the forward with its time
+//! tangent, `forward_and_time_tangent`, and the backward of a loss of both; compare with an unset
+//! run for the tangent's cost),
 //! `NDM_BENCH_DEVICE` (`cpu` when unset, or `cuda:N` in a CUDA build: `.ci/cuda-build cargo bench
 //! -p ndm-unet --bench unet_step --features ndm-api/cuda`; off the CPU "fused" is the fused
 //! backend's fallback to candle's ops, and each phase's timing waits for the device),
@@ -104,14 +107,29 @@ fn build(case: &Case, backend: KernelBackend, dev: &Device) -> Result<Model> {
     Ok(Model { net, opt })
 }
 
+/// `NDM_BENCH_TANGENT` set: each step is the forward with the time tangent (NDM's F:
+/// `forward_and_time_tangent`) and a loss of both outputs, instead of the plain forward.
+fn tangent_mode() -> bool {
+    std::env::var_os("NDM_BENCH_TANGENT").is_some()
+}
+
 /// (forward incl. loss, backward, AdamW) seconds and the loss.
 /// Each phase's end waits for the device (reading the loss does for the forward).
 fn step(m: &mut Model, b: &Batch) -> Result<([f64; 3], f32)> {
     let dev = b.xt.device();
     dev.synchronize()?;
     let t0 = Instant::now();
-    let pred = m.net.forward(&b.xt, &b.t)?;
-    let loss = (pred - &b.noise)?.sqr()?.mean_all()?;
+    let loss = if tangent_mode() {
+        // NDM's use of F: the network and its time derivative, both in the loss.
+        let (y, dy) = m
+            .net
+            .forward_and_time_tangent(&b.xt, &b.t, None)?
+            .ok_or_else(|| candle_core::Error::Msg("the network ignores t".into()))?;
+        ((y - &b.noise)?.sqr()?.mean_all()? + dy.sqr()?.mean_all()?)?
+    } else {
+        let pred = m.net.forward(&b.xt, &b.t)?;
+        (pred - &b.noise)?.sqr()?.mean_all()?
+    };
     let lv = loss.to_scalar::<f32>()?;
     let t1 = Instant::now();
     let grads = loss.backward()?;
