@@ -391,10 +391,12 @@ impl CustomOp3 for AttentionTangentBwd {
                                 }
                                 // G = s P (E - rowsum(E P)), over E.
                                 row_dots(e, p, n, &mut er);
-                                for i in 0..n {
-                                    let ei = T::from_acc(er[i]);
-                                    for j in i * n..(i + 1) * n {
-                                        e[j] = p[j] * (e[j] - ei) * scale;
+                                for ((er, pr), ei) in
+                                    e.chunks_exact_mut(n).zip(p.chunks_exact(n)).zip(&er)
+                                {
+                                    let ei = T::from_acc(*ei);
+                                    for (ev, pv) in er.iter_mut().zip(pr) {
+                                        *ev = *pv * (*ev - ei) * scale;
                                     }
                                 }
                                 let gm = &*e;
