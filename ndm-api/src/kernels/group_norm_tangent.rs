@@ -25,7 +25,7 @@
 //! (`d x` collects `Gxhat` through `xhat = (x - mu) r` and the explicit `r` of `dn`, whose
 //! gradient is `n m3 / r`.) Statistics and sums are accumulated in f64.
 
-use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Storage, Tensor};
 use rayon::prelude::*;
 
 use super::float::{dispatch_float, lane_sum, slice, wide, Float, FLUSH, LANES};
@@ -304,9 +304,13 @@ impl CustomOp3 for GroupNormTangent {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let g = GnGeom::new(x.dims(), self.groups)?;
         let n = g.numel();
-        // The backward op takes [dx; grad] packed, its third input.
-        let packed_in = Tensor::cat(&[&dx.flatten_all()?, &grad.contiguous()?.flatten_all()?], 0)?;
-        let packed = x.apply_op3_no_bwd(gb, &packed_in, &GroupNormTangentBwd { op: *self, g })?;
+        // A CustomOp takes at most three inputs: the op carries the fourth, `grad`.
+        let op = GroupNormTangentBwd {
+            op: *self,
+            g,
+            grad: grad.contiguous()?,
+        };
+        let packed = x.apply_op3_no_bwd(dx, gb, &op)?;
         let gx = packed.narrow(0, 0, n)?.reshape(x.shape())?;
         let gdx = packed.narrow(0, n, n)?.reshape(x.shape())?;
         let ggb = packed.narrow(0, 2 * n, 2 * g.c)?;
@@ -314,11 +318,13 @@ impl CustomOp3 for GroupNormTangent {
     }
 }
 
-/// `(x, [gamma; beta], [dx; grad]) -> [d x, d dx, dgamma, dbeta]` flattened.
-#[derive(Debug, Clone, Copy)]
+/// `(x, dx, [gamma; beta]) -> [d x, d dx, dgamma, dbeta]` flattened, for the gradient `grad`
+/// of the op's output.
+#[derive(Debug, Clone)]
 struct GroupNormTangentBwd {
     op: GroupNormTangent,
     g: GnGeom,
+    grad: Tensor,
 }
 
 impl CustomOp3 for GroupNormTangentBwd {
@@ -335,11 +341,19 @@ impl CustomOp3 for GroupNormTangentBwd {
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (g, n) = (&self.g, self.g.numel());
-        dispatch_float!(s1, "group_norm tangent backward", |T| {
-            let x = slice::<T>(s1, l1, "group_norm tangent backward")?;
-            let gb = slice::<T>(s2, l2, "group_norm tangent backward")?;
-            let packed = slice::<T>(s3, l3, "group_norm tangent backward")?;
-            let (dx, grad) = packed.split_at(n);
+        let what = "group_norm tangent backward";
+        let (gs, gl) = self.grad.storage_and_layout();
+        let Storage::Cpu(gs) = &*gs else {
+            candle_core::bail!("{what}: the gradient is not on the CPU");
+        };
+        dispatch_float!(s1, what, |T| {
+            let x = slice::<T>(s1, l1, what)?;
+            let dx = slice::<T>(s2, l2, what)?;
+            let gb = slice::<T>(s3, l3, what)?;
+            let grad = slice::<T>(gs, gl, what)?;
+            if dx.len() != n || grad.len() != n {
+                candle_core::bail!("{what}: tangent or gradient is not the input's size {n}");
+            }
             let out = timed("group_norm tangent bwd", || {
                 if self.op.silu {
                     tangent_bwd::<T, true>(g, x, dx, gb, grad, self.op.eps)
