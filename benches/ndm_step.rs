@@ -2,13 +2,13 @@
 //! eps-mse; `ndm`: the continuous NELBO with a learned F), and NDM's step with `dF/dt` by forward
 //! mode (the default) and by central differences (`transform.time_derivative`), and with
 //! `L_prior` and `L_rec` on a quarter and an eighth of the batch (the objective's
-//! `boundary_fraction`), timed in one process on the same data: medians over the timed steps, in
-//! ms, and their ratios. Two DDPM baselines: the `ddpm` preset (eps-mse: one pass of the denoiser),
+//! `boundary_fraction`), timed in one process on the same data: every model's step in turn, round
+//! after round, the medians over the rounds in ms, and the medians of the ratios within a round. Two DDPM baselines: the `ddpm` preset (eps-mse: one pass of the denoiser),
 //! and the NDM paper's own, NDM's objective with F fixed to the identity (the paper trains "DDPM"
 //! as "an NDM with fixed identity transformation ... with the same objective", and its "about 2.3x
 //! longer" is against that model): `L_rec` runs the denoiser at `z_0` there too.
 //!
-//!     cargo bench --bench ndm_step            # NDM_BENCH_ITERS timed steps each (default 20)
+//!     cargo bench --bench ndm_step            # NDM_BENCH_ITERS timed rounds (default 20)
 //!
 //! `NDM_BENCH_DATA` picks the data: `points` (default: the checkerboard, the presets' MLPs, batch
 //! 512), `images` (random 1x28x28 images, MNIST's shape, with the presets' image variants: the
@@ -29,6 +29,7 @@
 use ndm_api::bench;
 use ndm_api::candle_core::Device;
 use ndm_api::kernels::profile;
+use ndm_api::stats::median;
 use ndm_api::train::{TrainState, Trainer};
 use ndm_api::{Dataset, ModelSpec, Pipeline, PluginSpec, Preset, RegistryFile, TrainConfig};
 
@@ -122,59 +123,71 @@ fn run(
         ),
     ];
     println!(
-        "\n{what}, batch {} (the presets' own), {}, {iters} timed steps after 3 warm-up steps, 1 process",
+        "\n{what}, batch {} (the presets' own), {}, 3 warm-up steps each, then {iters} rounds of \
+         one timed step of every model in turn, 1 process",
         ddpm_train.batch_size,
         bench::describe(dev)
     );
+    let pipes = cases
+        .iter()
+        .map(|(_, spec, _)| Pipeline::build(spec, &data.data_shape(), reg, dev, 0))
+        .collect::<Result<Vec<_>, _>>()?;
+    let trainers = pipes
+        .iter()
+        .zip(&cases)
+        .map(|(pipe, (_, _, cfg))| Trainer::new(pipe, cfg))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut states = pipes
+        .iter()
+        .map(|pipe| TrainState::new(pipe, 0))
+        .collect::<Result<Vec<_>, _>>()?;
+    for _ in 0..3 {
+        for (trainer, state) in trainers.iter().zip(states.iter_mut()) {
+            trainer.step(state, data)?;
+        }
+    }
+    // Interleaved, so that a burst of load on the shared machine slows every model's step
+    // alike: the ratios below are medians of the ratios within a round.
+    let mut times = vec![Vec::with_capacity(iters); cases.len()];
+    for _ in 0..iters {
+        for ((trainer, state), t) in trainers.iter().zip(states.iter_mut()).zip(times.iter_mut()) {
+            t.push(bench::timed(dev, || trainer.step(state, data))?.1 * 1e3);
+        }
+    }
     println!("| model | params | median ms / step |");
     println!("|---|---|---|");
-    let mut medians = Vec::new();
-    let mut profiles = Vec::new();
-    let show_profile = std::env::var_os("NDM_PROFILE").is_some() && dev.is_cpu();
-    let only: Vec<usize> = std::env::var("HACK_CASE")
-        .map(|v| v.split(',').map(|x| x.parse().unwrap()).collect())
-        .unwrap_or_default();
-    for (i, (label, spec, cfg)) in cases.into_iter().enumerate() {
-        if !only.is_empty() && !only.contains(&i) {
-            continue;
-        }
-        let pipe = Pipeline::build(&spec, &data.data_shape(), reg, dev, 0)?;
-        let trainer = Trainer::new(&pipe, &cfg)?;
-        let mut state = TrainState::new(&pipe, 0)?;
-        let m = bench::median_ms(dev, iters, || trainer.step(&mut state, data).map(|_| ()))?;
+    for ((label, _, _), (pipe, t)) in cases.iter().zip(pipes.iter().zip(&times)) {
+        let m = median(&mut t.clone());
         println!("| {label} | {} | {m:.2} |", pipe.num_params());
-        medians.push(m);
-        if show_profile {
-            let title = format!("{label} (step median {m:.2} ms)");
-            profiles.push(profile::per_step_table(&title, iters, || {
-                trainer.step(&mut state, data).map(|_| ())
-            })?);
-        }
     }
-    for table in profiles {
-        println!("\n{table}");
-    }
-    if !only.is_empty() {
-        return Ok(());
-    }
-    let [eps_mse, elbo, elbo_eighth, fwd, fd, quarter, eighth] = medians[..] else {
-        anyhow::bail!("expected 7 timings");
+    let ratio = |a: usize, b: usize| {
+        let mut r: Vec<f64> = times[a].iter().zip(&times[b]).map(|(x, y)| x / y).collect();
+        median(&mut r)
     };
+    let (eps_mse, elbo, elbo_eighth, fwd, fd, quarter, eighth) = (0, 1, 2, 3, 4, 5, 6);
     println!(
         "\nNDM / DDPM (eps-mse) step: {:.2}x with forward mode, {:.2}x with central differences \
          (forward mode {:.2}x faster); with L_prior and L_rec on 1/4 of the batch {:.2}x, on 1/8 {:.2}x",
-        fwd / eps_mse,
-        fd / eps_mse,
-        fd / fwd,
-        quarter / eps_mse,
-        eighth / eps_mse,
+        ratio(fwd, eps_mse),
+        ratio(fd, eps_mse),
+        ratio(fd, fwd),
+        ratio(quarter, eps_mse),
+        ratio(eighth, eps_mse),
     );
     println!(
         "NDM / DDPM step with the same objective (the NDM paper's comparison: F the identity): \
          {:.2}x with forward mode; with L_prior and L_rec on 1/8 of the batch in both {:.2}x",
-        fwd / elbo,
-        eighth / elbo_eighth,
+        ratio(fwd, elbo),
+        ratio(eighth, elbo_eighth),
     );
+    if std::env::var_os("NDM_PROFILE").is_some() && dev.is_cpu() {
+        for (((label, _, _), trainer), state) in cases.iter().zip(&trainers).zip(states.iter_mut())
+        {
+            let table =
+                profile::per_step_table(label, iters, || trainer.step(state, data).map(|_| ()))?;
+            println!("\n{table}");
+        }
+    }
     let draws: usize = match std::env::var("NDM_BENCH_GRAD_DRAWS") {
         Ok(v) => v.trim().parse()?,
         Err(_) if dev.is_cpu() && ndm_train.batch_size >= 256 => 128,
