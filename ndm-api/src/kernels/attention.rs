@@ -52,6 +52,17 @@ fn dims(l: &Layout, heads: usize, op: &str) -> Result<(usize, usize, usize, usiz
     Ok((b, c3 / 3, n, c3 / 3 / heads))
 }
 
+/// Checks that a backward's output gradient is `[B, C, N]`, the output's shape.
+fn output_grad_dims(l: &Layout, [b, c, n]: [usize; 3], op: &str) -> Result<()> {
+    if l.dims() != [b, c, n] {
+        candle_core::bail!(
+            "{op}: gradient {:?} does not match the output [{b}, {c}, {n}]",
+            l.dims()
+        );
+    }
+    Ok(())
+}
+
 /// `P = softmax_rows(scale * q^T k)` into `p` (`[N, N]`), `q` and `k` `[d, N]`.
 fn weights<T: Float>(q: &[T], k: &[T], d: usize, n: usize, scale: T, p: &mut [T]) {
     matmul(n, n, d, q, Trans::T, k, Trans::N, p, false, false);
@@ -138,12 +149,7 @@ impl CustomOp2 for AttentionBwd {
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
         let (b, c, n, d) = dims(l1, self.heads, "attention backward")?;
-        if l2.dims() != [b, c, n] {
-            candle_core::bail!(
-                "attention backward: gradient {:?} does not match the output [{b}, {c}, {n}]",
-                l2.dims()
-            );
-        }
+        output_grad_dims(l2, [b, c, n], "attention backward")?;
         let heads = self.heads;
         dispatch_float!(s1, "attention backward", |T| {
             let x = slice::<T>(s1, l1, "attention backward")?;
@@ -337,12 +343,7 @@ impl CustomOp3 for AttentionTangentBwd {
         let op = "attention tangent backward";
         let (b, c, n, d) = dims(l1, self.heads, op)?;
         same_dims(l1, l2, op, "tangent")?;
-        if l3.dims() != [b, c, n] {
-            candle_core::bail!(
-                "{op}: gradient {:?} does not match the output [{b}, {c}, {n}]",
-                l3.dims()
-            );
-        }
+        output_grad_dims(l3, [b, c, n], op)?;
         let heads = self.heads;
         dispatch_float!(s1, op, |T| {
             let x = slice::<T>(s1, l1, op)?;
