@@ -3,10 +3,11 @@
 //! mode (the default) and by central differences (`transform.time_derivative`), and with
 //! `L_prior` and `L_rec` on a quarter and an eighth of the batch (the objective's
 //! `boundary_fraction`), timed in one process on the same data: every model's step in turn, round
-//! after round, the medians over the rounds in ms, and the medians of the ratios within a round. Two DDPM baselines: the `ddpm` preset (eps-mse: one pass of the denoiser),
-//! and the NDM paper's own, NDM's objective with F fixed to the identity (the paper trains "DDPM"
-//! as "an NDM with fixed identity transformation ... with the same objective", and its "about 2.3x
-//! longer" is against that model): `L_rec` runs the denoiser at `z_0` there too.
+//! after round, the medians over the rounds in ms, and the medians of the ratios within a round.
+//! Two DDPM baselines: the `ddpm` preset (eps-mse: one pass of the denoiser), and the NDM paper's
+//! own, NDM's objective with F fixed to the identity (the paper trains "DDPM" as "an NDM with
+//! fixed identity transformation ... with the same objective", and its "about 2.3x longer" is
+//! against that model): `L_rec` runs the denoiser at `z_0` there too.
 //!
 //!     cargo bench --bench ndm_step            # NDM_BENCH_ITERS timed rounds (default 20)
 //!
@@ -71,7 +72,8 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Times DDPM's step, NDM's with forward mode and NDM's with central differences, on `data`.
+/// Times the two DDPM baselines and NDM's variants (forward mode, central differences, boundary
+/// terms on a share of the batch) on `data`, interleaved, and prints their ratios.
 fn run(
     what: &str,
     data: &dyn Dataset,

@@ -7,16 +7,12 @@ use ndm_api::candle_core::{DType, Tensor};
 use ndm_api::likelihood::{divergence, ode_nll, NllOptions, Trace};
 use ndm_api::ode::Tolerance;
 use ndm_api::sample::sample;
-use ndm_api::{Dataset, PluginSpec, ReverseProcess, Rng, Spacing, Split, TimeGrid};
-
-fn gaussian_data() -> Box<dyn Dataset> {
-    dataset("gaussian")
-}
+use ndm_api::{PluginSpec, ReverseProcess, Rng, Spacing, Split, TimeGrid};
 
 #[test]
 fn ode_nll_with_the_oracle_is_the_exact_density() {
     let pipe = oracle_continuous();
-    let data = gaussian_data();
+    let data = dataset("gaussian");
     let x = data
         .sample(200, Split::Test, &mut Rng::new(3), device())
         .unwrap();
@@ -262,7 +258,7 @@ fn rk45_sampling_with_the_oracle_reproduces_the_data_moments() {
         .unwrap();
     let grid = TimeGrid::for_process(1, Spacing::Uniform, &pipe).unwrap();
     let s = sample(&pipe, solver.as_ref(), &grid, 20_000, &mut Rng::new(6)).unwrap();
-    let m = gaussian_data().sample_metrics(&s.x).unwrap();
+    let m = dataset("gaussian").sample_metrics(&s.x).unwrap();
     eprintln!("rk45: NFE {}, {m:?}", s.nfe);
     assert!(m[0].1 < 0.04 && m[1].1 < 0.08, "{m:?}");
     let _ = Tensor::zeros(1, DType::F32, device()).unwrap();

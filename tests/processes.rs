@@ -11,8 +11,7 @@ use ndm_api::ode::Tolerance;
 use ndm_api::sample::sample;
 use ndm_api::Times;
 use ndm_api::{
-    Dataset, ModelSpec, NetInput, NoiseSchedule, Pipeline, PluginSpec, Rng, Spacing, Split,
-    TimeGrid,
+    ModelSpec, NetInput, NoiseSchedule, Pipeline, PluginSpec, Rng, Spacing, Split, TimeGrid,
 };
 
 fn preset(name: &str) -> ModelSpec {
@@ -27,10 +26,6 @@ fn schedule(kind: &str, params: &[(&str, &str)]) -> Box<dyn NoiseSchedule> {
     }
     let s = reg.build_schedule(&spec, &plain_ctx(&reg)).unwrap();
     s
-}
-
-fn gaussian_data() -> Box<dyn Dataset> {
-    dataset("gaussian")
 }
 
 /// The largest absolute entry of an f32 tensor.
@@ -120,7 +115,7 @@ fn flow_matching_path_has_its_marginals_and_velocity() {
     spec.schedule.set("sigma_min", "0.2");
     let pipe = build(&spec, &[2]);
     let n = 200_000;
-    let x = gaussian_data()
+    let x = dataset("gaussian")
         .sample(n, Split::Train, &mut Rng::new(1), device())
         .unwrap();
     let eps = Rng::new(2)
@@ -196,7 +191,7 @@ fn ode_nll_with_the_oracle_is_exact_through_alpha_zero() {
     spec.param = PluginSpec::new("x0");
     spec.objective = PluginSpec::new("ndm-elbo-continuous");
     let pipe = build(&spec, &[2]);
-    let data = gaussian_data();
+    let data = dataset("gaussian");
     let x = data
         .sample(100, Split::Test, &mut Rng::new(3), device())
         .unwrap();
@@ -256,7 +251,7 @@ fn pc_with_the_oracle_reproduces_the_data_moments_under_ve_and_sub_vp() {
     ] {
         let grid = TimeGrid::for_process(500, Spacing::Uniform, &pipe).unwrap();
         let s = sample(&pipe, solver.as_ref(), &grid, 20_000, &mut Rng::new(4)).unwrap();
-        let m = gaussian_data().sample_metrics(&s.x).unwrap();
+        let m = dataset("gaussian").sample_metrics(&s.x).unwrap();
         eprintln!("{name}: {m:?}");
         // Sampling error of the mean ~ 0.009, of the covariance ~ 0.015 (as for VP).
         assert!(m[0].1 < 0.04, "{name}: mean error {}", m[0].1);
@@ -295,7 +290,7 @@ fn flow_matching_samplers_reach_the_data_and_noisy_sdes_are_refused() {
         let sv = reg.build_solver(&solver, &plain_ctx(&reg)).unwrap();
         let grid = TimeGrid::for_process(steps, Spacing::Uniform, &pipe).unwrap();
         let s = sample(&pipe, sv.as_ref(), &grid, 20_000, &mut Rng::new(8)).unwrap();
-        let m = gaussian_data().sample_metrics(&s.x).unwrap();
+        let m = dataset("gaussian").sample_metrics(&s.x).unwrap();
         eprintln!("{}: {m:?}", solver.kind);
         assert!(m[0].1 < 0.04 && m[1].1 < 0.08, "{}: {m:?}", solver.kind);
     }
@@ -470,7 +465,7 @@ fn vdm_loss_is_the_ndm_continuous_loss_with_identity_f() {
     // L_diff = 1/2 E_t[gamma'(t) ||eps - epshat||^2] (VDM) and NDM's continuous integrand with the
     // identity transform are the same number, time by time.
     let pipe = build(&preset("vdm"), &[2]);
-    let x = gaussian_data()
+    let x = dataset("gaussian")
         .sample(6, Split::Train, &mut Rng::new(1), device())
         .unwrap();
     let eps = Rng::new(2)
@@ -500,7 +495,7 @@ fn vdm_loss_is_the_ndm_continuous_loss_with_identity_f() {
 #[test]
 fn vdm_trains_its_end_points_on_the_nelbo_and_its_interior_on_the_variance() {
     let pipe = build(&preset("vdm"), &[2]);
-    let x = gaussian_data()
+    let x = dataset("gaussian")
         .sample(64, Split::Train, &mut Rng::new(1), device())
         .unwrap();
     let out = pipe.objective.loss(&pipe, &x, &mut Rng::new(2)).unwrap();
@@ -536,7 +531,7 @@ fn vdm_trains_its_end_points_on_the_nelbo_and_its_interior_on_the_variance() {
     }
     let mut cfg = registry_file().preset("vdm").unwrap().train.clone();
     cfg.batch_size = 64;
-    let data = gaussian_data();
+    let data = dataset("gaussian");
     let trainer = ndm_api::train::Trainer::new(&pipe, &cfg).unwrap();
     let mut state = ndm_api::train::TrainState::new(&pipe, 0).unwrap();
     let before: Vec<Vec<f32>> = pipe
@@ -600,7 +595,7 @@ fn with_the_exact_denoiser_the_continuous_nelbo_is_tight_under_ve_sub_vp_and_flo
     let mut fm = preset("fm-ot");
     fm.backbone = PluginSpec::new("gaussian-oracle");
     fm.objective = PluginSpec::new("ndm-elbo-continuous");
-    let data = gaussian_data();
+    let data = dataset("gaussian");
     for (name, pipe) in [
         ("ve", oracle_pipeline("score-sde-ve", Some(ve), Some(wide))),
         ("sub-vp", oracle_pipeline("score-sde-subvp", None, None)),

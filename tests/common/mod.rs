@@ -62,6 +62,7 @@ pub fn to_vec(t: &Tensor) -> Vec<f64> {
 /// The built-in dataset `name` with its default params.
 pub fn dataset(name: &str) -> Box<dyn ndm_api::Dataset> {
     let reg = registry();
+    // Bound first: the context borrows `reg`, which must outlive the call's temporaries.
     let set = reg
         .build_dataset(&PluginSpec::new(name), &plain_ctx(&reg))
         .unwrap();

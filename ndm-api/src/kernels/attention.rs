@@ -37,19 +37,26 @@ use rayon::prelude::*;
 use super::float::{dispatch_float, lane_sum, slice, wide, Float};
 use super::gemm::{matmul, Trans};
 use super::profile::timed;
+use super::softmax::jacobian_row;
+
+/// `(C, d)` of `3C` packed channels split into `heads` heads, or a one-line error.
+pub(crate) fn head_dims(c3: usize, heads: usize, op: &str) -> Result<(usize, usize)> {
+    if c3 == 0 || !c3.is_multiple_of(3) || heads == 0 || !(c3 / 3).is_multiple_of(heads) {
+        candle_core::bail!("{op}: {c3} channels are not 3 x C with C divisible by {heads} heads");
+    }
+    Ok((c3 / 3, c3 / 3 / heads))
+}
 
 /// `(B, C, N, d)` of a `[B, 3C, N]` input split into `heads` heads.
 fn dims(l: &Layout, heads: usize, op: &str) -> Result<(usize, usize, usize, usize)> {
     let &[b, c3, n] = l.dims() else {
         candle_core::bail!("{op}: expected [B, 3C, N], got {:?}", l.dims());
     };
-    if c3 == 0 || !c3.is_multiple_of(3) || heads == 0 || !(c3 / 3).is_multiple_of(heads) {
-        candle_core::bail!("{op}: {c3} channels are not 3 x C with C divisible by {heads} heads");
-    }
+    let (c, d) = head_dims(c3, heads, op)?;
     if n == 0 {
         candle_core::bail!("{op}: no positions (N = 0)");
     }
-    Ok((b, c3 / 3, n, c3 / 3 / heads))
+    Ok((b, c, n, d))
 }
 
 /// Checks that a backward's output gradient is `[B, C, N]`, the output's shape.
@@ -160,6 +167,7 @@ impl CustomOp2 for AttentionBwd {
                 dx.par_chunks_mut(3 * c * n)
                     .zip(x.par_chunks(3 * c * n).zip(dy.par_chunks(c * n)))
                     .for_each(|(dxb, (xb, dyb))| {
+                        let mut dots = vec![0.0; n];
                         T::with_scratch(2 * n * n, |buf| {
                             let (p, ds) = buf.split_at_mut(n * n);
                             for h in 0..heads {
@@ -173,17 +181,7 @@ impl CustomOp2 for AttentionBwd {
                                 matmul(d, n, n, g, Trans::N, p, Trans::N, dv, false, false);
                                 // dP = dout^T v, then dS = s P (dP - rowsum(dP P)) in place.
                                 matmul(n, n, d, g, Trans::T, v, Trans::N, ds, false, false);
-                                for (dr, pr) in ds.chunks_exact_mut(n).zip(p.chunks_exact(n)) {
-                                    let dot: f64 = dr
-                                        .iter()
-                                        .zip(pr)
-                                        .map(|(a, b)| a.to_acc() * b.to_acc())
-                                        .sum();
-                                    let dot = T::from_acc(dot);
-                                    for (o, pv) in dr.iter_mut().zip(pr) {
-                                        *o = *pv * (*o - dot) * scale;
-                                    }
-                                }
+                                jacobian_rows(p, ds, n, scale, &mut dots);
                                 // dq = k dS^T, dk = q dS.
                                 let dq = &mut dxb[off(0)..][..d * n];
                                 matmul(d, n, n, k, Trans::N, ds, Trans::T, dq, false, false);
@@ -199,14 +197,15 @@ impl CustomOp2 for AttentionBwd {
     }
 }
 
-/// `rowsum(a * b)` of each of the `n` rows of two `[n, n]` matrices, in f64.
-fn row_dots<T: Float>(a: &[T], b: &[T], n: usize, out: &mut [f64]) {
-    for ((o, ra), rb) in out.iter_mut().zip(a.chunks_exact(n)).zip(b.chunks_exact(n)) {
-        *o = ra
-            .iter()
-            .zip(rb)
-            .map(|(x, y)| x.to_acc() * y.to_acc())
-            .sum();
+/// [`jacobian_row`] on each of the `n`-long rows of `x` with the same row of `p`, the row sums
+/// `sum(p * x)` into `dots`.
+fn jacobian_rows<T: Float>(p: &[T], x: &mut [T], n: usize, scale: T, dots: &mut [f64]) {
+    for ((d, pr), xr) in dots
+        .iter_mut()
+        .zip(p.chunks_exact(n))
+        .zip(x.chunks_exact_mut(n))
+    {
+        *d = jacobian_row(pr, xr, scale);
     }
 }
 
@@ -229,21 +228,12 @@ fn tangent_weights<T: Float>(
     for v in ds.iter_mut() {
         *v *= scale;
     }
-    row_dots(p, ds, n, r);
-    for (i, (dr, (pr, sr))) in dp
-        .chunks_exact_mut(n)
-        .zip(p.chunks_exact(n).zip(ds.chunks_exact(n)))
-        .enumerate()
-    {
-        let ri = T::from_acc(r[i]);
-        for (o, (pv, sv)) in dr.iter_mut().zip(pr.iter().zip(sr)) {
-            *o = *pv * (*sv - ri);
-        }
-    }
+    dp.copy_from_slice(ds);
+    jacobian_rows(p, dp, n, T::one(), r);
 }
 
 /// Checks that a second `[B, 3C, N]` operand (`what`) matches `qkv`'s dims.
-fn same_dims(l: &Layout, other: &Layout, op: &str, what: &str) -> Result<()> {
+pub(crate) fn same_dims(l: &Layout, other: &Layout, op: &str, what: &str) -> Result<()> {
     if other.dims() != l.dims() {
         candle_core::bail!(
             "{op}: {what} {:?} does not match qkv {:?}",
@@ -377,29 +367,23 @@ impl CustomOp3 for AttentionTangentBwd {
                                 matmul(d, n, n, hg, Trans::N, p, Trans::N, gdv, false, false);
                                 let gv = &mut gx[off(2)..][..d * n];
                                 matmul(d, n, n, hg, Trans::N, dp, Trans::N, gv, false, false);
-                                // A = H^T v, c = rowsum(A P), E = H^T dv.
+                                // A = H^T v; B = s P (A - c), c = rowsum(A P) (B scaled
+                                // by s for the products below); E = H^T dv + A (dS - r) - c dS.
                                 matmul(n, n, d, hg, Trans::T, v, Trans::N, a, false, false);
-                                row_dots(a, p, n, &mut cr);
+                                bm.copy_from_slice(a);
+                                jacobian_rows(p, bm, n, scale, &mut cr);
                                 matmul(n, n, d, hg, Trans::T, dv, Trans::N, e, false, false);
-                                for i in 0..n {
-                                    let (ci, ri) = (T::from_acc(cr[i]), T::from_acc(r[i]));
-                                    let row = i * n..(i + 1) * n;
-                                    for j in row {
-                                        // B (already scaled by s for the products below) and E.
-                                        bm[j] = p[j] * (a[j] - ci) * scale;
-                                        e[j] += a[j] * (ds[j] - ri) - ci * ds[j];
+                                let rows = e.chunks_exact_mut(n).zip(a.chunks_exact(n));
+                                for (((er, ar), sr), (ci, ri)) in
+                                    rows.zip(ds.chunks_exact(n)).zip(cr.iter().zip(&r))
+                                {
+                                    let (ci, ri) = (T::from_acc(*ci), T::from_acc(*ri));
+                                    for (ev, (av, sv)) in er.iter_mut().zip(ar.iter().zip(sr)) {
+                                        *ev += *av * (*sv - ri) - ci * *sv;
                                     }
                                 }
                                 // G = s P (E - rowsum(E P)), over E.
-                                row_dots(e, p, n, &mut er);
-                                for ((er, pr), ei) in
-                                    e.chunks_exact_mut(n).zip(p.chunks_exact(n)).zip(&er)
-                                {
-                                    let ei = T::from_acc(*ei);
-                                    for (ev, pv) in er.iter_mut().zip(pr) {
-                                        *ev = *pv * (*ev - ei) * scale;
-                                    }
-                                }
+                                jacobian_rows(p, e, n, scale, &mut er);
                                 let gm = &*e;
                                 // dq = k G^T + dk B^T, dk = q G + dq B (B holds s B).
                                 let gq = &mut gx[off(0)..][..d * n];

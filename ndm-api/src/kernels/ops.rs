@@ -278,13 +278,7 @@ impl KernelBackend {
     /// `dv P^T + v dP^T`).
     pub fn attention_tangent(self, qkv: &Tensor, dqkv: &Tensor, heads: usize) -> Result<Tensor> {
         let (b, c, n, d) = attention_dims(qkv, heads, "attention tangent")?;
-        if dqkv.dims() != qkv.dims() {
-            candle_core::bail!(
-                "attention tangent: tangent {:?} does not match qkv {:?}",
-                dqkv.dims(),
-                qkv.dims()
-            );
-        }
+        attn_kernel::same_dims(qkv.layout(), dqkv.layout(), "attention tangent", "tangent")?;
         if self.fused_for(qkv) {
             return qkv.contiguous()?.apply_op2(
                 &dqkv.to_dtype(qkv.dtype())?.contiguous()?,
@@ -383,10 +377,8 @@ pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
 /// `(B, C, N, C / heads)` of an attention input `qkv: [B, 3C, N]`, or a one-line error.
 fn attention_dims(qkv: &Tensor, heads: usize, op: &str) -> Result<(usize, usize, usize, usize)> {
     let (b, c3, n) = qkv.dims3()?;
-    if c3 == 0 || c3 % 3 != 0 || heads == 0 || (c3 / 3) % heads != 0 {
-        candle_core::bail!("{op}: {c3} channels are not 3 x C with C divisible by {heads} heads");
-    }
-    Ok((b, c3 / 3, n, c3 / 3 / heads))
+    let (c, d) = attn_kernel::head_dims(c3, heads, op)?;
+    Ok((b, c, n, d))
 }
 
 /// The queries, keys and values of `qkv: [B, 3C, N]`, each `[B * heads, C / heads, N]`.

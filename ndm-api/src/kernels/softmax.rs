@@ -72,6 +72,23 @@ impl CustomOp1 for SoftmaxLastDim {
     }
 }
 
+/// `x <- scale * p * (x - sum(p * x))` over one row, returning `sum(p * x)` (in f64): `x` times
+/// the Jacobian of a softmax whose output is `p` (symmetric, so the same map serves the backward
+/// and forward mode). The softmax's backward and the attention kernels' use it.
+#[inline]
+pub(super) fn jacobian_row<T: Float>(p: &[T], x: &mut [T], scale: T) -> f64 {
+    let dot: f64 = p
+        .iter()
+        .zip(x.iter())
+        .map(|(a, b)| a.to_acc() * b.to_acc())
+        .sum();
+    let d = T::from_acc(dot);
+    for (o, pv) in x.iter_mut().zip(p) {
+        *o = *pv * (*o - d) * scale;
+    }
+    dot
+}
+
 /// `(y, dy) -> y * (dy - sum(dy * y))` per row of the last dimension.
 #[derive(Debug, Clone, Copy)]
 struct SoftmaxBwd;
@@ -108,15 +125,8 @@ impl CustomOp2 for SoftmaxBwd {
                             .chunks_exact_mut(n)
                             .zip(yc.chunks_exact(n).zip(dc.chunks_exact(n)))
                         {
-                            let dot: f64 = yr
-                                .iter()
-                                .zip(dr)
-                                .map(|(a, b)| a.to_acc() * b.to_acc())
-                                .sum();
-                            let dot = T::from_acc(dot);
-                            for (o, (a, b)) in or.iter_mut().zip(yr.iter().zip(dr)) {
-                                *o = *a * (*b - dot);
-                            }
+                            or.copy_from_slice(dr);
+                            jacobian_row(yr, or, T::one());
                         }
                     });
                 dx
